@@ -1,0 +1,1 @@
+//! Networkers: the host network (CNI networks follow)

@@ -1,0 +1,1 @@
+//! ImageFinders: local files (remote sources follow)

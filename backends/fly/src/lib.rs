@@ -1,0 +1,1 @@
+//! fly stage1: one app, chroot in a private mount namespace, host network

@@ -1,0 +1,1 @@
+//! Labeler: SELinux labels, a no-op where SELinux is disabled

@@ -1,0 +1,385 @@
+//! Filesystem primitives every other module leans on: crash-safe writes, mount-aware
+//! tree removal, and path resolution that can never leave a root directory.
+//!
+//! Two rules live here so nobody has to remember them elsewhere:
+//! - a file is never half-written: temp file, fsync, rename, fsync of the parent;
+//! - a tree is never deleted across a mount point: unmount what /proc/self/mountinfo
+//!   lists under it (deepest first), then walk it refusing to leave its device.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, fstatat};
+use nix::unistd::UnlinkatFlags;
+
+/// Writes `bytes` to `path` so that a reader sees either the old content or the new
+/// one, never a mixture, even across a crash.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp = dir.join(".tmp-");
+    tmp.as_mut_os_string().push(name);
+    tmp.as_mut_os_string()
+        .push(format!("-{}-{}", std::process::id(), unique_suffix()));
+    let result = (|| {
+        let mut file = File::options().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A suffix unique within this process, so concurrent writers never share a temp name.
+pub fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (nanos << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes a rename or a newly created entry in `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// One line of /proc/self/mountinfo, reduced to what removal needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+}
+
+/// Parses mountinfo text (see proc(5)); lines it cannot read are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let mount_id = fields.next()?.parse().ok()?;
+            let parent_id = fields.next()?.parse().ok()?;
+            let _dev = fields.next()?;
+            let _root = fields.next()?;
+            let mount_point = PathBuf::from(unescape_mountinfo(fields.next()?));
+            let fs_type = fields.skip_while(|f| *f != "-").nth(1)?.to_string();
+            Some(MountEntry {
+                mount_id,
+                parent_id,
+                mount_point,
+                fs_type,
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    OsString::from_vec(out)
+}
+
+/// Mount points at or below `root`, deepest first (the order to unmount them in).
+pub fn mounts_under(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(select_mounts_under(&parse_mountinfo(&text), root))
+}
+
+fn select_mounts_under(entries: &[MountEntry], root: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = entries
+        .iter()
+        .filter(|e| e.mount_point.starts_with(root))
+        .map(|e| e.mount_point.clone())
+        .collect();
+    // Deepest first; among equal depth, later mounts first (they stack on earlier ones).
+    points.reverse();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+/// Unmounts everything mounted at or below `root`, deepest first. A mount that is
+/// busy is detached lazily so it can no longer be reached through `root`.
+pub fn unmount_all_under(root: &Path) -> io::Result<()> {
+    let root = match std::fs::canonicalize(root) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for point in mounts_under(&root)? {
+        match nix::mount::umount2(&point, nix::mount::MntFlags::empty()) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(Errno::EBUSY) => {
+                nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(io::Error::from)?;
+            }
+            Err(e) => return Err(io::Error::other(format!("unmount {}: {e}", point.display()))),
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything below `root`, then deletes it without ever descending into a
+/// directory that lives on another device than `root` itself. Meeting one is an
+/// error: it means something is still mounted there and deleting would wipe it.
+pub fn remove_tree(root: &Path) -> io::Result<()> {
+    unmount_all_under(root)?;
+    let meta = match std::fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(root);
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.dev();
+    let fd = nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    remove_children(fd.as_fd(), dev, root)?;
+    drop(fd);
+    match std::fs::remove_dir(root) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn remove_children(dir: BorrowedFd<'_>, dev: u64, shown: &Path) -> io::Result<()> {
+    let dup = nix::unistd::dup(dir).map_err(io::Error::from)?;
+    let mut listing = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
+    let mut names: Vec<CString> = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry.map_err(io::Error::from)?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    drop(listing);
+    for name in names {
+        let st = match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir {
+            let child_path = shown.join(OsStr::from_bytes(name.to_bytes()));
+            if st.st_dev != dev {
+                return Err(io::Error::other(format!(
+                    "refusing to delete across a mount point at {}",
+                    child_path.display()
+                )));
+            }
+            let child = match nix::fcntl::openat(
+                dir,
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            remove_children(child.as_fd(), dev, &child_path)?;
+            match nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            match nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` as seen from inside `root`: `..`, absolute names and symlinks are
+/// all resolved as if `root` were `/`, so the result can never lie outside it.
+pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: Mode) -> io::Result<OwnedFd> {
+    let rel = relative_to_root(path);
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    loop {
+        match openat2(root, rel.as_path(), how) {
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Strips leading `/` so a path can be resolved relative to a root fd; `.` for empty.
+pub fn relative_to_root(path: &Path) -> PathBuf {
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_)))
+        .collect();
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    }
+}
+
+/// Creates every directory of `path` inside `root` (resolving each step inside the
+/// root) and returns an `O_PATH` fd of the last one.
+pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: Mode) -> io::Result<OwnedFd> {
+    let rel = relative_to_root(path);
+    let mut prefix = PathBuf::new();
+    let mut last: Option<OwnedFd> = None;
+    for comp in rel.components() {
+        let name = match comp {
+            Component::Normal(n) => n,
+            Component::CurDir => continue,
+            // `..` is resolved inside the root by openat2; keep it in the prefix.
+            Component::ParentDir => {
+                prefix.push("..");
+                continue;
+            }
+            _ => continue,
+        };
+        let parent = open_in_root(
+            root,
+            if prefix.as_os_str().is_empty() { Path::new(".") } else { &prefix },
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )?;
+        match nix::sys::stat::mkdirat(parent.as_fd(), name, mode) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        prefix.push(name);
+        last = Some(open_in_root(root, &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?);
+    }
+    match last {
+        Some(fd) => Ok(fd),
+        None => open_in_root(root, Path::new("."), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()),
+    }
+}
+
+/// `/proc/self/fd/N`: a path naming exactly the object behind `fd`, for syscalls
+/// (mount) that take paths but must act on an already-resolved location.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Opens a directory as a plain fd, for use as the root of `open_in_root`.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_is_parsed_and_unescaped() {
+        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 36 0:5 / /mnt/with\\040space/sub rw - tmpfs tmpfs rw\n\
+                    garbage line\n";
+        let entries = parse_mountinfo(text);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(entries[0].fs_type, "ext3");
+        assert_eq!(entries[1].parent_id, 36);
+    }
+
+    #[test]
+    fn mounts_are_ordered_deepest_first() {
+        let text = "1 0 0:1 / /a rw - tmpfs t rw\n\
+                    2 1 0:2 / /a/b rw - tmpfs t rw\n\
+                    3 2 0:3 / /a/b/c rw - tmpfs t rw\n\
+                    4 1 0:4 / /ab rw - tmpfs t rw\n";
+        let got = select_mounts_under(&parse_mountinfo(text), Path::new("/a"));
+        assert_eq!(got, vec![PathBuf::from("/a/b/c"), PathBuf::from("/a/b"), PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn atomic_write_replaces_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        atomic_write(&path, b"one").expect("write");
+        atomic_write(&path, b"two").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temp file left");
+    }
+
+    #[test]
+    fn open_in_root_cannot_escape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", root.join("escape")).expect("symlink");
+        std::os::unix::fs::symlink("../../..", root.join("up")).expect("symlink");
+        let rootfd = open_dir(&root).expect("open root");
+        let made = mkdir_all_in_root(rootfd.as_fd(), Path::new("/escape/inside"), Mode::from_bits_truncate(0o755))
+            .expect("mkdir through symlink");
+        drop(made);
+        assert!(root.join("etc/inside").is_dir(), "absolute symlink resolved inside the root");
+        assert!(!Path::new("/etc/inside").exists());
+        let up = open_in_root(rootfd.as_fd(), Path::new("up/etc"), OFlag::O_PATH, Mode::empty()).expect("open");
+        let target = std::fs::read_link(proc_fd_path(up.as_fd())).expect("readlink");
+        assert_eq!(target, root.join("etc"));
+    }
+
+    #[test]
+    fn remove_tree_deletes_everything_on_one_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("t");
+        std::fs::create_dir_all(root.join("a/b/c")).expect("mkdir");
+        std::fs::write(root.join("a/b/c/f"), b"x").expect("write");
+        std::os::unix::fs::symlink("/etc", root.join("a/link")).expect("symlink");
+        remove_tree(&root).expect("remove");
+        assert!(!root.exists());
+        assert!(Path::new("/etc/passwd").exists(), "a symlink is removed, never followed");
+    }
+}

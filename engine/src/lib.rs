@@ -1,0 +1,13 @@
+//! rkt-engine: everything stage0 knows and no backend code.
+//!
+//! Data flows one way: a plain request from the cli is resolved into images
+//! (`stage::ImageFinder`), rendered by the `store`, prepared into a `pod`, and run
+//! by a `stage::Stage1`. Backends only ever see the types defined here.
+
+pub mod fsutil;
+pub mod gc;
+pub mod pod;
+pub mod runner;
+pub mod schema;
+pub mod stage;
+pub mod store;

@@ -1,0 +1,2 @@
+//! Drives a pod Embryo -> Preparing -> Prepared/Running through the registered
+//! backends.
