@@ -145,8 +145,7 @@ pub fn unmount_all_under(root: &Path) -> io::Result<()> {
         match nix::mount::umount2(&point, nix::mount::MntFlags::empty()) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
             Err(Errno::EBUSY) => {
-                nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(io::Error::from)?;
+                nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)?;
             }
             Err(e) => return Err(io::Error::other(format!("unmount {}: {e}", point.display()))),
         }
@@ -284,7 +283,11 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: Mode) -> io::R
         };
         let parent = open_in_root(
             root,
-            if prefix.as_os_str().is_empty() { Path::new(".") } else { &prefix },
+            if prefix.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &prefix
+            },
             OFlag::O_PATH | OFlag::O_DIRECTORY,
             Mode::empty(),
         )?;
@@ -293,11 +296,21 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: Mode) -> io::R
             Err(e) => return Err(e.into()),
         }
         prefix.push(name);
-        last = Some(open_in_root(root, &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?);
+        last = Some(open_in_root(
+            root,
+            &prefix,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )?);
     }
     match last {
         Some(fd) => Ok(fd),
-        None => open_in_root(root, Path::new("."), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()),
+        None => open_in_root(
+            root,
+            Path::new("."),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        ),
     }
 }
 
@@ -340,7 +353,14 @@ mod tests {
                     3 2 0:3 / /a/b/c rw - tmpfs t rw\n\
                     4 1 0:4 / /ab rw - tmpfs t rw\n";
         let got = select_mounts_under(&parse_mountinfo(text), Path::new("/a"));
-        assert_eq!(got, vec![PathBuf::from("/a/b/c"), PathBuf::from("/a/b"), PathBuf::from("/a")]);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/a/b/c"),
+                PathBuf::from("/a/b"),
+                PathBuf::from("/a")
+            ]
+        );
     }
 
     #[test]
@@ -350,7 +370,11 @@ mod tests {
         atomic_write(&path, b"one").expect("write");
         atomic_write(&path, b"two").expect("write");
         assert_eq!(std::fs::read(&path).expect("read"), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -361,12 +385,20 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("escape")).expect("symlink");
         std::os::unix::fs::symlink("../../..", root.join("up")).expect("symlink");
         let rootfd = open_dir(&root).expect("open root");
-        let made = mkdir_all_in_root(rootfd.as_fd(), Path::new("/escape/inside"), Mode::from_bits_truncate(0o755))
-            .expect("mkdir through symlink");
+        let made = mkdir_all_in_root(
+            rootfd.as_fd(),
+            Path::new("/escape/inside"),
+            Mode::from_bits_truncate(0o755),
+        )
+        .expect("mkdir through symlink");
         drop(made);
-        assert!(root.join("etc/inside").is_dir(), "absolute symlink resolved inside the root");
+        assert!(
+            root.join("etc/inside").is_dir(),
+            "absolute symlink resolved inside the root"
+        );
         assert!(!Path::new("/etc/inside").exists());
-        let up = open_in_root(rootfd.as_fd(), Path::new("up/etc"), OFlag::O_PATH, Mode::empty()).expect("open");
+        let up =
+            open_in_root(rootfd.as_fd(), Path::new("up/etc"), OFlag::O_PATH, Mode::empty()).expect("open");
         let target = std::fs::read_link(proc_fd_path(up.as_fd())).expect("readlink");
         assert_eq!(target, root.join("etc"));
     }
@@ -380,6 +412,9 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("a/link")).expect("symlink");
         remove_tree(&root).expect("remove");
         assert!(!root.exists());
-        assert!(Path::new("/etc/passwd").exists(), "a symlink is removed, never followed");
+        assert!(
+            Path::new("/etc/passwd").exists(),
+            "a symlink is removed, never followed"
+        );
     }
 }

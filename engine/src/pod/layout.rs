@@ -70,3 +70,23 @@ pub fn status_dir(pod: &Path) -> PathBuf {
 pub fn app_status(pod: &Path, app: &str) -> PathBuf {
     status_dir(pod).join(app)
 }
+
+/// How an app's rootfs comes to exist at run time, written by stage0 at prepare
+/// time to `appsinfo/<app>/rootfs.json` and read by whichever stage1 runs the pod.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum AppRootfs {
+    /// Mount an overlay at `app_rootfs` (inside the pod's own mount namespace):
+    /// the tree store's rendered rootfs below, the pod's upper/work dirs on top.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// `--no-overlay`: `app_rootfs` already holds a private copy of the tree.
+    Copy,
+}
+
+pub fn app_rootfs_spec(pod: &Path, app: &str) -> PathBuf {
+    appsinfo(pod, app).join("rootfs.json")
+}

@@ -223,7 +223,12 @@ pub trait ImageFinder: Send + Sync {
     /// Whether `find` needs an async I/O runtime (network). Local finders say no,
     /// so `rkt run` of a local image never starts one.
     fn needs_runtime(&self) -> bool;
-    async fn find(&self, store: &Store, reference: &ImageRef, policy: &FetchPolicy) -> Result<ImageId, BackendError>;
+    async fn find(
+        &self,
+        store: &Store,
+        reference: &ImageRef,
+        policy: &FetchPolicy,
+    ) -> Result<ImageId, BackendError>;
 }
 
 /// Security labels for a pod's processes and mounts (SELinux); empty when disabled.

@@ -49,7 +49,9 @@ macro_rules! registered {
         impl Registered for dyn $trait {
             const KIND: &'static str = $kind;
             fn registrations() -> Vec<&'static Registration<Self>> {
-                inventory::iter::<Registration<dyn $trait>>.into_iter().collect()
+                inventory::iter::<Registration<dyn $trait>>
+                    .into_iter()
+                    .collect()
             }
         }
     };
@@ -91,7 +93,10 @@ pub fn create<T: Registered + ?Sized>(name: &str) -> Result<Box<T>, RegistryErro
 }
 
 /// Builds the backend `name` from a stored configuration value.
-pub fn restore<T: Registered + ?Sized>(name: &str, config: &serde_json::Value) -> Result<Box<T>, RegistryError> {
+pub fn restore<T: Registered + ?Sized>(
+    name: &str,
+    config: &serde_json::Value,
+) -> Result<Box<T>, RegistryError> {
     let registration = find::<T>(name)?;
     let mut erased = <dyn erased_serde::Deserializer>::erase(config);
     (registration.factory)(&mut erased).map_err(|e| RegistryError::Config {

@@ -52,7 +52,9 @@ pub struct Store {
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { dir: data_dir.join("cas") })
+        Ok(Self {
+            dir: data_dir.join("cas"),
+        })
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -77,7 +79,11 @@ impl Store {
         unimplemented!("skeleton")
     }
     /// The newest image with this name whose labels include all of `labels`.
-    pub fn find_by_name(&self, _name: &ACIdentifier, _labels: &[Label]) -> Result<Option<ImageId>, StoreError> {
+    pub fn find_by_name(
+        &self,
+        _name: &ACIdentifier,
+        _labels: &[Label],
+    ) -> Result<Option<ImageId>, StoreError> {
         unimplemented!("skeleton")
     }
     pub fn list(&self) -> Result<Vec<ImageInfo>, StoreError> {
