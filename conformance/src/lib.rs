@@ -1,1 +1,14 @@
-//! Conformance checks for stage1 backends.
+//! The conformance kit: checks any stage1 backend through the real `rkt` binary.
+//!
+//! A backend author runs `cargo run -p rkt-conformance -- --stage1=NAME`; CI runs the
+//! same checks from `cli/tests/conformance.rs` for every registered backend. Each
+//! check reports Passed, Skipped (with the reason: a prerequisite is missing) or
+//! Failed (with what was seen), in the style of youki's contest framework.
+
+pub mod checks;
+pub mod harness;
+pub mod image;
+
+pub use checks::{Check, Outcome, all_checks};
+pub use harness::Rkt;
+pub use image::{AciSpec, busybox_path};

@@ -1,2 +1,610 @@
-//! Drives a pod Embryo -> Preparing -> Prepared/Running through the registered
-//! backends.
+//! Drives a pod Embryo -> Preparing -> Prepared | Running through the registered
+//! backends, in rkt's order: pick the stage1, resolve every image, create the pod,
+//! write its manifest and app rootfs, then hand it to the Networker and the Stage1.
+//!
+//! A prepare that fails is rolled back: the pod goes to garbage and is deleted
+//! before the error is returned, so nothing half-prepared is left to run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::fsutil;
+use crate::pod::layout::{self, AppRootfs};
+use crate::pod::{Pod, PodError, PodsDir, Prepared, Preparing, Running};
+use crate::schema::{
+    ACName, AC_VERSION, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp,
+    RuntimeImage, SchemaError, Volume, VolumeKind,
+};
+use crate::stage::block_on::block_on;
+use crate::stage::registry::{self, RegistryError, Stage1Record};
+use crate::stage::{
+    Availability, BackendError, FetchPolicy, ImageFinder, ImageRef, Labeler, NetRequest, Networker, PodExit,
+    RunConfig, Stage1,
+};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error("{0}")]
+    Schema(#[from] SchemaError),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunnerError {
+    let context = context.into();
+    move |source| RunnerError::Io { context, source }
+}
+
+/// One image on the command line with the flags that follow it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppRequest {
+    pub image: String,
+    /// `--name`: the app's name in the pod (default: from the image name).
+    pub name: Option<String>,
+    /// `--exec`: replaces the image's exec[0] and its arguments.
+    pub exec: Option<String>,
+    /// Arguments after `--`, appended to the exec.
+    pub args: Vec<String>,
+    /// `--mount` given after this image.
+    pub mounts: Vec<Mount>,
+    /// `--signature` for this image.
+    pub signature: Option<PathBuf>,
+}
+
+/// Everything `rkt prepare` and `rkt run` need to build a pod.
+#[derive(Debug, Clone, Default)]
+pub struct PrepareRequest {
+    pub apps: Vec<AppRequest>,
+    /// `--mount` given before any image: applies to every app.
+    pub mounts: Vec<Mount>,
+    pub volumes: Vec<Volume>,
+    pub set_env: Vec<EnvVar>,
+    pub inherit_env: bool,
+    pub ports: Vec<ExposedPort>,
+    pub no_overlay: bool,
+    /// `--pod-manifest`: use this manifest instead of building one from the flags.
+    pub pod_manifest: Option<PathBuf>,
+    pub stage1: String,
+    pub fetch: FetchPolicy,
+    /// `--uuid-file-save`: written as soon as the pod exists, so it can be removed
+    /// even if preparing fails.
+    pub uuid_file_save: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub prepare: PrepareRequest,
+    pub net: NetRequest,
+    /// Whether `--net` was given explicitly (a stage1 without network namespaces
+    /// silently uses the host's network only when the user asked for nothing).
+    pub net_explicit: bool,
+    pub interactive: bool,
+    pub debug: bool,
+}
+
+/// The engine's view of one `--dir`.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub pods: PodsDir,
+}
+
+impl Runtime {
+    pub fn open(dir: &Path) -> Result<Self, RunnerError> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        Ok(Runtime {
+            dir: dir.to_path_buf(),
+            store: Store::open(dir)?,
+            pods: PodsDir::open(dir)?,
+        })
+    }
+
+    /// Resolves an image reference to an image in the store, fetching it through
+    /// the first registered ImageFinder that handles it.
+    pub fn find_image(&self, reference: &str, policy: &FetchPolicy) -> Result<ImageId, RunnerError> {
+        let parsed = ImageRef::parse(reference);
+        match &parsed {
+            ImageRef::Id(_) => return Ok(self.store.resolve(reference)?),
+            ImageRef::Name(name) => match self.store.resolve(name) {
+                Ok(id) => return Ok(id),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            },
+            ImageRef::Path(_) | ImageRef::Url(_) => {}
+        }
+        let finders = registry::all::<dyn ImageFinder>()?;
+        let finder = finders.iter().find(|f| f.handles(&parsed)).ok_or_else(|| {
+            RunnerError::Invalid(format!(
+                "no image source handles {reference:?} (registered: {})",
+                finders.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if finder.needs_runtime() {
+            return Err(RunnerError::Invalid(format!(
+                "fetching {reference:?} needs the {} image source, which is not available in this build",
+                finder.name()
+            )));
+        }
+        Ok(block_on(finder.find(&self.store, &parsed, policy))?)
+    }
+
+    /// `rkt prepare`: a pod in state prepared, ready for `run-prepared`.
+    pub fn prepare(&self, request: &PrepareRequest) -> Result<Pod<Prepared>, RunnerError> {
+        let stage1 = select_stage1(&request.stage1)?;
+        check_capabilities(stage1.as_ref(), request, false)?;
+        let pod = self.prepare_pod(stage1.as_ref(), request)?;
+        Ok(pod.prepared()?)
+    }
+
+    /// `rkt run`: prepare, then run the pod in this process's lifetime.
+    pub fn run(&self, request: &RunRequest) -> Result<PodExit, RunnerError> {
+        let stage1 = select_stage1(&request.prepare.stage1)?;
+        check_capabilities(stage1.as_ref(), &request.prepare, request.interactive)?;
+        let net = effective_net(stage1.as_ref(), request)?;
+        let pod = self.prepare_pod(stage1.as_ref(), &request.prepare)?;
+        let pod = pod.run()?;
+        self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
+    }
+
+    /// Sets up the network and hands a running pod to its stage1.
+    pub fn run_pod(
+        &self,
+        stage1: &dyn Stage1,
+        pod: Pod<Running>,
+        net: &NetRequest,
+        interactive: bool,
+        debug: bool,
+    ) -> Result<PodExit, RunnerError> {
+        let info = pod.info();
+        let networker = select_networker(net)?;
+        let net_info = block_on(networker.setup(&info, net))?;
+        let record = NetRecord {
+            networker: networker.name().to_string(),
+            info: net_info.clone(),
+        };
+        write_json(&pod.path().join(layout::NET_INFO), &record)?;
+        let labels = select_labeler()?.labels(&info)?;
+        let cfg = RunConfig {
+            interactive,
+            debug,
+            net: net_info,
+            labels,
+        };
+        Ok(stage1.run(pod, &cfg)?)
+    }
+
+    fn prepare_pod(&self, stage1: &dyn Stage1, request: &PrepareRequest) -> Result<Pod<Preparing>, RunnerError> {
+        // Images first: a typo in an image name should not even create a pod.
+        let images = match &request.pod_manifest {
+            Some(_) => Vec::new(),
+            None => request
+                .apps
+                .iter()
+                .map(|app| {
+                    let mut policy = request.fetch.clone();
+                    if app.signature.is_some() {
+                        policy.signature = app.signature.clone();
+                    }
+                    let id = self.find_image(&app.image, &policy)?;
+                    let manifest = self.store.manifest(&id)?;
+                    Ok((id, manifest))
+                })
+                .collect::<Result<Vec<_>, RunnerError>>()?,
+        };
+        let manifest = match &request.pod_manifest {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+                PodManifest::from_json(&bytes)
+                    .map_err(|e| RunnerError::Invalid(format!("pod manifest {}: {e}", path.display())))?
+            }
+            None => build_pod_manifest(request, &images)?,
+        };
+        if manifest.apps.is_empty() {
+            return Err(RunnerError::Invalid("the pod has no apps".into()));
+        }
+        if manifest.apps.len() > 1 && !stage1.capabilities().multi_app {
+            return Err(RunnerError::Invalid(format!(
+                "stage1 {} runs one app per pod, {} were given",
+                stage1.name(),
+                manifest.apps.len()
+            )));
+        }
+
+        let embryo = self.pods.create()?;
+        if let Some(path) = &request.uuid_file_save {
+            let text = embryo.uuid().to_string();
+            fsutil::atomic_write(path, text.as_bytes())
+                .map_err(io_err(format!("cannot save the pod UUID to {}", path.display())))?;
+        }
+        let pod = embryo.prepare()?;
+        match self.fill_pod(&pod, stage1, &manifest, request.no_overlay) {
+            Ok(()) => Ok(pod),
+            Err(e) => {
+                let uuid = pod.uuid();
+                if let Err(cleanup) = pod.abort().and_then(|garbage| garbage.destroy()) {
+                    tracing::warn!("pod {uuid}: rollback left it for gc: {cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes everything a stage1 needs into a preparing pod.
+    fn fill_pod(
+        &self,
+        pod: &Pod<Preparing>,
+        stage1: &dyn Stage1,
+        manifest: &PodManifest,
+        no_overlay: bool,
+    ) -> Result<(), RunnerError> {
+        let dir = pod.path();
+        fsutil::atomic_write(&dir.join(layout::POD_CREATED), b"").map_err(io_err("cannot write pod-created"))?;
+        let record = Stage1Record::of(stage1)
+            .map_err(|e| RunnerError::Invalid(format!("stage1 {} config: {e}", stage1.name())))?;
+        write_json(&dir.join(layout::STAGE1), &record)?;
+        let use_overlay = !no_overlay && overlay_supported();
+        if !no_overlay && !use_overlay {
+            tracing::warn!("overlayfs is not available; copying each app's rootfs instead");
+        }
+        for app in &manifest.apps {
+            self.prepare_app(dir, app, use_overlay)?;
+        }
+        for volume in manifest.volumes.iter().filter(|v| v.kind == VolumeKind::Empty) {
+            create_empty_volume(dir, volume)?;
+        }
+        fsutil::atomic_write(&layout::manifest(dir), &manifest.to_json())
+            .map_err(io_err("cannot write the pod manifest"))?;
+        fsutil::fsync_dir(dir).map_err(io_err("cannot sync the pod directory"))?;
+        Ok(())
+    }
+
+    fn prepare_app(&self, pod_dir: &Path, app: &RuntimeApp, use_overlay: bool) -> Result<(), RunnerError> {
+        let name = app.name.as_str();
+        let image_manifest = self.store.manifest(&app.image.id)?;
+        let tree = self.store.render(&app.image.id)?;
+        let info_dir = layout::appsinfo(pod_dir, name);
+        mkdirs(&info_dir)?;
+        fsutil::atomic_write(&layout::app_image_manifest(pod_dir, name), &image_manifest.to_json())
+            .map_err(io_err("cannot write the app's image manifest"))?;
+        fsutil::atomic_write(&layout::app_tree_id(pod_dir, name), tree.tree_id.as_bytes())
+            .map_err(io_err("cannot write the app's tree ID"))?;
+        let rootfs = layout::app_rootfs(pod_dir, name);
+        let spec = if use_overlay {
+            let (upper, work) = (layout::overlay_upper(pod_dir, name), layout::overlay_work(pod_dir, name));
+            mkdirs(&rootfs)?;
+            mkdirs(&upper)?;
+            mkdirs(&work)?;
+            AppRootfs::Overlay {
+                lower: tree.rootfs.clone(),
+                upper,
+                work,
+            }
+        } else {
+            if let Some(parent) = rootfs.parent() {
+                mkdirs(parent)?;
+            }
+            crate::store::copy_tree(&tree.rootfs, &rootfs)
+                .map_err(io_err(format!("cannot copy the rootfs of app {name}")))?;
+            AppRootfs::Copy
+        };
+        write_json(&layout::app_rootfs_spec(pod_dir, name), &spec)?;
+        mkdirs(&layout::status_dir(pod_dir))?;
+        Ok(())
+    }
+}
+
+/// What a Networker set up, so teardown at gc reaches the same one.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NetRecord {
+    pub networker: String,
+    #[serde(flatten)]
+    pub info: crate::stage::NetInfo,
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RunnerError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| RunnerError::Invalid(format!("cannot encode {}: {e}", path.display())))?;
+    fsutil::atomic_write(path, &bytes).map_err(io_err(format!("cannot write {}", path.display())))
+}
+
+fn mkdirs(path: &Path) -> Result<(), RunnerError> {
+    std::fs::create_dir_all(path).map_err(io_err(format!("cannot create {}", path.display())))
+}
+
+fn overlay_supported() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+        .unwrap_or(false)
+}
+
+fn create_empty_volume(pod_dir: &Path, volume: &Volume) -> Result<(), RunnerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = layout::empty_volume(pod_dir, volume.name.as_str());
+    mkdirs(&path)?;
+    let mode = match &volume.mode {
+        Some(m) => u32::from_str_radix(m, 8)
+            .map_err(|_| RunnerError::Invalid(format!("volume {}: mode {m:?} is not octal", volume.name)))?,
+        None => 0o755,
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("cannot set the mode of volume {}", volume.name)))?;
+    std::os::unix::fs::chown(&path, Some(volume.uid.unwrap_or(0)), Some(volume.gid.unwrap_or(0)))
+        .map_err(io_err(format!("cannot set the owner of volume {}", volume.name)))
+}
+
+/// The stage1 named by `--stage1`, refusing one that cannot run here.
+pub fn select_stage1(name: &str) -> Result<Box<dyn Stage1>, RunnerError> {
+    let stage1 = registry::create::<dyn Stage1>(name)?;
+    match stage1.availability() {
+        Availability::Available => Ok(stage1),
+        Availability::Unavailable(why) => Err(RunnerError::Invalid(format!(
+            "stage1 {name} cannot run on this machine: {why}"
+        ))),
+    }
+}
+
+fn select_networker(net: &NetRequest) -> Result<Box<dyn Networker>, RunnerError> {
+    let all = registry::all::<dyn Networker>()?;
+    all.into_iter().find(|n| n.handles(net)).ok_or_else(|| {
+        let names: Vec<_> = net.networks.iter().map(|(n, _)| n.as_str()).collect();
+        RunnerError::Invalid(format!("no networker handles --net={}", names.join(",")))
+    })
+}
+
+fn select_labeler() -> Result<Box<dyn Labeler>, RunnerError> {
+    registry::all::<dyn Labeler>()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| RunnerError::Invalid("no labeler is registered".into()))
+}
+
+fn check_capabilities(stage1: &dyn Stage1, request: &PrepareRequest, interactive: bool) -> Result<(), RunnerError> {
+    let caps = stage1.capabilities();
+    if request.apps.len() > 1 && !caps.multi_app {
+        return Err(RunnerError::Invalid(format!(
+            "stage1 {} runs one app per pod, {} images were given",
+            stage1.name(),
+            request.apps.len()
+        )));
+    }
+    if interactive && !caps.interactive {
+        return Err(RunnerError::Invalid(format!(
+            "stage1 {} does not support --interactive",
+            stage1.name()
+        )));
+    }
+    Ok(())
+}
+
+/// A stage1 without network namespaces runs every pod on the host's network; that
+/// is only an error when the user explicitly asked for something else.
+fn effective_net(stage1: &dyn Stage1, request: &RunRequest) -> Result<NetRequest, RunnerError> {
+    if stage1.capabilities().network_namespace || request.net.is_host() {
+        return Ok(if request.net.networks.is_empty() {
+            NetRequest::host()
+        } else {
+            request.net.clone()
+        });
+    }
+    if request.net_explicit {
+        return Err(RunnerError::Invalid(format!(
+            "stage1 {} only supports the host's network (--net=host)",
+            stage1.name()
+        )));
+    }
+    Ok(NetRequest::host())
+}
+
+/// Builds the pod manifest from command-line apps: each app is the image's app
+/// with rkt's overrides applied, so a stage1 reads one effective definition.
+pub fn build_pod_manifest(
+    request: &PrepareRequest,
+    images: &[(ImageId, ImageManifest)],
+) -> Result<PodManifest, RunnerError> {
+    let mut volumes = request.volumes.clone();
+    let mut apps = Vec::with_capacity(images.len());
+    let mut names = BTreeMap::new();
+    let host_env: Vec<EnvVar> = if request.inherit_env {
+        std::env::vars()
+            .map(|(name, value)| EnvVar { name, value })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (app_request, (id, image)) in request.apps.iter().zip(images) {
+        let name = match &app_request.name {
+            Some(n) => ACName::new(n).map_err(|e| RunnerError::Invalid(format!("--name {n:?}: {e}")))?,
+            None => default_app_name(image)?,
+        };
+        if let Some(previous) = names.insert(name.clone(), app_request.image.clone()) {
+            return Err(RunnerError::Invalid(format!(
+                "two apps are named {name:?} ({previous} and {}); give one a --name",
+                app_request.image
+            )));
+        }
+        let mut app = match (&image.app, &app_request.exec) {
+            (Some(app), _) => app.clone(),
+            (None, Some(_)) => App {
+                user: "0".into(),
+                group: "0".into(),
+                ..App::default()
+            },
+            (None, None) => {
+                return Err(RunnerError::Invalid(format!(
+                    "image {} has no app to run; give it one with --exec",
+                    image.name
+                )));
+            }
+        };
+        if let Some(exec) = &app_request.exec {
+            app.exec = vec![exec.clone()];
+        }
+        app.exec.extend(app_request.args.iter().cloned());
+        if app.exec.is_empty() {
+            return Err(RunnerError::Invalid(format!(
+                "image {} has no exec; give one with --exec",
+                image.name
+            )));
+        }
+        app.environment = merge_env(&host_env, &app.environment, &request.set_env);
+
+        let mut mounts = merge_mounts(&request.mounts, &app_request.mounts);
+        for mount_point in &app.mount_points {
+            let covered = mounts
+                .iter()
+                .any(|m| m.path == mount_point.path || m.volume == mount_point.name);
+            if covered {
+                continue;
+            }
+            if !volumes.iter().any(|v| v.name == mount_point.name) {
+                tracing::warn!(
+                    "app {name}: no volume for mount point {} ({}); using an empty one",
+                    mount_point.name,
+                    mount_point.path
+                );
+                volumes.push(Volume {
+                    name: mount_point.name.clone(),
+                    kind: VolumeKind::Empty,
+                    source: None,
+                    read_only: Some(mount_point.read_only),
+                    recursive: None,
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                });
+            }
+            mounts.push(Mount {
+                volume: mount_point.name.clone(),
+                path: mount_point.path.clone(),
+            });
+        }
+        for mount in &mounts {
+            if !volumes.iter().any(|v| v.name == mount.volume) {
+                return Err(RunnerError::Invalid(format!(
+                    "app {name}: --mount names volume {:?}, which no --volume defines",
+                    mount.volume.as_str()
+                )));
+            }
+        }
+        apps.push(RuntimeApp {
+            name,
+            image: RuntimeImage {
+                name: Some(image.name.clone()),
+                id: id.clone(),
+                labels: image.labels.clone(),
+            },
+            app: Some(app),
+            mounts,
+            annotations: Vec::new(),
+        });
+    }
+    Ok(PodManifest {
+        ac_version: AC_VERSION.to_string(),
+        ac_kind: "PodManifest".to_string(),
+        apps,
+        volumes,
+        isolators: Vec::new(),
+        annotations: Vec::new(),
+        ports: request.ports.clone(),
+    })
+}
+
+/// appc: an app is named after the last component of its image name.
+fn default_app_name(image: &ImageManifest) -> Result<ACName, RunnerError> {
+    let last = image.name.as_str().rsplit('/').next().unwrap_or(image.name.as_str());
+    ACName::new(last).map_err(|e| {
+        RunnerError::Invalid(format!(
+            "cannot name the app of image {} after it ({e}); give it a --name",
+            image.name
+        ))
+    })
+}
+
+/// rkt's precedence, later wins: the host's (`--inherit-env`), the image's, `--set-env`.
+fn merge_env(inherited: &[EnvVar], image: &[EnvVar], explicit: &[EnvVar]) -> Vec<EnvVar> {
+    let mut merged: Vec<EnvVar> = Vec::new();
+    for var in inherited.iter().chain(image).chain(explicit) {
+        match merged.iter_mut().find(|v| v.name == var.name) {
+            Some(existing) => existing.value = var.value.clone(),
+            None => merged.push(var.clone()),
+        }
+    }
+    merged
+}
+
+/// Per-app mounts take precedence over global ones with the same target path.
+fn merge_mounts(global: &[Mount], per_app: &[Mount]) -> Vec<Mount> {
+    let mut mounts: Vec<Mount> = global
+        .iter()
+        .filter(|g| !per_app.iter().any(|m| m.path == g.path))
+        .cloned()
+        .collect();
+    mounts.extend(per_app.iter().cloned());
+    mounts
+}
+
+/// Reads the stage1 a pod was prepared with.
+pub fn pod_stage1(pod_dir: &Path) -> Result<Box<dyn Stage1>, RunnerError> {
+    let path = pod_dir.join(layout::STAGE1);
+    let bytes = std::fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    let record: Stage1Record = serde_json::from_slice(&bytes)
+        .map_err(|e| RunnerError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(record.restore()?)
+}
+
+/// The UUID `--uuid-file` names.
+pub fn read_uuid_file(path: &Path) -> Result<Uuid, RunnerError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    Uuid::parse_str(text.trim())
+        .map_err(|e| RunnerError::Invalid(format!("{} does not hold a pod UUID: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(name: &str, value: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn env_precedence_is_host_then_image_then_explicit() {
+        let merged = merge_env(
+            &[var("A", "host"), var("B", "host")],
+            &[var("B", "image"), var("C", "image")],
+            &[var("C", "flag")],
+        );
+        assert_eq!(merged, vec![var("A", "host"), var("B", "image"), var("C", "flag")]);
+    }
+
+    #[test]
+    fn per_app_mount_overrides_global_with_same_path() {
+        let m = |v: &str, p: &str| Mount {
+            volume: ACName::new(v).expect("name"),
+            path: p.into(),
+        };
+        let merged = merge_mounts(&[m("a", "/data"), m("b", "/other")], &[m("c", "/data")]);
+        assert_eq!(merged, vec![m("b", "/other"), m("c", "/data")]);
+    }
+}

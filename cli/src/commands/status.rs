@@ -1,0 +1,137 @@
+//! `rkt status`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rkt_engine::pod::{PodState, PodsDir};
+use uuid::Uuid;
+
+use crate::flags::{Format, GlobalFlags, Wait, parse_wait, print_json};
+use crate::podview;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Wait for the pod to exit: true, false, or a duration (negative: forever)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_wait)]
+    pub wait: Wait,
+    /// Wait until the pod is running its apps: true, false, or a duration
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = parse_wait)]
+    pub wait_ready: Wait,
+    /// Output format
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// Read the pod UUID from this file
+    #[arg(long, conflicts_with = "uuid")]
+    pub uuid_file: Option<PathBuf>,
+    /// The pod's UUID (or an unambiguous prefix)
+    #[arg(required_unless_present = "uuid_file")]
+    pub uuid: Option<String>,
+}
+
+pub fn resolve_uuid(pods: &PodsDir, uuid: Option<&str>, uuid_file: Option<&PathBuf>) -> Result<Uuid> {
+    match (uuid, uuid_file) {
+        (_, Some(file)) => Ok(rkt_engine::runner::read_uuid_file(file)?),
+        (Some(prefix), None) => Ok(pods.resolve(prefix)?),
+        (None, None) => bail!("a pod UUID is required"),
+    }
+}
+
+pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
+    let runtime = global.runtime()?;
+    let uuid = resolve_uuid(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_ref())?;
+    if args.wait_ready != Wait::No {
+        wait_until(&runtime.pods, &uuid, args.wait_ready, |s| {
+            !matches!(s, PodState::Embryo | PodState::Preparing | PodState::Prepared)
+        })?;
+    }
+    if args.wait != Wait::No {
+        wait_until(&runtime.pods, &uuid, args.wait, |s| {
+            !matches!(
+                s,
+                PodState::Embryo | PodState::Preparing | PodState::Prepared | PodState::Running
+            )
+        })?;
+    }
+    let info = runtime.pods.info(&uuid)?;
+    let view = podview::view(&info);
+    if let Some(format) = args.format {
+        print_json(&view, format)?;
+        return Ok(0);
+    }
+    println!("state={}", view.state);
+    println!("created={}", podview::absolute(view.created_at));
+    if view.started_at.is_some() {
+        println!("started={}", podview::absolute(view.started_at));
+    }
+    if !view.networks.is_empty() {
+        let nets: Vec<String> = view.networks.iter().map(|n| format!("{}:ip4={}", n.name, n.ip)).collect();
+        println!("networks={}", nets.join(","));
+    }
+    if let Some(pid) = view.pid {
+        println!("pid={pid}");
+    }
+    let exited = !matches!(
+        info.state,
+        PodState::Embryo | PodState::Preparing | PodState::Prepared | PodState::Running
+    );
+    println!("exited={exited}");
+    for app in &view.apps {
+        if let Some(code) = app.exit_code {
+            println!("app-{}={code}", app.name);
+        }
+    }
+    Ok(0)
+}
+
+/// Waits until the pod's state satisfies `done`. While it runs, the wait is a
+/// blocking shared flock on the pod directory: it returns the moment the stage1
+/// lock holder ends, with no polling. Other states are re-read at a short interval.
+fn wait_until(pods: &PodsDir, uuid: &Uuid, wait: Wait, done: impl Fn(PodState) -> bool) -> Result<()> {
+    let deadline = match wait {
+        Wait::For(d) => Some(Instant::now() + d),
+        _ => None,
+    };
+    loop {
+        let info = pods.info(uuid)?;
+        if done(info.state) {
+            return Ok(());
+        }
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            bail!("timed out waiting for pod {uuid} (still {})", info.state);
+        }
+        if info.state == PodState::Running {
+            wait_for_unlock(&info.path, remaining)?;
+        } else {
+            std::thread::sleep(remaining.unwrap_or(Duration::MAX).min(Duration::from_millis(20)));
+        }
+    }
+}
+
+fn wait_for_unlock(path: &std::path::Path, timeout: Option<Duration>) -> Result<()> {
+    let dir = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // Moved on (to garbage) while we looked: the caller re-reads the state.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let locked = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockShared);
+        let _ = tx.send(locked.is_ok());
+    });
+    match timeout {
+        None => {
+            let _ = rx.recv();
+        }
+        Some(t) => {
+            let _ = rx.recv_timeout(t);
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,142 @@
+//! Runs the real `rkt` binary against a private `--dir`, and cleans up after
+//! itself even when a check fails: garbage-collects its pods, unmounts anything
+//! left below its work directory (deepest first), and deletes the directory only
+//! when nothing is mounted there any more.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+use crate::image::AciSpec;
+
+/// One `rkt` invocation's result.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    fn from(out: Output) -> Self {
+        RunOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// For failure messages: everything rkt said.
+    pub fn describe(&self) -> String {
+        format!("exit {}; stdout {:?}; stderr {:?}", self.code, self.stdout, self.stderr)
+    }
+}
+
+pub struct Rkt {
+    bin: PathBuf,
+    pub stage1: String,
+    work: PathBuf,
+    pub dir: PathBuf,
+    images: Mutex<BTreeMap<String, PathBuf>>,
+}
+
+impl Rkt {
+    /// A fresh `--dir` in its own temporary work directory.
+    pub fn new(bin: &Path, stage1: &str) -> io::Result<Self> {
+        let work = tempfile::Builder::new().prefix("rkt-conformance-").tempdir()?.keep();
+        let dir = work.join("data");
+        std::fs::create_dir(&dir)?;
+        Ok(Rkt {
+            bin: bin.to_path_buf(),
+            stage1: stage1.to_string(),
+            work,
+            dir,
+            images: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn work(&self) -> &Path {
+        &self.work
+    }
+
+    /// `rkt --dir=<private dir> ARGS...`, stdin closed.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--dir={}", self.dir.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("RKT_STAGE1")
+            .env_remove("RKT_DIR");
+        cmd
+    }
+
+    pub fn rkt(&self, args: &[&str]) -> RunOutput {
+        match self.command(args).output() {
+            Ok(out) => RunOutput::from(out),
+            Err(e) => RunOutput {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot start {}: {e}", self.bin.display()),
+            },
+        }
+    }
+
+    /// `rkt run --insecure-options=image --stage1=<backend> ARGS...`
+    pub fn run(&self, args: &[&str]) -> RunOutput {
+        let stage1 = format!("--stage1={}", self.stage1);
+        let mut all = vec!["run", "--insecure-options=image", stage1.as_str()];
+        all.extend_from_slice(args);
+        self.rkt(&all)
+    }
+
+    /// Builds the image once per spec name and returns its path.
+    pub fn image(&self, spec: &AciSpec) -> io::Result<PathBuf> {
+        let mut images = self.images.lock().map_err(|_| io::Error::other("image cache poisoned"))?;
+        if let Some(path) = images.get(&spec_key(spec)) {
+            return Ok(path.clone());
+        }
+        let path = self.work.join(format!("image-{}.aci", images.len()));
+        spec.write(&path)?;
+        images.insert(spec_key(spec), path.clone());
+        Ok(path)
+    }
+
+    /// Mount points at or below the work directory, from this process's view.
+    pub fn mounts_left(&self) -> Vec<PathBuf> {
+        mounts_under(&self.work)
+    }
+}
+
+fn spec_key(spec: &AciSpec) -> String {
+    spec.manifest().to_string() + &format!("{:?}", spec.files)
+}
+
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(root))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+impl Drop for Rkt {
+    fn drop(&mut self) {
+        let _ = self.rkt(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
+        for point in mounts_under(&self.work) {
+            let _ = Command::new("umount").arg("-l").arg(&point).status();
+        }
+        let left = mounts_under(&self.work);
+        if left.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.work);
+        } else {
+            // Deleting now could wipe whatever is mounted there: leave it.
+            eprintln!("conformance: leaving {} in place, still mounted: {left:?}", self.work.display());
+        }
+    }
+}

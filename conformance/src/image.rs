@@ -1,0 +1,152 @@
+//! Builds small test images: a static busybox with the applets the checks use, a
+//! passwd/group with a non-root user, and an appc manifest.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+/// What an image contains and how its app is defined.
+#[derive(Debug, Clone)]
+pub struct AciSpec {
+    pub name: String,
+    pub exec: Vec<String>,
+    pub user: String,
+    pub group: String,
+    pub env: Vec<(String, String)>,
+    pub working_directory: Option<String>,
+    /// (name, path, readOnly)
+    pub mount_points: Vec<(String, String, bool)>,
+    pub labels: Vec<(String, String)>,
+    /// Extra regular files: (path inside rootfs, contents, mode).
+    pub files: Vec<(String, Vec<u8>, u32)>,
+}
+
+impl AciSpec {
+    pub fn busybox(name: &str) -> Self {
+        AciSpec {
+            name: name.to_string(),
+            exec: vec!["/bin/sh".into(), "-c".into(), "echo hello from busybox".into()],
+            user: "0".into(),
+            group: "0".into(),
+            env: Vec::new(),
+            working_directory: None,
+            mount_points: Vec::new(),
+            labels: vec![
+                ("version".into(), "1.0.0".into()),
+                ("os".into(), "linux".into()),
+                ("arch".into(), "amd64".into()),
+            ],
+            files: Vec::new(),
+        }
+    }
+
+    pub fn manifest(&self) -> serde_json::Value {
+        let mut app = json!({
+            "exec": self.exec,
+            "user": self.user,
+            "group": self.group,
+            "environment": self.env.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+            "mountPoints": self.mount_points.iter()
+                .map(|(n, p, ro)| json!({"name": n, "path": p, "readOnly": ro})).collect::<Vec<_>>(),
+        });
+        if let Some(wd) = &self.working_directory {
+            app["workingDirectory"] = json!(wd);
+        }
+        json!({
+            "acKind": "ImageManifest",
+            "acVersion": "0.8.11",
+            "name": self.name,
+            "labels": self.labels.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+            "app": app,
+        })
+    }
+
+    /// Writes the ACI (uncompressed tar) to `out`.
+    pub fn write(&self, out: &Path) -> io::Result<()> {
+        let busybox = busybox_path().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no static busybox (apt-get install busybox-static)")
+        })?;
+        let file = std::fs::File::create(out)?;
+        let mut tar = tar::Builder::new(io::BufWriter::new(file));
+        let manifest = serde_json::to_vec_pretty(&self.manifest()).map_err(io::Error::other)?;
+        append_file(&mut tar, "manifest", &manifest, 0o644)?;
+        for dir in ["rootfs", "rootfs/bin", "rootfs/etc", "rootfs/tmp", "rootfs/root", "rootfs/home", "rootfs/home/app"] {
+            append_dir(&mut tar, dir, if dir == "rootfs/tmp" { 0o1777 } else { 0o755 })?;
+        }
+        let mut header = tar::Header::new_gnu();
+        let data = std::fs::read(&busybox)?;
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, "rootfs/bin/busybox", data.as_slice())?;
+        for applet in APPLETS {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            tar.append_link(&mut header, format!("rootfs/bin/{applet}"), "busybox")?;
+        }
+        append_file(
+            &mut tar,
+            "rootfs/etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app user:/home/app:/bin/sh\n",
+            0o644,
+        )?;
+        append_file(&mut tar, "rootfs/etc/group", b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n", 0o644)?;
+        for (path, contents, mode) in &self.files {
+            append_file(&mut tar, &format!("rootfs/{}", path.trim_start_matches('/')), contents, *mode)?;
+        }
+        tar.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+}
+
+/// The applets the checks call.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "env", "id", "pwd", "cat", "ls", "sleep", "true", "false", "test", "touch", "mkdir", "stat",
+    "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname",
+];
+
+fn append_file<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, path, data)
+}
+
+fn append_dir<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(mode);
+    header.set_entry_type(tar::EntryType::Directory);
+    tar.append_data(&mut header, path, io::empty())
+}
+
+/// Debian's busybox-static installs a statically linked busybox here; the dynamic
+/// one would need a libc inside the image.
+pub fn busybox_path() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| is_static_elf(p))
+}
+
+/// A static ELF has no PT_INTERP program header.
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
+    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
+    (0..phnum).all(|i| {
+        let off = phoff + i * phentsize;
+        data.get(off..off + 4)
+            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3) // PT_INTERP
+            .unwrap_or(false)
+    })
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what rkt-rs needs on a fresh Debian 12 machine (as root): the static
+# busybox its test and example images are built from. Idempotent and quiet when
+# everything is already there.
+set -euo pipefail
+
+packages=(busybox-static)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is required (rustup.rs)" >&2; exit 1; }
