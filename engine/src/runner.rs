@@ -14,7 +14,7 @@ use crate::fsutil;
 use crate::pod::layout::{self, AppRootfs};
 use crate::pod::{Pod, PodError, PodsDir, Prepared, Preparing, Running};
 use crate::schema::{
-    ACName, AC_VERSION, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp,
+    ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp,
     RuntimeImage, SchemaError, Volume, VolumeKind,
 };
 use crate::stage::block_on::block_on;
@@ -514,16 +514,16 @@ pub fn build_pod_manifest(
             app: Some(app),
             mounts,
             annotations: Vec::new(),
+            read_only_root_fs: false,
         });
     }
     Ok(PodManifest {
-        ac_version: AC_VERSION.to_string(),
-        ac_kind: "PodManifest".to_string(),
         apps,
         volumes,
         isolators: Vec::new(),
         annotations: Vec::new(),
         ports: request.ports.clone(),
+        ..PodManifest::default()
     })
 }
 
