@@ -428,6 +428,7 @@ fn plan_binds(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests build their own inputs; a panic is a failure report
 mod tests {
     use super::*;
     use std::os::fd::{AsFd, OwnedFd};
