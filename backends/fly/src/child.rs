@@ -36,6 +36,14 @@ impl ChildError {
     pub fn new(what: impl Display, cause: impl Display) -> Self {
         ChildError(format!("fly: {what}: {cause}"))
     }
+
+    /// Like `new`, with an I/O error shown as strerror only (no "(os error N)").
+    pub fn io(what: impl Display, e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(n) => Self::new(what, Errno::from_raw(n).desc()),
+            None => Self::new(what, e),
+        }
+    }
 }
 
 /// What the child needs to build the app's root; all of it computed before fork.
@@ -79,7 +87,7 @@ pub fn prepare_root(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<AppLaunch,
 
     // Opened after the mount, so the fd is the root of the overlay / self-bind.
     let root = fsutil::open_dir(spec.rootfs_dir)
-        .map_err(|e| ChildError::new(format_args!("opening {}", spec.rootfs_dir.display()), e))?;
+        .map_err(|e| ChildError::io(format_args!("opening {}", spec.rootfs_dir.display()), e))?;
     let plan = plan_app(spec.pod_dir, spec.manifest, spec.app, root.as_fd())
         .map_err(|e| ChildError(format!("fly: {e}")))?;
 
@@ -179,7 +187,7 @@ pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String
 
 fn dir_in_root(root: BorrowedFd<'_>, path: &str, mode: Mode) -> Result<OwnedFd, ChildError> {
     fsutil::mkdir_all_in_root(root, Path::new(path), mode)
-        .map_err(|e| ChildError::new(format_args!("creating {path} in the app's rootfs"), e))
+        .map_err(|e| ChildError::io(format_args!("creating {path} in the app's rootfs"), e))
 }
 
 fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Result<(), ChildError> {
@@ -193,7 +201,7 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
     };
     // The source is a host path the user chose: resolving it on the host is intended.
     let source_is_dir = std::fs::metadata(&bind.source)
-        .map_err(|e| ChildError::new(what(), e))?
+        .map_err(|e| ChildError::io(what(), e))?
         .is_dir();
     let target = Path::new(&bind.target);
     let target_fd = if source_is_dir {
@@ -201,7 +209,7 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
     } else {
         file_in_root(root, target)
     }
-    .map_err(|e| ChildError::new(format_args!("creating the target of {}", what()), e))?;
+    .map_err(|e| ChildError::io(format_args!("creating the target of {}", what()), e))?;
 
     let mut flags = MsFlags::MS_BIND;
     if bind.recursive {
@@ -222,7 +230,7 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
         // for the bind names the directory *under* it, so resolve the target again:
         // the lookup now crosses into the bind.
         let top = fsutil::open_in_root(root, target, OFlag::O_PATH, Mode::empty())
-            .map_err(|e| ChildError::new(format_args!("reopening {}", what()), e))?;
+            .map_err(|e| ChildError::io(format_args!("reopening {}", what()), e))?;
         let top = fsutil::proc_fd_path(top.as_fd());
         let keep = sys
             .mount_flags(&top)

@@ -274,11 +274,12 @@ extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
 /// previous dispositions.
 pub(crate) struct Forwarding {
     previous: Vec<(Signal, SigAction)>,
+    previous_target: i32,
 }
 
 impl Forwarding {
     pub fn install(pid: Pid) -> Forwarding {
-        FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
+        let previous_target = FORWARD_TO.swap(pid.as_raw(), Ordering::Relaxed);
         let action = SigAction::new(
             SigHandler::SigAction(forward),
             SaFlags::SA_RESTART,
@@ -291,7 +292,10 @@ impl Forwarding {
                 previous.push((sig, old));
             }
         }
-        Forwarding { previous }
+        Forwarding {
+            previous,
+            previous_target,
+        }
     }
 }
 
@@ -301,7 +305,7 @@ impl Drop for Forwarding {
             // SAFETY: restores the disposition that was in place before install.
             let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
         }
-        FORWARD_TO.store(0, Ordering::Relaxed);
+        FORWARD_TO.store(self.previous_target, Ordering::Relaxed);
     }
 }
 
