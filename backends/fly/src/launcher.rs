@@ -182,6 +182,7 @@ pub(crate) fn spawn(until_exec: impl FnOnce() -> UntilExec) -> Result<Child, Fly
                     // rkt died between fork and prctl: nobody is waiting for us.
                     child::exit_now(254);
                 }
+                reset_signals()?;
                 until_exec()
             })) {
                 Ok(Err(ChildError(msg))) => msg,
@@ -198,6 +199,21 @@ pub(crate) fn spawn(until_exec: impl FnOnce() -> UntilExec) -> Result<Child, Fly
             })
         }
     }
+}
+
+/// The app starts with default signal dispositions and nothing blocked, whatever
+/// rkt itself uses: Rust's runtime ignores SIGPIPE, and an ignored signal stays
+/// ignored across exec (`yes | head` in the app would never end).
+fn reset_signals() -> Result<(), ChildError> {
+    // SAFETY: installs SIG_DFL, no handler code runs.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|e| ChildError::new("resetting SIGPIPE", e.desc()))?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    )
+    .map_err(|e| ChildError::new("clearing the signal mask", e.desc()))
 }
 
 fn arm_parent_death_signal() -> Result<(), ChildError> {

@@ -221,6 +221,23 @@ mod launch_tests {
     }
 
     #[test]
+    fn the_lock_fd_is_made_close_on_exec() {
+        use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+        let dir = tempfile::tempdir().unwrap();
+        // Opened without O_CLOEXEC, like a careless lock implementation would.
+        let fd = nix::fcntl::open(
+            dir.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let flags = |fd| FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+        assert!(!flags(&fd).contains(FdFlag::FD_CLOEXEC));
+        launcher::ensure_cloexec(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+        assert!(flags(&fd).contains(FdFlag::FD_CLOEXEC));
+    }
+
+    #[test]
     fn pid_files_that_are_not_a_single_process_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["0", "-1", "1", "abc", ""] {

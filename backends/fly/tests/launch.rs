@@ -182,6 +182,71 @@ mod launch {
     }
 
     #[test]
+    fn launch_app_gets_default_signals_and_no_stray_fds() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        tp.manifest(
+            sh("grep -E '^Sig(Ign|Blk)' /proc/self/status > /out/sig; ls /proc/self/fd > /out/fds"),
+            vec![],
+            vec![],
+        );
+        // A directory fd of the pod, CLOEXEC like the pod lock: must not reach the app.
+        // Moved to a high number so it cannot be confused with ls's own fd 3.
+        let dir = rkt_engine::fsutil::open_dir(&tp.pod).unwrap();
+        let lock = nix::fcntl::fcntl(&dir, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(200)).unwrap();
+        let lock_fd = lock.to_string();
+        let exit = checked(&tp, || launch(&tp.pod)).unwrap();
+        assert_eq!(exit.code, 0);
+        // Ignored signals pass through exec (that is how nohup works), except
+        // SIGPIPE, which only Rust's runtime ignored.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let own_ignored = own
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:\t"))
+            .map(|h| u64::from_str_radix(h, 16).unwrap())
+            .unwrap();
+        let pipe = 1u64 << (libc::SIGPIPE - 1);
+        assert_ne!(own_ignored & pipe, 0, "the test runs with SIGPIPE ignored");
+        let want = own_ignored & !pipe;
+        assert_eq!(
+            tp.out("sig"),
+            format!("SigBlk:\t0000000000000000\nSigIgn:\t{want:016x}\n")
+        );
+        let fds: Vec<String> = tp.out("fds").lines().map(str::to_string).collect();
+        assert!(!fds.contains(&lock_fd), "lock fd {lock_fd} leaked: {fds:?}");
+        nix::unistd::close(lock).unwrap();
+        // stdin, stdout, stderr, the directory ls itself reads, and whatever this
+        // test process inherited without CLOEXEC (cargo's jobserver): fly passes
+        // inherited fds through like any exec, and adds none of its own.
+        let mut allowed: Vec<String> = ["0", "1", "2", "3"].map(String::from).to_vec();
+        allowed.extend(inherited_fds());
+        assert!(fds.iter().all(|f| allowed.contains(f)), "{fds:?} vs {allowed:?}");
+    }
+
+    /// This process's fds that would survive exec.
+    fn inherited_fds() -> Vec<String> {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        let names: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names
+            .into_iter()
+            .filter(|n| {
+                let fd: i32 = n.parse().unwrap();
+                // SAFETY: borrowed for one fcntl(F_GETFD); if it is the read_dir fd
+                // (closed by now), F_GETFD fails harmlessly with EBADF.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                fcntl(fd, FcntlArg::F_GETFD)
+                    .map(|f| !FdFlag::from_bits_truncate(f).contains(FdFlag::FD_CLOEXEC))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    #[test]
     fn launch_killed_by_a_signal_is_128_plus_n() {
         if !root_or_skip() {
             return;
