@@ -50,7 +50,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
         rootfs: &rootfs,
     };
 
-    let child = spawn(|| run_app(&Nix, &spec))?;
+    let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = Forwarding::install(child.pid);
     if let Err(e) = fsutil::atomic_write(&pod_dir.join(layout::PID), child.pid.to_string().as_bytes()) {
@@ -70,14 +70,14 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
 }
 
 /// The child's whole life up to exec.
-fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>) -> UntilExec {
+fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
     let plan = child::prepare_root(sys, spec)?;
     let args = ExecArgs::from_plan(&plan)?;
     child::become_app(sys, &plan)?;
     // Changing the effective uid/gid clears the parent-death signal: set it again,
     // as the app's user, so a killed rkt never leaves the app behind.
     if plan.uid != 0 || plan.gid != 0 {
-        arm_parent_death_signal()?;
+        arm_parent_death_signal(parent)?;
     }
     Err(child::exec(&args))
 }
@@ -164,7 +164,7 @@ pub(crate) struct Child {
 
 /// Forks; the child arms its parent-death signal, then runs `until_exec`, and
 /// sends its error (if it returns) through a CLOEXEC pipe the parent reads.
-pub(crate) fn spawn(until_exec: impl FnOnce() -> UntilExec) -> Result<Child, FlyError> {
+pub(crate) fn spawn(until_exec: impl FnOnce(Pid) -> UntilExec) -> Result<Child, FlyError> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| FlyError::io("creating the launch pipe", e.into()))?;
     let parent = nix::unistd::getpid();
@@ -177,13 +177,9 @@ pub(crate) fn spawn(until_exec: impl FnOnce() -> UntilExec) -> Result<Child, Fly
             drop(read);
             // A panic must not unwind into the caller's frames in the child.
             let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                arm_parent_death_signal()?;
-                if nix::unistd::getppid() != parent {
-                    // rkt died between fork and prctl: nobody is waiting for us.
-                    child::exit_now(254);
-                }
+                arm_parent_death_signal(parent)?;
                 reset_signals()?;
-                until_exec()
+                until_exec(parent)
             })) {
                 Ok(Err(ChildError(msg))) => msg,
                 Ok(Ok(never)) => match never {},
@@ -216,9 +212,15 @@ fn reset_signals() -> Result<(), ChildError> {
     .map_err(|e| ChildError::new("clearing the signal mask", e.desc()))
 }
 
-fn arm_parent_death_signal() -> Result<(), ChildError> {
+/// SIGKILL when rkt dies; then checks rkt did not die before that was armed
+/// (we would have been reparented already and nobody is waiting for us).
+fn arm_parent_death_signal(parent: Pid) -> Result<(), ChildError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| ChildError::new("prctl(PR_SET_PDEATHSIG)", e.desc()))
+        .map_err(|e| ChildError::new("prctl(PR_SET_PDEATHSIG)", e.desc()))?;
+    if nix::unistd::getppid() != parent {
+        child::exit_now(254);
+    }
+    Ok(())
 }
 
 impl Child {
@@ -364,7 +366,7 @@ pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyE
     // the app has chrooted further.
     let root = PathBuf::from(format!("/proc/{pid}/root"));
 
-    let child = spawn(|| {
+    let child = spawn(|_parent| {
         let sys = Nix;
         sys.setns(std::os::fd::AsFd::as_fd(&ns), nix::sched::CloneFlags::CLONE_NEWNS)
             .map_err(|e| ChildError::new("setns into the app's mount namespace", e.desc()))?;

@@ -524,6 +524,67 @@ mod launch {
         assert_eq!(code.code, 128 + 15);
     }
 
+    /// Not a test on its own: the body of `launch_killed_rkt_leaves_no_orphan`'s
+    /// subprocess (this test binary, run again with FLY_ORPHAN_POD set).
+    #[test]
+    fn launch_orphan_helper() {
+        if let Some(pod) = std::env::var_os("FLY_ORPHAN_POD") {
+            let _ = launch(Path::new(&pod));
+        }
+    }
+
+    fn alive(pid: i32) -> bool {
+        // Gone, or a zombie nobody reaped yet: either way it runs no more.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn launch_killed_rkt_leaves_no_orphan() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        // A non-root app: changing uid clears the parent-death signal, fly re-arms it.
+        tp.manifest(
+            json!({"exec": ["sleep", "30"], "user": "web", "group": "webgrp"}),
+            vec![],
+            vec![],
+        );
+        checked(&tp, || {
+            let mut rkt = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "launch::launch_orphan_helper",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("FLY_ORPHAN_POD", &tp.pod)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid_file = tp.pod.join(layout::PID);
+            wait_for("the pid file", || pid_file.exists());
+            let app: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+            // Let the app get past its credential change.
+            wait_for("the app to run as uid 1234", || {
+                std::fs::read_to_string(format!("/proc/{app}/status"))
+                    .map(|s| s.lines().any(|l| l.starts_with("Uid:\t1234")))
+                    .unwrap_or(false)
+            });
+            rkt.kill().unwrap();
+            rkt.wait().unwrap();
+            wait_for("the orphaned app to die", || !alive(app));
+        });
+    }
+
     #[test]
     fn launch_forwards_sigterm_sent_to_rkt() {
         if !root_or_skip() {
