@@ -1,0 +1,399 @@
+//! The parent side of a fly launch: fork, learn whether the child reached exec,
+//! forward signals, wait, record the exit code.
+//!
+//! Assumption: the calling process is single-threaded when it forks (the rkt
+//! binary is, on this path: no async runtime, no helper threads). The child runs
+//! ordinary Rust between fork and exec (planning reads files and allocates),
+//! which is only sound when no other thread could have held a lock at fork time.
+//! glibc's malloc stays usable after fork even then, which is what lets the
+//! multi-threaded test harness call [`launch`] too.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use rkt_engine::fsutil;
+use rkt_engine::pod::layout::{self, AppRootfs};
+use rkt_engine::schema::{PodManifest, VolumeKind};
+
+use crate::FlyError;
+use crate::child::{self, ChildError, ExecArgs, RootSpec, UntilExec};
+use crate::syscall::{Nix, Syscall};
+
+/// How the one app of a fly pod ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppExit {
+    pub app: String,
+    /// The exit status, or 128+signal when a signal killed it.
+    pub code: i32,
+}
+
+/// Runs the single app of the pod at `pod_dir` to completion: the whole of
+/// `Stage1::run` except the pod state transition, so it can be driven directly.
+/// Writes `pid` (right after fork) and the app's status file (at exit).
+pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
+    let manifest = read_manifest(pod_dir)?;
+    let app = single_app(&manifest)?.to_string();
+    let rootfs = read_rootfs_spec(pod_dir, &app)?;
+    let rootfs_dir = layout::app_rootfs(pod_dir, &app);
+    prepare_host_dirs(pod_dir, &manifest, &app, &rootfs, &rootfs_dir)?;
+    let spec = RootSpec {
+        pod_dir,
+        manifest: &manifest,
+        app: &app,
+        rootfs_dir: &rootfs_dir,
+        rootfs: &rootfs,
+    };
+
+    let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
+    // From here on the child is ours to reap, whatever else fails.
+    let forwarding = Forwarding::install(child.pid);
+    if let Err(e) = fsutil::atomic_write(&pod_dir.join(layout::PID), child.pid.to_string().as_bytes()) {
+        child.kill_and_reap();
+        return Err(FlyError::io("writing the pod's pid file", e));
+    }
+    let status = child.wait_exec().and_then(|()| wait_exit(child.pid));
+    drop(forwarding);
+    let code = status?;
+
+    let status_dir = layout::status_dir(pod_dir);
+    std::fs::create_dir_all(&status_dir)
+        .map_err(|e| FlyError::io(format!("creating {}", status_dir.display()), e))?;
+    fsutil::atomic_write(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
+        .map_err(|e| FlyError::io(format!("writing the exit status of app {app:?}"), e))?;
+    Ok(AppExit { app, code })
+}
+
+/// The child's whole life up to exec.
+fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
+    let plan = child::prepare_root(sys, spec)?;
+    let args = ExecArgs::from_plan(&plan)?;
+    child::become_app(sys, &plan)?;
+    // Changing the effective uid/gid clears the parent-death signal: set it again,
+    // as the app's user, so a killed rkt never leaves the app behind.
+    if plan.uid != 0 || plan.gid != 0 {
+        arm_parent_death_signal(parent)?;
+    }
+    Err(child::exec(&args))
+}
+
+pub(crate) fn read_manifest(pod_dir: &Path) -> Result<PodManifest, FlyError> {
+    let path = layout::manifest(pod_dir);
+    let bytes = std::fs::read(&path).map_err(|e| FlyError::io(format!("reading {}", path.display()), e))?;
+    PodManifest::from_json(&bytes).map_err(|e| FlyError::Invalid(format!("{}: {e}", path.display())))
+}
+
+pub(crate) fn single_app(manifest: &PodManifest) -> Result<&str, FlyError> {
+    match manifest.apps.as_slice() {
+        [one] => Ok(one.name.as_str()),
+        apps => Err(FlyError::NotOneApp(apps.len())),
+    }
+}
+
+fn read_rootfs_spec(pod_dir: &Path, app: &str) -> Result<AppRootfs, FlyError> {
+    let path = layout::app_rootfs_spec(pod_dir, app);
+    let bytes = std::fs::read(&path).map_err(|e| FlyError::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| FlyError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Host-side directories the child mounts on or from: the overlay's mount point
+/// and upper/work dirs, and the pod's empty volumes (created once, with the
+/// volume's mode/uid/gid; rkt's defaults 0755 root:root).
+fn prepare_host_dirs(
+    pod_dir: &Path,
+    manifest: &PodManifest,
+    app: &str,
+    rootfs: &AppRootfs,
+    rootfs_dir: &Path,
+) -> Result<(), FlyError> {
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| FlyError::io(format!("creating {}", p.display()), e))
+    };
+    if let AppRootfs::Overlay { upper, work, .. } = rootfs {
+        mkdir(rootfs_dir)?;
+        mkdir(upper)?;
+        mkdir(work)?;
+    }
+    let Some(runtime) = manifest.app(app) else {
+        return Ok(());
+    };
+    for mount in &runtime.mounts {
+        let Some(volume) = manifest
+            .volumes
+            .iter()
+            .find(|v| v.name == mount.volume && v.kind == VolumeKind::Empty)
+        else {
+            continue;
+        };
+        let dir = layout::empty_volume(pod_dir, volume.name.as_str());
+        if dir.is_dir() {
+            continue;
+        }
+        let mode = match volume.mode.as_deref() {
+            None => 0o755,
+            Some(m) => u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    FlyError::Invalid(format!(
+                        "volume {:?}: mode {m:?} is not octal",
+                        volume.name.as_str()
+                    ))
+                })?,
+        };
+        mkdir(&dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| FlyError::io(format!("chmod {}", dir.display()), e))?;
+        std::os::unix::fs::chown(&dir, Some(volume.uid.unwrap_or(0)), Some(volume.gid.unwrap_or(0)))
+            .map_err(|e| FlyError::io(format!("chown {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// A forked child that either execs or reports why not through `errors`.
+pub(crate) struct Child {
+    pub pid: Pid,
+    errors: std::fs::File,
+}
+
+/// Forks; the child arms its parent-death signal, then runs `until_exec`, and
+/// sends its error (if it returns) through a CLOEXEC pipe the parent reads.
+pub(crate) fn spawn(until_exec: impl FnOnce(Pid) -> UntilExec) -> Result<Child, FlyError> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| FlyError::io("creating the launch pipe", e.into()))?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the child only runs our own code until exec or _exit (never returns
+    // into the caller), and the process is single-threaded (module docs), so no
+    // lock can be held by a thread that does not exist in the child.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(FlyError::io("fork", e.into())),
+        Ok(ForkResult::Child) => {
+            drop(read);
+            // A panic must not unwind into the caller's frames in the child.
+            let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                arm_parent_death_signal(parent)?;
+                reset_signals()?;
+                until_exec(parent)
+            })) {
+                Ok(Err(ChildError(msg))) => msg,
+                Ok(Ok(never)) => match never {},
+                Err(_) => "fly: internal error (panic) before exec".to_string(),
+            };
+            child::report_and_exit(&write, &msg)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(write);
+            Ok(Child {
+                pid: child,
+                errors: std::fs::File::from(read),
+            })
+        }
+    }
+}
+
+/// The app starts with default signal dispositions and nothing blocked, whatever
+/// rkt itself uses: Rust's runtime ignores SIGPIPE, and an ignored signal stays
+/// ignored across exec (`yes | head` in the app would never end).
+fn reset_signals() -> Result<(), ChildError> {
+    // SAFETY: installs SIG_DFL, no handler code runs.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|e| ChildError::new("resetting SIGPIPE", e.desc()))?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    )
+    .map_err(|e| ChildError::new("clearing the signal mask", e.desc()))
+}
+
+/// SIGKILL when rkt dies; then checks rkt did not die before that was armed
+/// (we would have been reparented already and nobody is waiting for us).
+fn arm_parent_death_signal(parent: Pid) -> Result<(), ChildError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| ChildError::new("prctl(PR_SET_PDEATHSIG)", e.desc()))?;
+    if nix::unistd::getppid() != parent {
+        child::exit_now(254);
+    }
+    Ok(())
+}
+
+impl Child {
+    /// Blocks until the child has exec'd (Ok) or reported a failure (Err; the
+    /// child is reaped). EOF with nothing read means exec closed the pipe.
+    pub fn wait_exec(&self) -> Result<(), FlyError> {
+        let mut msg = Vec::new();
+        // read_to_end retries EINTR itself.
+        if let Err(e) = (&self.errors).read_to_end(&mut msg) {
+            self.kill_and_reap();
+            return Err(FlyError::io("reading the launch pipe", e));
+        }
+        if msg.is_empty() {
+            return Ok(());
+        }
+        let _ = wait_exit(self.pid);
+        Err(FlyError::Child(
+            String::from_utf8_lossy(&msg).trim_end().to_string(),
+        ))
+    }
+
+    pub fn kill_and_reap(&self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = wait_exit(self.pid);
+    }
+}
+
+/// Waits for `pid` to end; its exit status, or 128+signal.
+pub(crate) fn wait_exit(pid: Pid) -> Result<i32, FlyError> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            // Stop/continue reports are not asked for; keep waiting.
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(FlyError::io(format!("waiting for pid {pid}"), e.into())),
+        }
+    }
+}
+
+/// The pid the signal handler forwards to; 0 when none. One launch per process
+/// at a time (rkt runs one pod per process).
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+/// Async-signal-safe: an atomic load and kill(2), nothing else.
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    if !info.is_null() {
+        // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; we read one
+        // plain integer field of it.
+        let code = unsafe { (*info).si_code };
+        // Generated by the kernel for our terminal's process group (Ctrl-C,
+        // Ctrl-\, hangup): the app is in that group and got it already.
+        if code == libc::SI_KERNEL {
+            return;
+        }
+    }
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0
+        && let Ok(sig) = Signal::try_from(sig)
+    {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// While alive, SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to rkt are sent on to the app
+/// and do not end rkt itself (it ends when the app does); dropping it restores the
+/// previous dispositions.
+pub(crate) struct Forwarding {
+    previous: Vec<(Signal, SigAction)>,
+    previous_target: i32,
+}
+
+impl Forwarding {
+    pub fn install(pid: Pid) -> Forwarding {
+        let previous_target = FORWARD_TO.swap(pid.as_raw(), Ordering::Relaxed);
+        let action = SigAction::new(
+            SigHandler::SigAction(forward),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        let mut previous = Vec::with_capacity(FORWARDED.len());
+        for sig in FORWARDED {
+            // SAFETY: `forward` is async-signal-safe (an atomic load and kill(2)).
+            if let Ok(old) = unsafe { nix::sys::signal::sigaction(sig, &action) } {
+                previous.push((sig, old));
+            }
+        }
+        Forwarding {
+            previous,
+            previous_target,
+        }
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            // SAFETY: restores the disposition that was in place before install.
+            let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
+        }
+        FORWARD_TO.store(self.previous_target, Ordering::Relaxed);
+    }
+}
+
+/// Makes sure `fd` does not survive exec (the pod's lock is a directory fd of
+/// the pod: an app holding it could openat its way out of its root).
+pub(crate) fn ensure_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), FlyError> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let flags =
+        fcntl(fd, FcntlArg::F_GETFD).map_err(|e| FlyError::io("fcntl(F_GETFD) on the pod lock", e.into()))?;
+    let flags = FdFlag::from_bits_truncate(flags);
+    if !flags.contains(FdFlag::FD_CLOEXEC) {
+        fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))
+            .map_err(|e| FlyError::io("fcntl(F_SETFD) on the pod lock", e.into()))?;
+    }
+    Ok(())
+}
+
+/// `rkt enter` for fly: a process in the app's mount namespace and root, with
+/// the app's environment, as root; returns its exit code.
+pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyError> {
+    let manifest = read_manifest(pod_dir)?;
+    if manifest.app(app).is_none() {
+        return Err(FlyError::Invalid(format!("app {app:?} is not in this pod")));
+    }
+    if argv.is_empty() {
+        return Err(FlyError::Invalid("enter: no command given".into()));
+    }
+    let pid = read_pid(pod_dir)?;
+    // Opened (and the environment read) before fork: a failure is reported plainly.
+    let ns = nix::fcntl::open(
+        format!("/proc/{pid}/ns/mnt").as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| FlyError::io(format!("opening the mount namespace of pid {pid}"), e.into()))?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| FlyError::io(format!("reading the environment of pid {pid}"), e))?;
+    let args = ExecArgs::from_environ(argv, &environ).map_err(|e| FlyError::Child(e.0))?;
+    // Resolved after setns, i.e. through the app's own /proc: its root, even if
+    // the app has chrooted further.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+
+    let child = spawn(|_parent| {
+        let sys = Nix;
+        sys.setns(std::os::fd::AsFd::as_fd(&ns), nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| ChildError::new("setns into the app's mount namespace", e.desc()))?;
+        sys.chroot(&root)
+            .map_err(|e| ChildError::new(format_args!("chroot {}", root.display()), e.desc()))?;
+        sys.chdir(Path::new("/"))
+            .map_err(|e| ChildError::new("chdir /", e.desc()))?;
+        Err(child::exec(&args))
+    })?;
+    let forwarding = Forwarding::install(child.pid);
+    let code = child.wait_exec().and_then(|()| wait_exit(child.pid));
+    drop(forwarding);
+    code
+}
+
+/// The app's pid from the pod's pid file; refuses anything that is not a plain
+/// process id (kill(0) or kill(-1) would hit far more than the app).
+pub(crate) fn read_pid(pod_dir: &Path) -> Result<Pid, FlyError> {
+    let path = pod_dir.join(layout::PID);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| FlyError::io(format!("reading {}", path.display()), e))?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
+        _ => Err(FlyError::Invalid(format!(
+            "{}: {:?} is not a pid",
+            path.display(),
+            text.trim()
+        ))),
+    }
+}
