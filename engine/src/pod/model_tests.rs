@@ -1,0 +1,1 @@
+//! Model-based tests of the pod state machine (being written).
