@@ -699,3 +699,85 @@ fn pod_model_concurrent_stress() {
         .collect();
     run_concurrent(&[script.clone(), script.clone(), script.clone(), script]);
 }
+
+/// Pods keep moving (prepared -> run -> exited -> exited-garbage) while other
+/// threads list and load them: `list` must never lose one, and a typed pod from
+/// `load` must sit where it says, although it moved between lookup and lock.
+#[test]
+fn pod_list_and_load_follow_moving_pods() {
+    let tmp = scratch();
+    let pods = PodsDir::open(tmp.path()).unwrap();
+    let uuids: Vec<Uuid> = (0..48)
+        .map(|_| {
+            pods.create()
+                .unwrap()
+                .prepare()
+                .unwrap()
+                .prepared()
+                .unwrap()
+                .uuid()
+        })
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // Retries `load` until it yields what the mover needs; loaders and listers only
+    // hold locks for a moment, so this ends quickly.
+    fn load_until<T>(pods: &PodsDir, uuid: Uuid, mut f: impl FnMut(AnyPod) -> Option<T>) -> T {
+        for _ in 0..100_000 {
+            if let Ok(any) = pods.load(&uuid)
+                && let Some(v) = f(any)
+            {
+                return v;
+            }
+            std::thread::yield_now();
+        }
+        panic!("pod {uuid} never became loadable")
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for &uuid in &uuids {
+                let prepared = load_until(&pods, uuid, |a| match a {
+                    AnyPod::Prepared(p) => Some(p),
+                    _ => None,
+                });
+                drop(prepared.run().unwrap());
+                let exited = load_until(&pods, uuid, |a| match a {
+                    AnyPod::Exited(p) => Some(p),
+                    _ => None,
+                });
+                drop(exited.mark_garbage().unwrap());
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let listed: Vec<Uuid> = pods.list().unwrap().iter().map(|i| i.uuid).collect();
+                let mut all = uuids.clone();
+                all.sort();
+                assert_eq!(listed, all, "list lost a pod that was moving");
+            }
+        });
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for uuid in &uuids {
+                    // Snapshots may be stale by now; typed pods are held still.
+                    let info = match pods.load(uuid) {
+                        Ok(AnyPod::Prepared(p)) => p.info(),
+                        Ok(AnyPod::Exited(p)) => p.info(),
+                        Ok(AnyPod::Garbage(p)) => p.info(),
+                        Ok(_) | Err(PodError::Busy(_)) => continue,
+                        Err(e) => panic!("load {uuid}: {e}"),
+                    };
+                    assert!(
+                        info.path.is_dir(),
+                        "{} pod not at {}",
+                        info.state,
+                        info.path.display()
+                    );
+                }
+            }
+        });
+    });
+    for uuid in &uuids {
+        assert_eq!(pods.info(uuid).unwrap().state, PodState::ExitedGarbage);
+    }
+}
