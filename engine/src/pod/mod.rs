@@ -497,11 +497,10 @@ impl PodsDir {
         if !dir.lock_matters() {
             return Ok(Some(self.snapshot(dir, uuid, dir.observed(false))));
         }
-        if let Some(fd) = self.open_pod(dir, uuid)? {
-            let locked = self.probe(&fd, uuid)?;
-            if self.still_at(&fd, dir, uuid)? {
-                return Ok(Some(self.snapshot(dir, uuid, dir.observed(locked))));
-            }
+        if let Some(fd) = self.open_pod(dir, uuid)?
+            && let Some(info) = self.probe_at(dir, uuid, &fd)?
+        {
+            return Ok(Some(info));
         }
         match self.info(uuid) {
             Ok(info) => Ok(Some(info)),
@@ -510,8 +509,14 @@ impl PodsDir {
         }
     }
 
-    fn probe(&self, fd: &OwnedFd, uuid: &Uuid) -> Result<bool, PodError> {
-        lock::is_locked(fd.as_fd()).map_err(|e| PodError::io(format!("pod {uuid}: cannot probe its lock"), e))
+    /// Probes the lock of the pod opened as `fd` from `dir`; `None` if by then it is
+    /// no longer in `dir` (the probe would describe the wrong state).
+    fn probe_at(&self, dir: StateDir, uuid: &Uuid, fd: &OwnedFd) -> Result<Option<PodInfo>, PodError> {
+        let locked = lock::is_locked(fd.as_fd())
+            .map_err(|e| PodError::io(format!("pod {uuid}: cannot probe its lock"), e))?;
+        Ok(self
+            .still_at(fd, dir, uuid)?
+            .then(|| self.snapshot(dir, uuid, dir.observed(locked))))
     }
 
     /// A snapshot of one pod; takes no lock beyond a momentary `LOCK_SH` probe.
@@ -523,12 +528,10 @@ impl PodsDir {
             if !dir.lock_matters() {
                 return Ok(self.snapshot(dir, uuid, dir.observed(false)));
             }
-            let Some(fd) = self.open_pod(dir, uuid)? else {
-                continue;
-            };
-            let locked = self.probe(&fd, uuid)?;
-            if self.still_at(&fd, dir, uuid)? {
-                return Ok(self.snapshot(dir, uuid, dir.observed(locked)));
+            if let Some(fd) = self.open_pod(dir, uuid)?
+                && let Some(info) = self.probe_at(dir, uuid, &fd)?
+            {
+                return Ok(info);
             }
         }
         Err(PodError::Moved {
@@ -548,38 +551,42 @@ impl PodsDir {
             if dir == StateDir::Embryo {
                 return Ok(AnyPod::Embryo(self.snapshot(dir, uuid, PodState::Embryo)));
             }
-            let Some(fd) = self.open_pod(dir, uuid)? else {
-                continue;
-            };
-            let acquired = lock::try_exclusive(fd.as_fd())
-                .map_err(|e| PodError::io(format!("pod {uuid}: cannot lock it"), e))?;
-            if !self.still_at(&fd, dir, uuid)? {
-                // Dropping `fd` releases whatever we took on the pod's new location.
-                continue;
+            if let Some(fd) = self.open_pod(dir, uuid)?
+                && let Some(any) = self.lock_at(dir, uuid, fd)?
+            {
+                return Ok(any);
             }
-            let held = acquired == Acquired::HeldElsewhere;
-            return Ok(match dir {
-                StateDir::Embryo => AnyPod::Embryo(self.snapshot(dir, uuid, PodState::Embryo)),
-                StateDir::Prepare if held => AnyPod::Preparing(self.snapshot(dir, uuid, PodState::Preparing)),
-                StateDir::Prepare => {
-                    AnyPod::AbortedPrepare(self.typed(dir, uuid, fd, PodState::AbortedPrepare))
-                }
-                StateDir::Prepared if held => return Err(PodError::Busy(*uuid)),
-                StateDir::Prepared => AnyPod::Prepared(self.typed(dir, uuid, fd, PodState::Prepared)),
-                StateDir::Run if held => AnyPod::Running(self.snapshot(dir, uuid, PodState::Running)),
-                StateDir::Run => AnyPod::Exited(self.typed(dir, uuid, fd, PodState::Exited)),
-                StateDir::ExitedGarbage | StateDir::Garbage if held => {
-                    AnyPod::Deleting(self.snapshot(dir, uuid, dir.observed(true)))
-                }
-                StateDir::ExitedGarbage | StateDir::Garbage => {
-                    AnyPod::Garbage(self.typed(dir, uuid, fd, dir.observed(false)))
-                }
-            });
         }
         Err(PodError::Moved {
             uuid: *uuid,
             action: "load it",
         })
+    }
+
+    /// Takes the lock of the pod opened as `fd` from `dir` and types it; `None` if
+    /// by then it is no longer in `dir` (dropping `fd` releases what we took).
+    fn lock_at(&self, dir: StateDir, uuid: &Uuid, fd: OwnedFd) -> Result<Option<AnyPod>, PodError> {
+        let acquired = lock::try_exclusive(fd.as_fd())
+            .map_err(|e| PodError::io(format!("pod {uuid}: cannot lock it"), e))?;
+        if !self.still_at(&fd, dir, uuid)? {
+            return Ok(None);
+        }
+        let held = acquired == Acquired::HeldElsewhere;
+        Ok(Some(match dir {
+            StateDir::Embryo => AnyPod::Embryo(self.snapshot(dir, uuid, PodState::Embryo)),
+            StateDir::Prepare if held => AnyPod::Preparing(self.snapshot(dir, uuid, PodState::Preparing)),
+            StateDir::Prepare => AnyPod::AbortedPrepare(self.typed(dir, uuid, fd, PodState::AbortedPrepare)),
+            StateDir::Prepared if held => return Err(PodError::Busy(*uuid)),
+            StateDir::Prepared => AnyPod::Prepared(self.typed(dir, uuid, fd, PodState::Prepared)),
+            StateDir::Run if held => AnyPod::Running(self.snapshot(dir, uuid, PodState::Running)),
+            StateDir::Run => AnyPod::Exited(self.typed(dir, uuid, fd, PodState::Exited)),
+            StateDir::ExitedGarbage | StateDir::Garbage if held => {
+                AnyPod::Deleting(self.snapshot(dir, uuid, dir.observed(true)))
+            }
+            StateDir::ExitedGarbage | StateDir::Garbage => {
+                AnyPod::Garbage(self.typed(dir, uuid, fd, dir.observed(false)))
+            }
+        }))
     }
 
     /// The one pod whose UUID starts with `prefix` (hyphenated, case-insensitive),

@@ -403,3 +403,54 @@ fn pod_errors_name_the_pod() {
     );
     assert!(PodError::Busy(uuid).to_string().contains(&uuid.to_string()));
 }
+
+/// What `load` does when the pod moves between its lookup and its lock: the fd was
+/// opened at the old place, so the lock (or its absence) describes the wrong state.
+#[test]
+fn pod_load_rechecks_the_place_after_locking() {
+    let (_tmp, pods) = setup();
+    let uuid = exited_at_rest(&pods);
+    let stale = lock::open_dir(&pods.pod_path(StateDir::Run, &uuid)).unwrap();
+    let AnyPod::Exited(pod) = pods.load(&uuid).unwrap() else {
+        panic!("not exited")
+    };
+    let garbage = pod.mark_garbage().unwrap();
+    // Locked elsewhere and moved: without the re-check this would read "running".
+    assert!(pods.lock_at(StateDir::Run, &uuid, stale).unwrap().is_none());
+    assert!(matches!(pods.load(&uuid).unwrap(), AnyPod::Deleting(_)));
+    let stale = lock::open_dir(garbage.path()).unwrap();
+    drop(garbage);
+    let AnyPod::Garbage(garbage) = pods.load(&uuid).unwrap() else {
+        panic!("not garbage")
+    };
+    garbage.destroy().unwrap();
+    // Free and gone: the lock succeeds on the orphaned directory, the re-check refuses.
+    assert!(
+        pods.lock_at(StateDir::ExitedGarbage, &uuid, stale)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// What `list`/`info` do when a pod moves between readdir (or lookup) and the probe.
+#[test]
+fn pod_list_follows_a_pod_that_moved_after_readdir() {
+    let (_tmp, pods) = setup();
+    let uuid = exited_at_rest(&pods);
+    let stale = lock::open_dir(&pods.pod_path(StateDir::Run, &uuid)).unwrap();
+    let AnyPod::Exited(pod) = pods.load(&uuid).unwrap() else {
+        panic!("not exited")
+    };
+    let garbage = pod.mark_garbage().unwrap();
+    assert!(pods.probe_at(StateDir::Run, &uuid, &stale).unwrap().is_none());
+    let seen = pods.observe(StateDir::Run, &uuid).unwrap().unwrap();
+    assert_eq!(seen.state, PodState::ExitedGarbage);
+    assert_eq!(seen.path, garbage.path());
+    garbage.destroy().unwrap();
+    assert_eq!(
+        pods.observe(StateDir::Run, &uuid).unwrap(),
+        None,
+        "destroyed: skipped"
+    );
+    assert_eq!(pods.observe(StateDir::ExitedGarbage, &uuid).unwrap(), None);
+}
