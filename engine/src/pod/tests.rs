@@ -454,3 +454,28 @@ fn pod_list_follows_a_pod_that_moved_after_readdir() {
     );
     assert_eq!(pods.observe(StateDir::ExitedGarbage, &uuid).unwrap(), None);
 }
+
+#[test]
+fn pod_destroy_unmounts_what_is_mounted_inside() {
+    let (_tmp, pods) = setup();
+    let pod = pods.create().unwrap().prepare().unwrap();
+    let mnt = pod.path().join("stage1/rootfs/mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = nix::mount::mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    if let Err(e) = mounted {
+        eprintln!("skipping: cannot mount tmpfs ({e}); needs root");
+        return;
+    }
+    std::fs::write(mnt.join("inside"), b"x").unwrap();
+    let garbage = pod.abort().unwrap();
+    let path = garbage.path().to_path_buf();
+    garbage.destroy().unwrap();
+    assert!(!path.exists());
+    assert!(crate::fsutil::mounts_under(pods.root()).unwrap().is_empty());
+}
