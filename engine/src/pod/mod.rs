@@ -10,14 +10,14 @@
 //! the same directory (another process, or another `Pod` value in this process)
 //! conflicts with it.
 //!
-//! | directory        | locked (by anyone)        | unlocked                 |
-//! |------------------|---------------------------|--------------------------|
-//! | `embryo`         | embryo (lock not probed)  | embryo                   |
-//! | `prepare`        | preparing                 | aborted prepare          |
-//! | `prepared`       | prepared (lock not probed)| prepared                 |
-//! | `run`            | running                   | exited                   |
-//! | `exited-garbage` | exited garbage, deleting  | exited garbage           |
-//! | `garbage`        | garbage, deleting         | garbage                  |
+//! | directory        | locked (by anyone)         | unlocked                |
+//! |------------------|----------------------------|-------------------------|
+//! | `embryo`         | embryo (lock not probed)   | embryo                  |
+//! | `prepare`        | preparing                  | aborted prepare         |
+//! | `prepared`       | prepared (lock not probed) | prepared                |
+//! | `run`            | running                    | exited                  |
+//! | `exited-garbage` | exited garbage, deleting   | exited garbage          |
+//! | `garbage`        | garbage, deleting          | garbage                 |
 //!
 //! Pods only ever move forward through the directories in that order. Lookups scan
 //! them in the same order, so a pod that moves while we look is found in its new

@@ -657,7 +657,7 @@ fn run_concurrent(scripts: &[Vec<Op>]) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 128,
+        cases: 256,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -671,7 +671,7 @@ proptest! {
 proptest! {
     // Races make a failing case hard to replay, so shrinking is kept short.
     #![proptest_config(ProptestConfig {
-        cases: 128,
+        cases: 256,
         failure_persistence: None,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
@@ -707,7 +707,7 @@ fn pod_model_concurrent_stress() {
 fn pod_list_and_load_follow_moving_pods() {
     let tmp = scratch();
     let pods = PodsDir::open(tmp.path()).unwrap();
-    let uuids: Vec<Uuid> = (0..48)
+    let uuids: Vec<Uuid> = (0..128)
         .map(|_| {
             pods.create()
                 .unwrap()
@@ -759,20 +759,23 @@ fn pod_list_and_load_follow_moving_pods() {
         s.spawn(|| {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 for uuid in &uuids {
-                    // Snapshots may be stale by now; typed pods are held still.
-                    let info = match pods.load(uuid) {
-                        Ok(AnyPod::Prepared(p)) => p.info(),
-                        Ok(AnyPod::Exited(p)) => p.info(),
-                        Ok(AnyPod::Garbage(p)) => p.info(),
-                        Ok(_) | Err(PodError::Busy(_)) => continue,
+                    // Snapshots may be stale by now; typed pods are held still, so
+                    // check while `any` (and its lock) is alive.
+                    let any = match pods.load(uuid) {
+                        Ok(any) => any,
+                        Err(PodError::Busy(_)) => continue,
                         Err(e) => panic!("load {uuid}: {e}"),
                     };
-                    assert!(
-                        info.path.is_dir(),
-                        "{} pod not at {}",
-                        info.state,
-                        info.path.display()
-                    );
+                    if matches!(any, AnyPod::Prepared(_) | AnyPod::Exited(_) | AnyPod::Garbage(_)) {
+                        let info = any.info();
+                        assert!(
+                            info.path.is_dir(),
+                            "{} pod not at {}",
+                            info.state,
+                            info.path.display()
+                        );
+                    }
+                    drop(any);
                 }
             }
         });
