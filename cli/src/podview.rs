@@ -24,8 +24,6 @@ pub struct PodView {
     pub started_at: Option<i64>,
     #[serde(skip)]
     pub pid: Option<i32>,
-    #[serde(skip)]
-    pub pod_state: Option<PodState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,7 +115,6 @@ pub fn view(info: &PodInfo) -> PodView {
         created_at: mtime(&dir.join(layout::POD_CREATED)).and_then(nanos),
         started_at: mtime(&dir.join(layout::PID)).and_then(nanos),
         pid,
-        pod_state: Some(info.state),
     }
 }
 

@@ -62,7 +62,7 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
             Ok(AnyPod::Exited(pod)) => pod.mark_garbage().map(Some),
             Ok(AnyPod::AbortedPrepare(pod)) => pod.abort().map(Some),
             Ok(AnyPod::Prepared(pod)) => {
-                let created = file_mtime(&pod.path().join(layout::POD_CREATED)).unwrap_or(now);
+                let created = crate::pod::created_at(&pod.info()).unwrap_or(now);
                 if age(now, created) >= options.expire_prepared {
                     pod.expire().map(Some)
                 } else {
@@ -95,7 +95,7 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
             }
         };
         if info.state == PodState::ExitedGarbage {
-            let marked_at = file_mtime(&info.path.join(layout::GC_MARKED)).unwrap_or(now);
+            let marked_at = crate::pod::gc_marked_at(&info).unwrap_or(now);
             if age(now, marked_at) < options.grace_period {
                 continue;
             }
@@ -106,10 +106,6 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
         }
     }
     Ok(report)
-}
-
-fn file_mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn age(now: SystemTime, then: SystemTime) -> Duration {

@@ -256,7 +256,6 @@ impl Runtime {
         no_overlay: bool,
     ) -> Result<(), RunnerError> {
         let dir = pod.path();
-        fsutil::atomic_write(&dir.join(layout::POD_CREATED), b"").map_err(io_err("cannot write pod-created"))?;
         let record = Stage1Record::of(stage1)
             .map_err(|e| RunnerError::Invalid(format!("stage1 {} config: {e}", stage1.name())))?;
         write_json(&dir.join(layout::STAGE1), &record)?;
