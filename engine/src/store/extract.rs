@@ -1,0 +1,420 @@
+//! Unpacking an image's `rootfs/` into a directory without ever writing outside it.
+//!
+//! Images are untrusted. Names with `..` or a leading `/` are refused outright.
+//! Everything else is resolved relative to a directory fd: every parent through
+//! `openat2(RESOLVE_IN_ROOT)` (so a symlink planted by an earlier entry resolves
+//! inside the root, wherever it points), and the entry itself created with `*at`
+//! calls relative to that parent, with O_NOFOLLOW|O_EXCL, so nothing is written
+//! through a symlink. Hard links are made from an fd of their target resolved the
+//! same way, so they can only ever link to something inside the root.
+//!
+//! Device nodes are skipped: an image must not bring a raw handle to a host disk.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{
+    Mode, SFlag, UtimensatFlags, fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+use tar::EntryType;
+
+use super::{IoContext, StoreError, dirfd};
+use crate::fsutil::{mkdir_all_in_root, open_in_root};
+
+const PATH_MAX: usize = libc::PATH_MAX as usize;
+const NAME_MAX: usize = 255;
+const ROOTFS: &[u8] = b"rootfs";
+
+/// Extracts the `rootfs/` entries of the tar `archive` into the directory `root`.
+/// On error the directory is left half-filled: the caller owns it and throws it away.
+pub(super) fn unpack(archive: impl Read, root: BorrowedFd<'_>) -> Result<(), StoreError> {
+    let mut extractor = Extractor {
+        root,
+        parent: None,
+        parent_stale: false,
+        dir_times: Vec::new(),
+        chown: nix::unistd::geteuid().is_root(),
+        buf: vec![0; 256 << 10],
+    };
+    let mut archive = tar::Archive::new(archive);
+    let corrupt = |e: io::Error| StoreError::Corrupt(e.to_string());
+    for entry in archive.entries().map_err(corrupt)? {
+        extractor.entry(entry.map_err(corrupt)?)?;
+    }
+    extractor.finish();
+    Ok(())
+}
+
+/// Where an archive entry lands below the rootfs (empty for `rootfs/` itself), or
+/// None for entries outside `rootfs/` such as `manifest`. `.` components are
+/// dropped; absolute names, `..` and over-long names are refused.
+pub(super) fn rootfs_path(raw: &[u8]) -> Result<Option<PathBuf>, StoreError> {
+    let unsafe_entry = |reason: &str| StoreError::Unsafe {
+        path: String::from_utf8_lossy(raw).into_owned(),
+        reason: reason.to_string(),
+    };
+    if raw.first() == Some(&b'/') {
+        return Err(unsafe_entry("absolute path"));
+    }
+    let mut components = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".");
+    let all: Vec<&[u8]> = components.by_ref().collect();
+    if all.iter().any(|c| *c == b"..") {
+        return Err(unsafe_entry("`..` component"));
+    }
+    match all.split_first() {
+        Some((first, rest)) if *first == ROOTFS => {
+            if rest.iter().any(|c| c.len() > NAME_MAX) {
+                return Err(unsafe_entry("a name longer than NAME_MAX (255 bytes)"));
+            }
+            let rel = rest.join(&b'/');
+            if rel.len() >= PATH_MAX {
+                return Err(unsafe_entry("path longer than PATH_MAX (4096 bytes)"));
+            }
+            Ok(Some(PathBuf::from(OsStr::from_bytes(&rel))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Owner, permissions and mtime of an entry, as the header gives them.
+struct Meta {
+    uid: Uid,
+    gid: Gid,
+    mode: Mode,
+    mtime: TimeSpec,
+}
+
+impl Meta {
+    fn of(header: &tar::Header, shown: &str) -> Result<Self, StoreError> {
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{shown}: {what}: {e}"));
+        let id = |v: io::Result<u64>, what: &str| -> Result<u32, StoreError> {
+            let v = v.map_err(|e| bad(what, &e))?;
+            u32::try_from(v).map_err(|e| bad(what, &e))
+        };
+        let mode = header.mode().map_err(|e| bad("mode", &e))?;
+        let mtime = header.mtime().map_err(|e| bad("mtime", &e))?;
+        Ok(Self {
+            uid: Uid::from_raw(id(header.uid(), "uid")?),
+            gid: Gid::from_raw(id(header.gid(), "gid")?),
+            mode: Mode::from_bits_truncate(mode & 0o7777),
+            mtime: TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0),
+        })
+    }
+}
+
+struct Extractor<'r> {
+    root: BorrowedFd<'r>,
+    /// The parent directory of the previous entry: archives list siblings together,
+    /// so most entries skip the in-root walk from the top.
+    parent: Option<(PathBuf, OwnedFd)>,
+    /// Set when an entry replaced something: a cached parent may have been resolved
+    /// through what is gone, so it must be resolved again.
+    parent_stale: bool,
+    /// Directory mtimes, applied last: creating children would bump them.
+    dir_times: Vec<(PathBuf, TimeSpec)>,
+    /// Only root may give files away; unprivileged extraction keeps our own ids.
+    chown: bool,
+    buf: Vec<u8>,
+}
+
+impl Extractor<'_> {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), StoreError> {
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let Some(rel) = rootfs_path(&raw)? else {
+            return Ok(());
+        };
+        let meta = Meta::of(entry.header(), &shown)?;
+
+        let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+            // The entry is `rootfs/` itself.
+            if kind != EntryType::Directory {
+                return Err(StoreError::Unsafe {
+                    path: shown,
+                    reason: "rootfs itself must be a directory".into(),
+                });
+            }
+            let fd = openat(
+                self.root,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(|| format!("extract {shown}"))?;
+            self.owner_and_mode(fd.as_fd(), &meta, &shown)?;
+            self.dir_times.push((PathBuf::new(), meta.mtime));
+            return Ok(());
+        };
+        let name = name.to_owned();
+
+        if matches!(kind, EntryType::Char | EntryType::Block) {
+            tracing::warn!(path = %shown, "skipping device node in image");
+            return Ok(());
+        }
+        let parent = self.take_parent(parent_rel, &shown)?;
+        let result = match kind {
+            EntryType::Directory => self.directory(parent.as_fd(), &name, &rel, &meta, &shown),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.file(parent.as_fd(), &name, &mut entry, &meta, &shown)
+            }
+            EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) => self.symlink(parent.as_fd(), &name, &target, &meta, &shown),
+                None => Err(StoreError::Corrupt(format!("{shown}: symlink without a target"))),
+            },
+            EntryType::Link => match entry.link_name_bytes() {
+                Some(target) => self.hardlink(parent.as_fd(), &name, &target, &shown),
+                None => Err(StoreError::Corrupt(format!(
+                    "{shown}: hard link without a target"
+                ))),
+            },
+            EntryType::Fifo => self.fifo(parent.as_fd(), &name, &meta, &shown),
+            other => {
+                tracing::warn!(path = %shown, kind = ?other, "skipping archive entry of unsupported type");
+                Ok(())
+            }
+        };
+        if !std::mem::take(&mut self.parent_stale) {
+            self.parent = Some((parent_rel.to_path_buf(), parent));
+        }
+        result
+    }
+
+    /// The parent directory of an entry, from the cache or resolved (and created)
+    /// inside the root.
+    fn take_parent(&mut self, parent_rel: &Path, shown: &str) -> Result<OwnedFd, StoreError> {
+        if let Some((cached, fd)) = self.parent.take()
+            && cached == parent_rel
+        {
+            return Ok(fd);
+        }
+        mkdir_all_in_root(self.root, parent_rel, Mode::from_bits_truncate(0o755))
+            .ctx(|| format!("extract {shown}: parent directory"))
+    }
+
+    /// Runs `make`; if the name is taken, removes what is there (duplicate entries:
+    /// the last one wins) and runs it again.
+    fn create<T>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &str,
+        mut make: impl FnMut() -> nix::Result<T>,
+    ) -> Result<T, StoreError> {
+        match make() {
+            Err(Errno::EEXIST) => {
+                self.remove_existing(parent, name, shown)?;
+                make().ctx(|| format!("extract {shown}"))
+            }
+            other => other.ctx(|| format!("extract {shown}")),
+        }
+    }
+
+    fn remove_existing(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        self.parent_stale = true;
+        match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(Errno::EISDIR) => match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => Err(StoreError::Unsafe {
+                    path: shown.to_string(),
+                    reason: "would replace a non-empty directory".into(),
+                }),
+                Err(e) => Err(StoreError::io(format!("extract {shown}: replace"), e.into())),
+            },
+            Err(e) => Err(StoreError::io(format!("extract {shown}: replace"), e.into())),
+        }
+    }
+
+    fn directory(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        rel: &Path,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if dirfd::is_dir(&st) => {}
+            Ok(_) => {
+                self.remove_existing(parent, name, shown)?;
+                mkdirat(parent, name, Mode::from_bits_truncate(0o700)).ctx(|| format!("extract {shown}"))?;
+            }
+            Err(Errno::ENOENT) => {
+                mkdirat(parent, name, Mode::from_bits_truncate(0o700)).ctx(|| format!("extract {shown}"))?;
+            }
+            Err(e) => return Err(StoreError::io(format!("extract {shown}"), e.into())),
+        }
+        let fd = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| format!("extract {shown}"))?;
+        self.owner_and_mode(fd.as_fd(), meta, shown)?;
+        self.dir_times.push((rel.to_path_buf(), meta.mtime));
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        data: &mut R,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = self.create(parent, name, shown, || {
+            openat(parent, name, flags, Mode::from_bits_truncate(0o600))
+        })?;
+        let mut file = File::from(fd);
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::Corrupt(format!("{shown}: {e}"))),
+            };
+            file.write_all(&self.buf[..n])
+                .ctx(|| format!("extract {shown}"))?;
+        }
+        self.owner_and_mode(file.as_fd(), meta, shown)?;
+        futimens(&file, &meta.mtime, &meta.mtime).ctx(|| format!("extract {shown}: mtime"))
+    }
+
+    fn symlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &[u8],
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        // The target is stored verbatim, even `/etc` or `../..`: every later lookup
+        // through it (ours and the pod's) is resolved inside the root.
+        let target = OsStr::from_bytes(target);
+        self.create(parent, name, shown, || symlinkat(target, parent, name))?;
+        if self.chown {
+            fchownat(
+                parent,
+                name,
+                Some(meta.uid),
+                Some(meta.gid),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .ctx(|| format!("extract {shown}: owner"))?;
+        }
+        utimensat(
+            parent,
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .ctx(|| format!("extract {shown}: mtime"))
+    }
+
+    fn hardlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &[u8],
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        let unsafe_link = |reason: String| StoreError::Unsafe {
+            path: shown.to_string(),
+            reason,
+        };
+        let target_shown = String::from_utf8_lossy(target).into_owned();
+        let target_rel = rootfs_path(target)
+            .map_err(|e| unsafe_link(format!("hard link target {target_shown:?}: {e}")))?
+            .ok_or_else(|| unsafe_link(format!("hard link target {target_shown:?} is outside rootfs/")))?;
+        let target_fd = open_in_root(
+            self.root,
+            &target_rel,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .ctx(|| format!("extract {shown}: hard link target {target_shown:?} inside the rootfs"))?;
+        let st = fstat(&target_fd).ctx(|| format!("extract {shown}: hard link target"))?;
+        if dirfd::is_dir(&st) {
+            return Err(unsafe_link(format!("hard link to directory {target_shown:?}")));
+        }
+        self.create(parent, name, shown, || {
+            linkat(&target_fd, "", parent, name, AtFlags::AT_EMPTY_PATH)
+        })
+    }
+
+    fn fifo(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        meta: &Meta,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        self.create(parent, name, shown, || {
+            mknodat(parent, name, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+        })?;
+        // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+        let fd = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| format!("extract {shown}"))?;
+        self.owner_and_mode(fd.as_fd(), meta, shown)?;
+        futimens(&fd, &meta.mtime, &meta.mtime).ctx(|| format!("extract {shown}: mtime"))
+    }
+
+    /// chown before chmod: chown clears setuid/setgid bits.
+    fn owner_and_mode(&self, fd: BorrowedFd<'_>, meta: &Meta, shown: &str) -> Result<(), StoreError> {
+        if self.chown {
+            fchown(fd, Some(meta.uid), Some(meta.gid)).ctx(|| format!("extract {shown}: owner"))?;
+        }
+        fchmod(fd, meta.mode).ctx(|| format!("extract {shown}: mode"))
+    }
+
+    /// Applies directory mtimes, deepest last-listed first. Best-effort: a directory
+    /// later replaced by another entry simply has no mtime to restore.
+    fn finish(self) {
+        for (rel, mtime) in self.dir_times.iter().rev() {
+            let path = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel.as_path()
+            };
+            let dir = open_in_root(
+                self.root,
+                path,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            );
+            if let Err(e) = dir.and_then(|fd| futimens(&fd, mtime, mtime).map_err(io::Error::from)) {
+                tracing::debug!(path = %rel.display(), error = %e, "directory mtime not restored");
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The image index: one small file per image beside its cached manifest, so
+//! listing is a readdir, lookups by ID are one read, and a run never opens a blob.
+//!
+//! The record (`<key>.json`) is the commit point: it is written last on import and
+//! removed first on removal, so an image whose record exists has its blob and
+//! manifest. The last use is kept apart, as the mtime of `<key>.used`, so that
+//! marking an image used is one timestamp update that needs no lock and cannot
+//! damage the record.
+
+use std::io;
+use std::time::SystemTime;
+
+use super::layout::{self};
+use super::{ImageInfo, IoContext, Store, StoreError};
+use crate::fsutil::{atomic_write, fsync_dir};
+use crate::schema::{ImageId, ImageManifest};
+
+const RECORD: &str = ".json";
+const MANIFEST: &str = ".manifest";
+const USED: &str = ".used";
+
+/// Writes the manifest and the record of a freshly published image. The caller
+/// holds the store lock. Re-importing an image refreshes its record (import time and
+/// origin), as rkt does, so "newest import wins" follows what the user last fetched.
+pub(super) fn write_record(
+    store: &Store,
+    id: &ImageId,
+    manifest: &ImageManifest,
+    manifest_bytes: &[u8],
+    size: u64,
+    origin: &str,
+) -> Result<(), StoreError> {
+    let key = layout::key(id)?;
+    let now = SystemTime::now();
+    let info = ImageInfo {
+        id: id.clone(),
+        name: manifest.name.clone(),
+        labels: manifest.labels.clone(),
+        imported_at: now,
+        last_used: now,
+        size,
+        origin: origin.to_string(),
+    };
+    let record = serde_json::to_vec_pretty(&info)
+        .map_err(|e| StoreError::io(format!("encode index record of {id}"), io::Error::other(e)))?;
+    let manifest_path = store.index_path(key, MANIFEST);
+    atomic_write(&manifest_path, manifest_bytes).ctx(|| format!("write {}", manifest_path.display()))?;
+    let record_path = store.index_path(key, RECORD);
+    atomic_write(&record_path, &record).ctx(|| format!("write {}", record_path.display()))?;
+    stamp_used(store, key, now)
+}
+
+/// Removes an image's index files, record first. The caller holds the store lock.
+pub(super) fn remove_record(store: &Store, key: &str) -> Result<(), StoreError> {
+    for suffix in [RECORD, MANIFEST, USED] {
+        let path = store.index_path(key, suffix);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(StoreError::io(format!("remove {}", path.display()), e));
+            }
+            _ => {}
+        }
+    }
+    let dir = store.index_dir();
+    fsync_dir(&dir).ctx(|| format!("fsync {}", dir.display()))
+}
+
+pub(super) fn info(store: &Store, id: &ImageId) -> Result<ImageInfo, StoreError> {
+    let info = info_by_key(store, layout::key(id)?)?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    // The file is named by the store key; a longer ID given must match in full.
+    if info.id.as_str().starts_with(id.as_str()) {
+        Ok(info)
+    } else {
+        Err(StoreError::NotFound(id.to_string()))
+    }
+}
+
+/// The record stored under `key`, or None if there is none.
+pub(super) fn info_by_key(store: &Store, key: &str) -> Result<Option<ImageInfo>, StoreError> {
+    let path = store.index_path(key, RECORD);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+    };
+    let mut info: ImageInfo = serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::io(format!("read {}", path.display()), io::Error::other(e)))?;
+    if let Ok(used) = std::fs::metadata(store.index_path(key, USED)).and_then(|m| m.modified()) {
+        info.last_used = info.last_used.max(used);
+    }
+    Ok(Some(info))
+}
+
+/// Whether the image is in the index: a single stat.
+pub(super) fn has_image(store: &Store, id: &ImageId) -> bool {
+    layout::key(id).is_ok_and(|key| store.index_path(key, RECORD).exists())
+}
+
+pub(super) fn manifest(store: &Store, id: &ImageId) -> Result<ImageManifest, StoreError> {
+    let path = store.index_path(layout::key(id)?, MANIFEST);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string())),
+        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+    };
+    ImageManifest::from_json(&bytes).map_err(|e| StoreError::InvalidManifest(format!("{id}: {e}")))
+}
+
+/// The store keys of every indexed image, from the directory listing alone.
+pub(super) fn keys(store: &Store) -> Result<Vec<String>, StoreError> {
+    let dir = store.index_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Dot-names are atomic_write temp files, never records.
+        if name.starts_with('.') {
+            continue;
+        }
+        if let Some(key) = name.strip_suffix(RECORD) {
+            keys.push(key.to_string());
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// Every indexed image, oldest import first.
+pub(super) fn list(store: &Store) -> Result<Vec<ImageInfo>, StoreError> {
+    let mut images = Vec::new();
+    for key in keys(store)? {
+        match info_by_key(store, &key) {
+            Ok(Some(info)) => images.push(info),
+            // Removed between the readdir and the read.
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key, error = %e, "skipping unreadable index record"),
+        }
+    }
+    images.sort_by(|a, b| a.imported_at.cmp(&b.imported_at).then_with(|| a.id.cmp(&b.id)));
+    Ok(images)
+}
+
+pub(super) fn touch(store: &Store, id: &ImageId) -> Result<(), StoreError> {
+    let key = layout::key(id)?;
+    if !store.index_path(key, RECORD).exists() {
+        return Err(StoreError::NotFound(id.to_string()));
+    }
+    stamp_used(store, key, SystemTime::now())
+}
+
+fn stamp_used(store: &Store, key: &str, when: SystemTime) -> Result<(), StoreError> {
+    let path = store.index_path(key, USED);
+    std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|f| f.set_modified(when))
+        .ctx(|| format!("update {}", path.display()))
+}
