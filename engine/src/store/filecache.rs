@@ -99,3 +99,72 @@ fn write_record(store: &Store, path: &Path, record: &FileRecord) -> Result<(), S
     let bytes = serde_json::to_vec(record).map_err(|e| StoreError::io("encode file record", e.into()))?;
     crate::fsutil::atomic_write(path, &bytes).ctx(|| format!("write {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cas::HASHED;
+    use crate::store::testutil::{self, simple};
+
+    fn hashed() -> usize {
+        HASHED.with(|n| n.get())
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_hashed_again() {
+        let (dir, store) = testutil::store();
+        let path = dir.path().join("app.aci");
+        std::fs::write(&path, testutil::gzip(&simple("example.com/app", "1", "f", b"x"))).expect("write");
+        let start = hashed();
+        let id = store.import_file(&path).expect("first import");
+        assert_eq!(hashed(), start + 1);
+        assert_eq!(store.info(&id).expect("info").origin, path.to_string_lossy());
+
+        // Fast path, also through another spelling of the same path.
+        let other_spelling = dir.path().join(".").join("app.aci");
+        assert_eq!(store.import_file(&path).expect("again"), id);
+        assert_eq!(store.import_file(&other_spelling).expect("again"), id);
+        assert_eq!(hashed(), start + 1, "no re-hash of an unchanged file");
+
+        // A changed file is imported again.
+        std::fs::write(&path, simple("example.com/app", "2", "f", b"y")).expect("rewrite");
+        let id2 = store.import_file(&path).expect("changed");
+        assert_ne!(id2, id);
+        assert_eq!(hashed(), start + 2);
+        assert_eq!(store.import_file(&path).expect("again"), id2);
+        assert_eq!(hashed(), start + 2);
+
+        // So is one whose image was removed from the store.
+        store.remove(&id2).expect("remove");
+        assert_eq!(store.import_file(&path).expect("re-import"), id2);
+        assert_eq!(hashed(), start + 3);
+    }
+
+    #[test]
+    fn a_file_restored_with_its_old_mtime_is_still_noticed() {
+        let (dir, store) = testutil::store();
+        let path = dir.path().join("app.aci");
+        std::fs::write(&path, simple("example.com/app", "1", "f", b"x")).expect("write");
+        let id = store.import_file(&path).expect("import");
+        let mtime = std::fs::metadata(&path).expect("stat").modified().expect("mtime");
+        // Same size, same inode, mtime put back: only ctime tells.
+        std::fs::write(&path, simple("example.com/app", "1", "f", b"z")).expect("rewrite");
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .expect("set mtime");
+        assert_ne!(store.import_file(&path).expect("import"), id);
+    }
+
+    #[test]
+    fn directories_and_missing_files_are_errors() {
+        let (dir, store) = testutil::store();
+        let err = store.import_file(dir.path()).expect_err("dir");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = store
+            .import_file(&dir.path().join("nope.aci"))
+            .expect_err("missing");
+        assert!(err.to_string().contains("nope.aci"), "{err}");
+    }
+}

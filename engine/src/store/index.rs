@@ -164,3 +164,70 @@ fn stamp_used(store: &Store, key: &str, when: SystemTime) -> Result<(), StoreErr
         .and_then(|f| f.set_modified(when))
         .ctx(|| format!("update {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testutil::{self, simple};
+
+    #[test]
+    fn info_and_manifest_come_from_the_index_alone() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        // No blob read: remove it and the index still answers.
+        std::fs::remove_file(store.blob_path(layout::key(&id).expect("key"))).expect("rm blob");
+        let info = store.info(&id).expect("info");
+        assert_eq!(info.id, id);
+        assert_eq!(info.labels.len(), 1);
+        assert_eq!(
+            store.manifest(&id).expect("manifest").name.as_str(),
+            "example.com/app"
+        );
+    }
+
+    #[test]
+    fn touch_moves_last_used_only() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let before = store.info(&id).expect("info");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.touch(&id).expect("touch");
+        let after = store.info(&id).expect("info");
+        assert!(after.last_used > before.last_used);
+        assert_eq!(after.imported_at, before.imported_at);
+        assert_eq!(store.list().expect("list")[0].last_used, after.last_used);
+    }
+
+    #[test]
+    fn unknown_or_malformed_ids_are_not_found() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let mut other = id.as_str().to_string();
+        other.replace_range(100..101, if &other[100..101] == "0" { "1" } else { "0" });
+        let other = ImageId::parse(&other).expect("parse");
+        assert!(
+            matches!(store.info(&other), Err(StoreError::NotFound(_))),
+            "same key, other ID"
+        );
+        for bad in ["sha512-../../../etc/passwd", "sha512-", "md5-00", ""] {
+            let bad = ImageId::parse(bad).expect("parse");
+            assert!(matches!(store.info(&bad), Err(StoreError::NotFound(_))));
+            assert!(matches!(store.manifest(&bad), Err(StoreError::NotFound(_))));
+            assert!(matches!(store.touch(&bad), Err(StoreError::NotFound(_))));
+            assert!(matches!(store.render(&bad), Err(StoreError::NotFound(_))));
+        }
+        assert!(store.list().expect("list").len() == 1);
+    }
+
+    #[test]
+    fn an_empty_store_lists_nothing_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        assert!(store.list().expect("list").is_empty());
+        assert!(matches!(
+            store.resolve("example.com/app"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!store.dir().exists());
+    }
+}
