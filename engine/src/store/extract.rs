@@ -418,3 +418,351 @@ impl Extractor<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testutil::{self, Aci, manifest};
+
+    /// A target directory and, beside it, a canary directory with a file that no
+    /// extraction may touch.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        canary: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("root");
+            let canary = dir.path().join("canary");
+            std::fs::create_dir(&root).expect("mkdir");
+            std::fs::create_dir(&canary).expect("mkdir");
+            std::fs::write(canary.join("secret"), b"untouched").expect("write");
+            Self {
+                _dir: dir,
+                root,
+                canary,
+            }
+        }
+
+        fn unpack(&self, aci: Aci) -> Result<(), StoreError> {
+            let fd = crate::fsutil::open_dir(&self.root).expect("open root");
+            unpack(&aci.finish()[..], fd.as_fd())
+        }
+
+        fn assert_canary_untouched(&self) {
+            assert_eq!(testutil::walk(&self.canary), vec![PathBuf::from("secret")]);
+            assert_eq!(
+                std::fs::read(self.canary.join("secret")).expect("read"),
+                b"untouched"
+            );
+            assert_eq!(
+                std::fs::metadata(self.canary.join("secret"))
+                    .expect("stat")
+                    .nlink(),
+                1
+            );
+            let parent = self.root.parent().expect("parent");
+            let beside: Vec<_> = testutil::walk(parent)
+                .into_iter()
+                .filter(|p| p.components().count() == 1)
+                .collect();
+            assert_eq!(beside, vec![PathBuf::from("canary"), PathBuf::from("root")]);
+        }
+
+        fn canary_str(&self) -> String {
+            self.canary.to_str().expect("utf-8").to_string()
+        }
+    }
+
+    fn aci() -> Aci {
+        Aci::new(&manifest("example.com/app", &[], json!({})))
+    }
+
+    fn assert_unsafe(result: Result<(), StoreError>, reason: &str) {
+        match result {
+            Err(StoreError::Unsafe { reason: got, .. }) => assert!(got.contains(reason), "{got:?}"),
+            other => panic!("expected Unsafe({reason}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dotdot_names_are_refused() {
+        let f = Fixture::new();
+        assert_unsafe(
+            f.unpack(aci().raw(b"rootfs/../escape", EntryType::Regular, b"", b"x")),
+            "`..`",
+        );
+        assert_unsafe(
+            f.unpack(aci().raw(b"../escape", EntryType::Regular, b"", b"x")),
+            "`..`",
+        );
+        assert_unsafe(
+            f.unpack(aci().raw(b"rootfs/a/../../escape", EntryType::Directory, b"", b"")),
+            "`..`",
+        );
+        f.assert_canary_untouched();
+    }
+
+    #[test]
+    fn absolute_names_are_refused() {
+        let f = Fixture::new();
+        let name = format!("{}/abs", f.canary_str());
+        assert_unsafe(
+            f.unpack(aci().raw(name.as_bytes(), EntryType::Regular, b"", b"x")),
+            "absolute",
+        );
+        f.assert_canary_untouched();
+    }
+
+    #[test]
+    fn writing_through_a_planted_symlink_stays_inside() {
+        let f = Fixture::new();
+        // The symlink resolves inside the root, where its target does not exist.
+        let err = f
+            .unpack(
+                aci()
+                    .symlink("rootfs/evil", &f.canary_str())
+                    .file("rootfs/evil/file", b"payload"),
+            )
+            .expect_err("dangling inside the root");
+        assert!(err.to_string().contains("rootfs/evil/file"), "{err}");
+        f.assert_canary_untouched();
+
+        // Where the image itself provides the target, the write lands there.
+        let f = Fixture::new();
+        f.unpack(
+            aci()
+                .dir(&format!("rootfs{}", f.canary_str()), 0o755)
+                .symlink("rootfs/evil", &f.canary_str())
+                .file("rootfs/evil/file", b"payload")
+                .dir("rootfs/evil/sub", 0o755)
+                .symlink("rootfs/up", "../../../../../..")
+                .file("rootfs/up/file2", b"payload"),
+        )
+        .expect("unpack");
+        f.assert_canary_untouched();
+        let inside = f.root.join(f.canary.strip_prefix("/").expect("abs"));
+        assert_eq!(std::fs::read(inside.join("file")).expect("read"), b"payload");
+        assert!(inside.join("sub").is_dir());
+        assert_eq!(std::fs::read(f.root.join("file2")).expect("read"), b"payload");
+        assert!(
+            f.root
+                .join("evil")
+                .symlink_metadata()
+                .expect("lstat")
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn a_file_replaces_a_symlink_instead_of_writing_through_it() {
+        let f = Fixture::new();
+        let target = format!("{}/secret", f.canary_str());
+        f.unpack(aci().symlink("rootfs/l", &target).file("rootfs/l", b"evil"))
+            .expect("unpack");
+        f.assert_canary_untouched();
+        assert_eq!(std::fs::read(f.root.join("l")).expect("read"), b"evil");
+    }
+
+    #[test]
+    fn hard_links_cannot_reach_host_files() {
+        let f = Fixture::new();
+        let secret = format!("{}/secret", f.canary_str());
+        // Absolute link target.
+        assert_unsafe(
+            f.unpack(aci().raw(b"rootfs/h", EntryType::Link, secret.as_bytes(), b"")),
+            "absolute",
+        );
+        // `..` in the link target.
+        assert_unsafe(
+            f.unpack(aci().raw(b"rootfs/h", EntryType::Link, b"rootfs/../../canary/secret", b"")),
+            "`..`",
+        );
+        // Outside rootfs/.
+        assert_unsafe(
+            f.unpack(aci().raw(b"rootfs/h", EntryType::Link, b"manifest", b"")),
+            "outside rootfs",
+        );
+        // Through a symlink that points at the host: resolved inside the root,
+        // where there is no such file.
+        let err = f
+            .unpack(
+                aci()
+                    .symlink("rootfs/c", &f.canary_str())
+                    .hardlink("rootfs/h", "rootfs/c/secret"),
+            )
+            .expect_err("no such file inside the root");
+        assert!(err.to_string().contains("rootfs/h"), "{err}");
+        f.assert_canary_untouched();
+        assert!(!f.root.join("h").exists());
+    }
+
+    #[test]
+    fn hard_links_inside_the_root_work() {
+        let f = Fixture::new();
+        f.unpack(
+            aci()
+                .file("rootfs/bin/a", b"binary")
+                .symlink("rootfs/lib", "/bin")
+                .hardlink("rootfs/b", "rootfs/bin/a")
+                .hardlink("rootfs/c", "rootfs/lib/a"),
+        )
+        .expect("unpack");
+        let ino = |p: &str| std::fs::metadata(f.root.join(p)).expect("stat").ino();
+        assert_eq!(ino("bin/a"), ino("b"));
+        assert_eq!(ino("bin/a"), ino("c"));
+        assert_unsafe(
+            f.unpack(aci().dir("rootfs/d", 0o755).hardlink("rootfs/e", "rootfs/d")),
+            "directory",
+        );
+    }
+
+    #[test]
+    fn a_symlink_loop_is_an_error_not_a_hang() {
+        let f = Fixture::new();
+        let err = f
+            .unpack(
+                aci()
+                    .symlink("rootfs/a", "b")
+                    .symlink("rootfs/b", "a")
+                    .file("rootfs/a/x", b"x"),
+            )
+            .expect_err("loop");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("rootfs/a/x") && msg.contains("symbolic links"),
+            "{msg}"
+        );
+        f.assert_canary_untouched();
+    }
+
+    #[test]
+    fn device_nodes_are_skipped_fifos_created() {
+        let f = Fixture::new();
+        f.unpack(
+            aci()
+                .device("rootfs/dev/sda", EntryType::Block, 8, 0)
+                .device("rootfs/dev/mem", EntryType::Char, 1, 1)
+                .fifo("rootfs/run/pipe")
+                .file("rootfs/after", b"still extracted"),
+        )
+        .expect("unpack");
+        assert!(!f.root.join("dev/sda").exists());
+        assert!(!f.root.join("dev/mem").exists());
+        let fifo = std::fs::symlink_metadata(f.root.join("run/pipe")).expect("fifo");
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!(fifo.mode() & 0o7777, 0o640);
+        assert!(f.root.join("after").exists());
+    }
+
+    #[test]
+    fn duplicate_entries_last_wins_but_never_over_a_full_directory() {
+        let f = Fixture::new();
+        f.unpack(
+            aci()
+                .file("rootfs/f", b"first")
+                .file("rootfs/f", b"second")
+                .file("rootfs/g", b"file")
+                .dir("rootfs/g", 0o750)
+                .dir("rootfs/e", 0o755)
+                .file("rootfs/e", b"replaces an empty dir")
+                .dir("rootfs/d", 0o755)
+                .dir("rootfs/d", 0o700),
+        )
+        .expect("unpack");
+        assert_eq!(std::fs::read(f.root.join("f")).expect("read"), b"second");
+        assert!(f.root.join("g").is_dir());
+        assert_eq!(
+            std::fs::read(f.root.join("e")).expect("read"),
+            b"replaces an empty dir"
+        );
+        assert_eq!(
+            std::fs::metadata(f.root.join("d")).expect("stat").mode() & 0o7777,
+            0o700
+        );
+        assert_unsafe(
+            f.unpack(aci().file("rootfs/full/x", b"x").file("rootfs/full", b"y")),
+            "non-empty directory",
+        );
+    }
+
+    #[test]
+    fn over_long_paths_are_errors_long_names_work() {
+        let f = Fixture::new();
+        let long_ok = format!("rootfs/{}file", "abcdefghij/".repeat(30));
+        f.unpack(aci().file(&long_ok, b"deep")).expect("330-byte path");
+        assert_eq!(
+            std::fs::read(f.root.join(long_ok.trim_start_matches("rootfs/"))).expect("read"),
+            b"deep"
+        );
+        let too_long = format!("rootfs/{}f", "d/".repeat(2100));
+        assert_unsafe(f.unpack(aci().file(&too_long, b"x")), "PATH_MAX");
+        let long_name = format!("rootfs/{}", "n".repeat(300));
+        assert_unsafe(f.unpack(aci().file(&long_name, b"x")), "NAME_MAX");
+    }
+
+    #[test]
+    fn owners_modes_and_times_are_kept() {
+        let f = Fixture::new();
+        f.unpack(
+            aci()
+                .dir("rootfs/d", 0o751)
+                .file_owned("rootfs/d/suid", b"#!", 0o4755, 1234, 5678, 1_000_000)
+                .file_owned("rootfs/d/sgid", b"#!", 0o2711, 0, 42, 2_000_000),
+        )
+        .expect("unpack");
+        let meta = |p: &str| std::fs::symlink_metadata(f.root.join(p)).expect("stat");
+        let suid = meta("d/suid");
+        assert_eq!(
+            (suid.mode() & 0o7777, suid.uid(), suid.gid()),
+            (0o4755, 1234, 5678)
+        );
+        assert_eq!(suid.mtime(), 1_000_000);
+        assert_eq!(meta("d/sgid").mode() & 0o7777, 0o2711);
+        let d = meta("d");
+        assert_eq!(d.mode() & 0o7777, 0o751);
+        assert_eq!(
+            d.mtime(),
+            testutil::MTIME as i64,
+            "directory mtime survives its children"
+        );
+        assert_eq!(
+            meta("").mode() & 0o7777,
+            0o755,
+            "rootfs/ entry applies to the root"
+        );
+    }
+
+    #[test]
+    fn rootfs_must_be_a_directory() {
+        let f = Fixture::new();
+        let m = manifest("example.com/app", &[], json!({}));
+        assert_unsafe(
+            f.unpack(
+                Aci::bare()
+                    .manifest(&m)
+                    .raw(b"rootfs", EntryType::Regular, b"", b"x"),
+            ),
+            "must be a directory",
+        );
+    }
+
+    #[test]
+    fn entry_paths_are_normalised_or_refused() {
+        let p = |s: &[u8]| rootfs_path(s).map(|o| o.map(|p| p.to_string_lossy().into_owned()));
+        assert_eq!(p(b"rootfs/a/b").expect("ok"), Some("a/b".into()));
+        assert_eq!(p(b"./rootfs//a/./b/").expect("ok"), Some("a/b".into()));
+        assert_eq!(p(b"rootfs").expect("ok"), Some("".into()));
+        assert_eq!(p(b"manifest").expect("ok"), None);
+        assert_eq!(p(b"rootfsx/a").expect("ok"), None);
+        assert!(p(b"/rootfs/a").is_err());
+        assert!(p(b"rootfs/a/..").is_err());
+    }
+}
