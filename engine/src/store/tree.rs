@@ -301,3 +301,298 @@ pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), Sto
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testutil::{self, Aci, manifest, residue};
+
+    fn dep(name: &str) -> serde_json::Value {
+        json!({ "imageName": name })
+    }
+
+    fn read(tree: &RenderedTree, path: &str) -> String {
+        std::fs::read_to_string(tree.rootfs.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn dependencies_go_below_in_order_and_the_image_on_top() {
+        let (_dir, store) = testutil::store();
+        let base = Aci::new(&manifest("example.com/base", &[("version", "1")], json!({})))
+            .file("rootfs/etc/x", b"base")
+            .file("rootfs/etc/shared", b"base")
+            .file("rootfs/base-only", b"b")
+            .finish();
+        let extra = Aci::new(&manifest(
+            "example.com/extra",
+            &[],
+            json!({ "dependencies": [dep("example.com/base")] }),
+        ))
+        .file("rootfs/etc/shared", b"extra")
+        .finish();
+        let tools = Aci::new(&manifest("example.com/tools", &[], json!({})))
+            .file("rootfs/etc/shared", b"tools")
+            .file("rootfs/etc/x", b"tools")
+            .finish();
+        let app = Aci::new(&manifest(
+            "example.com/app",
+            &[],
+            json!({ "dependencies": [dep("example.com/tools"), dep("example.com/extra"), dep("example.com/base")] }),
+        ))
+        .file("rootfs/etc/x", b"app")
+        .finish();
+        let base_id = testutil::import(&store, &base);
+        let extra_id = testutil::import(&store, &extra);
+        let tools_id = testutil::import(&store, &tools);
+        let app_id = testutil::import(&store, &app);
+        let tree = store.render(&app_id).expect("render");
+        assert_eq!(read(&tree, "etc/x"), "app", "the image wins");
+        assert_eq!(
+            read(&tree, "etc/shared"),
+            "extra",
+            "a later dependency wins over an earlier one"
+        );
+        assert_eq!(read(&tree, "base-only"), "b");
+        let record = read_record(tree.rootfs.parent().expect("tree dir")).expect("record");
+        assert_eq!(
+            record.images,
+            vec![tools_id, base_id, extra_id, app_id.clone()],
+            "base is applied once, before extra which needs it"
+        );
+        assert_eq!(
+            store.tree_rootfs(&tree.tree_id).expect("tree_rootfs"),
+            tree.rootfs
+        );
+    }
+
+    #[test]
+    fn dependencies_by_id_and_labels() {
+        let (_dir, store) = testutil::store();
+        let b1 = testutil::import(&store, &testutil::simple("example.com/base", "1", "v", b"1"));
+        let _b2 = testutil::import(&store, &testutil::simple("example.com/base", "2", "v", b"2"));
+        let by_id = Aci::new(&manifest(
+            "example.com/a",
+            &[],
+            json!({ "dependencies": [{ "imageName": "example.com/base", "imageID": b1.as_str() }] }),
+        ))
+        .finish();
+        let by_label = Aci::new(&manifest(
+            "example.com/b",
+            &[],
+            json!({ "dependencies": [{ "imageName": "example.com/base",
+                                       "labels": [{ "name": "version", "value": "1" }] }] }),
+        ))
+        .finish();
+        let newest = Aci::new(&manifest(
+            "example.com/c",
+            &[],
+            json!({ "dependencies": [dep("example.com/base")] }),
+        ))
+        .finish();
+        for (aci, want) in [(by_id, "1"), (by_label, "1"), (newest, "2")] {
+            let id = testutil::import(&store, &aci);
+            assert_eq!(read(&store.render(&id).expect("render"), "v"), want);
+        }
+    }
+
+    #[test]
+    fn a_new_dependency_version_makes_a_new_tree() {
+        let (_dir, store) = testutil::store();
+        testutil::import(&store, &testutil::simple("example.com/base", "1", "v", b"1"));
+        let app = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/app",
+                &[],
+                json!({ "dependencies": [dep("example.com/base")] }),
+            ))
+            .finish(),
+        );
+        let first = store.render(&app).expect("render");
+        testutil::import(&store, &testutil::simple("example.com/base", "2", "v", b"2"));
+        let second = store.render(&app).expect("render");
+        assert_ne!(first.tree_id, second.tree_id);
+        assert_eq!(read(&first, "v"), "1");
+        assert_eq!(read(&second, "v"), "2");
+    }
+
+    #[test]
+    fn path_whitelist_keeps_only_listed_paths_and_their_parents() {
+        let (_dir, store) = testutil::store();
+        testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/base", &[], json!({})))
+                .file("rootfs/etc/x", b"base")
+                .file("rootfs/etc/passwd", b"root")
+                .file("rootfs/usr/bin/tool", b"t")
+                .file("rootfs/usr/lib/libc.so", b"c")
+                .finish(),
+        );
+        let app = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/app",
+                &[],
+                json!({ "dependencies": [dep("example.com/base")],
+                        "pathWhitelist": ["/etc/x", "/usr/bin/", "/app"] }),
+            ))
+            .dir("rootfs/etc", 0o755)
+            .file("rootfs/app", b"app")
+            .file("rootfs/junk", b"j")
+            .finish(),
+        );
+        let tree = store.render(&app).expect("render");
+        let all: Vec<String> = testutil::walk(&tree.rootfs)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(all, ["app", "etc", "etc/x", "usr", "usr/bin"]);
+        let etc = std::fs::metadata(tree.rootfs.join("etc")).expect("stat");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&etc),
+            testutil::MTIME as i64,
+            "pruning keeps directory mtimes"
+        );
+    }
+
+    #[test]
+    fn cycles_and_missing_dependencies_are_named() {
+        let (_dir, store) = testutil::store();
+        let a = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/a",
+                &[],
+                json!({ "dependencies": [dep("example.com/b")] }),
+            ))
+            .finish(),
+        );
+        let err = store.render(&a).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "image example.com/a: dependency example.com/b is not in the store"
+        );
+        testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/b",
+                &[],
+                json!({ "dependencies": [dep("example.com/a")] }),
+            ))
+            .finish(),
+        );
+        let err = store.render(&a).expect_err("cycle");
+        assert_eq!(
+            err.to_string(),
+            "image example.com/b: dependency cycle: example.com/a -> example.com/b -> example.com/a"
+        );
+        let selfish = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/s",
+                &[],
+                json!({ "dependencies": [dep("example.com/s")] }),
+            ))
+            .finish(),
+        );
+        assert!(
+            store
+                .render(&selfish)
+                .expect_err("self")
+                .to_string()
+                .contains("cycle")
+        );
+        let labelled = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/l",
+                &[],
+                json!({ "dependencies": [{ "imageName": "example.com/a",
+                                           "labels": [{ "name": "version", "value": "9" }] }] }),
+            ))
+            .finish(),
+        );
+        assert!(
+            store
+                .render(&labelled)
+                .expect_err("no such version")
+                .to_string()
+                .contains("example.com/a (version=9) is not in the store")
+        );
+        assert!(!store.tree_root().exists() || testutil::walk(&store.tree_root()).is_empty());
+    }
+
+    #[test]
+    fn a_second_render_reuses_the_tree_without_the_blob() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &testutil::simple("example.com/app", "1", "f", b"x"));
+        let first = store.render(&id).expect("render");
+        // Without its blob the image cannot be extracted again: reuse is the only way.
+        std::fs::remove_file(store.blob_path(layout::key(&id).expect("key"))).expect("rm blob");
+        let rounds = 1000;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert_eq!(store.render(&id).expect("render again"), first);
+        }
+        let each = start.elapsed() / rounds;
+        eprintln!("second render: {each:?} per call");
+        assert!(each < std::time::Duration::from_millis(5), "{each:?}");
+    }
+
+    #[test]
+    fn concurrent_renders_of_one_tree_share_it() {
+        let (_dir, store) = testutil::store();
+        let mut aci = Aci::new(&manifest("example.com/app", &[], json!({})));
+        for i in 0..200 {
+            aci = aci.file(&format!("rootfs/d{}/f{i}", i % 10), &[i as u8; 2000]);
+        }
+        let id = testutil::import(&store, &aci.finish());
+        let trees: Vec<RenderedTree> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| store.render(&id).expect("render")))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert!(trees.windows(2).all(|w| w[0] == w[1]), "{trees:?}");
+        assert_eq!(std::fs::read_dir(store.tree_root()).expect("ls").count(), 1);
+        assert!(!residue(&store).iter().any(|p| p.starts_with("tmp")));
+        assert_eq!(testutil::walk(&trees[0].rootfs).len(), 210);
+    }
+
+    #[test]
+    fn a_refused_render_leaves_no_tree_and_no_temp() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/app", &[], json!({})))
+                .file("rootfs/ok", b"x")
+                .raw(b"rootfs/../../escape", tar::EntryType::Regular, b"", b"x")
+                .finish(),
+        );
+        let err = store.render(&id).expect_err("refused");
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        let left: Vec<_> = residue(&store)
+            .into_iter()
+            .filter(|p| p.starts_with("tmp") || p.starts_with("tree"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!store.dir().parent().expect("parent").join("escape").exists());
+    }
+
+    #[test]
+    fn tree_rootfs_refuses_unknown_and_malformed_ids() {
+        let (_dir, store) = testutil::store();
+        for bad in [
+            "deps-sha512-0000000000000000000000000000000000000000000000000000000000000000",
+            "../../etc",
+            "",
+        ] {
+            assert!(
+                matches!(store.tree_rootfs(bad), Err(StoreError::TreeNotFound(_))),
+                "{bad}"
+            );
+        }
+    }
+}
