@@ -201,3 +201,138 @@ fn atime(st: &FileStat) -> TimeSpec {
 fn mtime(st: &FileStat) -> TimeSpec {
     TimeSpec::new(st.st_mtime, st.st_mtime_nsec)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::store::testutil;
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let when = UNIX_EPOCH + Duration::new(secs, 123_456_789);
+        File::open(path)
+            .and_then(|f| f.set_modified(when))
+            .expect("set mtime");
+    }
+
+    /// A tree with every kind of entry copy_tree must handle.
+    fn source(base: &Path) -> PathBuf {
+        let src = base.join("src");
+        std::fs::create_dir_all(src.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(src.join("ro")).expect("mkdir");
+        std::fs::write(src.join("bin/suid"), b"binary").expect("write");
+        std::os::unix::fs::chown(src.join("bin/suid"), Some(1234), Some(5678)).expect("chown");
+        std::fs::set_permissions(src.join("bin/suid"), std::fs::Permissions::from_mode(0o4750))
+            .expect("chmod");
+        set_mtime(&src.join("bin/suid"), 1_000_000);
+        std::fs::hard_link(src.join("bin/suid"), src.join("ro/link")).expect("link");
+        std::os::unix::fs::symlink("/etc", src.join("etc")).expect("symlink");
+        std::os::unix::fs::symlink("../bin/suid", src.join("ro/rel")).expect("symlink");
+        std::os::unix::fs::lchown(src.join("ro/rel"), Some(7), Some(8)).expect("lchown");
+        nix::unistd::mkfifo(&src.join("ro/fifo"), Mode::from_bits_truncate(0o620)).expect("mkfifo");
+        let _ = mknodat(
+            nix::fcntl::AT_FDCWD,
+            &src.join("null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        );
+        std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        set_mtime(&src.join("ro"), 2_000_000);
+        set_mtime(&src.join("bin"), 3_000_000);
+        src
+    }
+
+    #[test]
+    fn everything_is_copied_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = source(dir.path());
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).expect("copy");
+        let entries = testutil::walk(&src);
+        assert_eq!(testutil::walk(&dst), entries);
+        for rel in &entries {
+            let (a, b) = (src.join(rel), dst.join(rel));
+            let (ma, mb) = (
+                std::fs::symlink_metadata(&a).expect("lstat"),
+                std::fs::symlink_metadata(&b).expect("lstat"),
+            );
+            let shown = rel.display();
+            assert_eq!(ma.mode(), mb.mode(), "{shown}: type and mode");
+            assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{shown}: owner");
+            assert_eq!(
+                (ma.mtime(), ma.mtime_nsec()),
+                (mb.mtime(), mb.mtime_nsec()),
+                "{shown}: mtime"
+            );
+            assert_eq!(ma.rdev(), mb.rdev(), "{shown}: device");
+            if ma.file_type().is_symlink() {
+                assert_eq!(
+                    std::fs::read_link(&a).expect("a"),
+                    std::fs::read_link(&b).expect("b")
+                );
+            } else if ma.is_file() {
+                assert_eq!(
+                    std::fs::read(&a).expect("a"),
+                    std::fs::read(&b).expect("b"),
+                    "{shown}"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::metadata(dst.join("bin/suid")).expect("stat").ino(),
+            std::fs::metadata(dst.join("ro/link")).expect("stat").ino(),
+            "hard links stay linked"
+        );
+        assert!(
+            std::fs::symlink_metadata(dst.join("ro/fifo"))
+                .expect("fifo")
+                .file_type()
+                .is_fifo()
+        );
+        assert!(
+            dst.join("etc").symlink_metadata().expect("lstat").is_symlink(),
+            "not followed"
+        );
+        if src.join("null").exists() {
+            let null = std::fs::symlink_metadata(dst.join("null")).expect("device");
+            assert!(null.file_type().is_char_device());
+        } else {
+            eprintln!("no device node tested: mknod is not permitted here");
+        }
+    }
+
+    #[test]
+    fn a_symlink_as_source_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = source(dir.path());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&src, &link).expect("symlink");
+        assert!(copy_tree(&link, &dir.path().join("dst")).is_err());
+    }
+
+    #[test]
+    fn a_mount_inside_the_tree_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = source(dir.path());
+        let mnt = src.join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        if let Err(e) = nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        ) {
+            eprintln!("skipping: cannot mount tmpfs here ({e})");
+            return;
+        }
+        let result = copy_tree(&src, &dir.path().join("dst"));
+        nix::mount::umount(&mnt).expect("umount");
+        let err = result.expect_err("crosses a mount");
+        assert!(err.to_string().contains("mount point"), "{err}");
+        assert!(err.to_string().contains("mnt"), "{err}");
+    }
+}
