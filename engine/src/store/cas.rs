@@ -274,13 +274,9 @@ pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), Sto
     }
     // Blobs without a record are left by a crash between publishing the blob and
     // writing its record; they are harmless but take space.
-    for fanout in read_dir_or_empty(&store.blob_root())? {
-        for blob in read_dir_or_empty(&fanout)? {
-            let name = blob
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !name.starts_with('.') && !known.contains(&name) {
+    for (_, fanout) in layout::entries(&store.blob_root())? {
+        for (name, blob) in layout::entries(&fanout)? {
+            if !known.contains(&name) {
                 report
                     .problems
                     .push(format!("blob {}: no index record", blob.display()));
@@ -288,17 +284,6 @@ pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), Sto
         }
     }
     Ok(())
-}
-
-fn read_dir_or_empty(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, StoreError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.map(|e| e.path()))
-            .collect::<io::Result<Vec<_>>>()
-            .ctx(|| format!("list {}", dir.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(StoreError::io(format!("list {}", dir.display()), e)),
-    }
 }
 
 #[cfg(test)]

@@ -64,8 +64,10 @@ pub(super) fn rootfs_path(raw: &[u8]) -> Result<Option<PathBuf>, StoreError> {
     if raw.first() == Some(&b'/') {
         return Err(unsafe_entry("absolute path"));
     }
-    let mut components = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".");
-    let all: Vec<&[u8]> = components.by_ref().collect();
+    let all: Vec<&[u8]> = raw
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
     if all.iter().any(|c| *c == b"..") {
         return Err(unsafe_entry("`..` component"));
     }

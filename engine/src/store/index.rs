@@ -10,7 +10,7 @@
 use std::io;
 use std::time::SystemTime;
 
-use super::layout::{self};
+use super::layout;
 use super::{ImageInfo, IoContext, Store, StoreError};
 use crate::fsutil::{atomic_write, fsync_dir};
 use crate::schema::{ImageId, ImageManifest};
@@ -108,27 +108,10 @@ pub(super) fn manifest(store: &Store, id: &ImageId) -> Result<ImageManifest, Sto
 
 /// The store keys of every indexed image, from the directory listing alone.
 pub(super) fn keys(store: &Store) -> Result<Vec<String>, StoreError> {
-    let dir = store.index_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
-    };
-    let mut keys = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        // Dot-names are atomic_write temp files, never records.
-        if name.starts_with('.') {
-            continue;
-        }
-        if let Some(key) = name.strip_suffix(RECORD) {
-            keys.push(key.to_string());
-        }
-    }
-    keys.sort();
-    Ok(keys)
+    Ok(layout::entries(&store.index_dir())?
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_suffix(RECORD).map(str::to_string))
+        .collect())
 }
 
 /// Every indexed image, oldest import first.

@@ -103,14 +103,40 @@ pub(super) fn create_durable_dir(dir: &Path) -> Result<(), StoreError> {
 /// name anything but an entry of the store.
 pub(super) fn key(id: &ImageId) -> Result<&str, StoreError> {
     let key = id.store_key();
-    let well_formed = key
-        .strip_prefix("sha512-")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-    if well_formed {
+    if is_name_with_hash("sha512-", key) {
         Ok(key)
     } else {
         Err(StoreError::NotFound(id.to_string()))
     }
+}
+
+/// `prefix` followed by 64 lowercase hex digits: the shape of every name the store
+/// derives from a hash (store keys, tree IDs).
+pub(super) fn is_name_with_hash(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The entries of a store directory as (name, path), sorted, without the dot-named
+/// temp files of `fsutil::atomic_write`; empty when the directory does not exist yet.
+pub(super) fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for entry in listing {
+        let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+        // Every name the store writes is ASCII; anything else is not ours.
+        if let Ok(name) = entry.file_name().into_string()
+            && !name.starts_with('.')
+        {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A path under `cas/tmp/` that is deleted (file or whole tree) when dropped, unless

@@ -52,11 +52,8 @@ pub(super) fn render(store: &Store, id: &ImageId) -> Result<RenderedTree, StoreE
 }
 
 pub(super) fn rootfs(store: &Store, tree_id: &str) -> Result<PathBuf, StoreError> {
-    let well_formed = tree_id
-        .strip_prefix(TREE_PREFIX)
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
     let dir = store.tree_root().join(tree_id);
-    if well_formed && is_complete(&dir) {
+    if layout::is_name_with_hash(TREE_PREFIX, tree_id) && is_complete(&dir) {
         Ok(dir.join(ROOTFS))
     } else {
         Err(StoreError::TreeNotFound(tree_id.to_string()))
@@ -236,22 +233,8 @@ fn read_record(dir: &Path) -> io::Result<TreeRecord> {
 
 /// Tree directories, by name.
 fn tree_dirs(store: &Store) -> Result<Vec<(String, PathBuf)>, StoreError> {
-    let root = store.tree_root();
-    let entries = match std::fs::read_dir(&root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(format!("list {}", root.display()), e)),
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx(|| format!("list {}", root.display()))?;
-        if let Some(name) = entry.file_name().to_str()
-            && name.starts_with(TREE_PREFIX)
-        {
-            dirs.push((name.to_string(), entry.path()));
-        }
-    }
-    dirs.sort();
+    let mut dirs = layout::entries(&store.tree_root())?;
+    dirs.retain(|(name, _)| name.starts_with(TREE_PREFIX));
     Ok(dirs)
 }
 
