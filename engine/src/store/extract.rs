@@ -55,30 +55,26 @@ pub(super) fn unpack(archive: impl Read, root: BorrowedFd<'_>) -> Result<(), Sto
 
 /// Where an archive entry lands below the rootfs (empty for `rootfs/` itself), or
 /// None for entries outside `rootfs/` such as `manifest`. `.` components are
-/// dropped; absolute names, `..` and over-long names are refused.
-pub(super) fn rootfs_path(raw: &[u8]) -> Result<Option<PathBuf>, StoreError> {
-    let unsafe_entry = |reason: &str| StoreError::Unsafe {
-        path: String::from_utf8_lossy(raw).into_owned(),
-        reason: reason.to_string(),
-    };
+/// dropped; absolute names, `..` and over-long names are refused with the reason.
+fn rootfs_path(raw: &[u8]) -> Result<Option<PathBuf>, &'static str> {
     if raw.first() == Some(&b'/') {
-        return Err(unsafe_entry("absolute path"));
+        return Err("absolute path");
     }
     let all: Vec<&[u8]> = raw
         .split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
         .collect();
     if all.iter().any(|c| *c == b"..") {
-        return Err(unsafe_entry("`..` component"));
+        return Err("`..` component");
     }
     match all.split_first() {
         Some((first, rest)) if *first == ROOTFS => {
             if rest.iter().any(|c| c.len() > NAME_MAX) {
-                return Err(unsafe_entry("a name longer than NAME_MAX (255 bytes)"));
+                return Err("a name longer than NAME_MAX (255 bytes)");
             }
             let rel = rest.join(&b'/');
             if rel.len() >= PATH_MAX {
-                return Err(unsafe_entry("path longer than PATH_MAX (4096 bytes)"));
+                return Err("path longer than PATH_MAX (4096 bytes)");
             }
             Ok(Some(PathBuf::from(OsStr::from_bytes(&rel))))
         }
@@ -139,7 +135,11 @@ impl Extractor<'_> {
         }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let Some(rel) = rootfs_path(&raw)? else {
+        let rel = rootfs_path(&raw).map_err(|reason| StoreError::Unsafe {
+            path: shown.clone(),
+            reason: reason.into(),
+        })?;
+        let Some(rel) = rel else {
             return Ok(());
         };
         let meta = Meta::of(entry.header(), &shown)?;
@@ -351,7 +351,7 @@ impl Extractor<'_> {
         };
         let target_shown = String::from_utf8_lossy(target).into_owned();
         let target_rel = rootfs_path(target)
-            .map_err(|e| unsafe_link(format!("hard link target {target_shown:?}: {e}")))?
+            .map_err(|reason| unsafe_link(format!("hard link target {target_shown:?}: {reason}")))?
             .ok_or_else(|| unsafe_link(format!("hard link target {target_shown:?} is outside rootfs/")))?;
         let target_fd = open_in_root(
             self.root,
