@@ -1,0 +1,463 @@
+//! The blob store: importing an archive (decompress, hash, find the manifest, publish),
+//! and the operations on stored blobs (export, remove, verify).
+//!
+//! An import reads its input exactly once. The uncompressed stream is hashed and
+//! written to a temp file as the tar reader pulls it, so the manifest is found and
+//! the ID computed in the same pass; only a complete, well-formed archive with a
+//! valid manifest is renamed into place.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+
+use sha2::{Digest, Sha512};
+
+use super::layout::{self, Scratch, create_durable_dir};
+use super::{IoContext, Store, StoreError, VerifyReport, decompress, index};
+use crate::schema::{ImageId, ImageManifest};
+
+/// A manifest is a few KiB; anything this large is an attack or a mistake, and is
+/// refused before it is read into memory.
+pub(super) const MANIFEST_MAX: u64 = 4 << 20;
+
+const BLOCK: usize = 512;
+
+#[cfg(test)]
+thread_local! {
+    /// How many archives this thread has hashed: lets tests prove a fast path hashed
+    /// nothing. Thread-local so tests running in parallel do not see each other.
+    pub(super) static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The manifest of an archive being imported, as stored bytes and parsed.
+struct Found {
+    bytes: Vec<u8>,
+    manifest: ImageManifest,
+}
+
+pub(super) fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Result<ImageId, StoreError> {
+    #[cfg(test)]
+    HASHED.with(|n| n.set(n.get() + 1));
+
+    store.ensure_dirs(&[store.tmp_dir()])?;
+    let scratch = Scratch::new(store, "import");
+    let tmp_shown = scratch.path().display().to_string();
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(scratch.path())
+        .ctx(|| format!("create {tmp_shown}"))?;
+
+    let stream = decompress::uncompressed(archive).ctx(|| "read image archive".to_string())?;
+    let mut tee = HashingTee::new(stream, BufWriter::with_capacity(256 << 10, file));
+    let scanned = scan(&mut tee);
+    // A failed write to our temp file surfaces to the tar reader as a read error;
+    // report it as what it is (disk full, ...), not as a corrupt archive.
+    if let Some(e) = tee.write_error.take() {
+        return Err(StoreError::io(format!("write {tmp_shown}"), e));
+    }
+    let found = scanned?;
+
+    let size = tee.total;
+    let digest = tee.hasher.finalize();
+    let file = tee
+        .out
+        .into_inner()
+        .map_err(|e| StoreError::io(format!("write {tmp_shown}"), e.into_error()))?;
+    file.sync_all().ctx(|| format!("fsync {tmp_shown}"))?;
+    drop(file);
+
+    let id = ImageId::from_sha512_hex(&hex::encode(digest));
+    publish(store, scratch, &id, &found, size, origin)?;
+    tracing::debug!(%id, size, origin, "imported image");
+    Ok(id)
+}
+
+/// Walks the tar to its end, keeping the manifest, then drains whatever follows the
+/// end-of-archive marker so the hash covers every byte of the uncompressed stream.
+fn scan<R: Read, W: Write>(tee: &mut HashingTee<R, W>) -> Result<Found, StoreError> {
+    let corrupt = |e: io::Error| StoreError::Corrupt(e.to_string());
+    let mut found: Option<Found> = None;
+    {
+        let mut archive = tar::Archive::new(&mut *tee);
+        for entry in archive.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            if !is_manifest(&entry.path_bytes()) {
+                continue;
+            }
+            if found.is_some() {
+                return Err(StoreError::Corrupt("more than one `manifest` entry".into()));
+            }
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_contiguous()) {
+                return Err(StoreError::InvalidManifest(format!(
+                    "not a regular file (tar entry type {:?})",
+                    kind
+                )));
+            }
+            let size = entry.size();
+            if size > MANIFEST_MAX {
+                return Err(StoreError::InvalidManifest(format!(
+                    "{size} bytes, larger than the {} MiB limit",
+                    MANIFEST_MAX >> 20
+                )));
+            }
+            let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            entry.read_to_end(&mut bytes).map_err(corrupt)?;
+            let manifest =
+                ImageManifest::from_json(&bytes).map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
+            found = Some(Found { bytes, manifest });
+        }
+    }
+    // The tar reader stops at the first zero block, or silently at EOF if the
+    // stream ends on a block boundary. The latter is a truncated archive: a real
+    // one has at least the second zero block (and usually record padding) left.
+    let ended_on_zero_block = tee.last_block_is_zero();
+    let trailing = io::copy(tee, &mut io::sink()).map_err(corrupt)?;
+    if tee.total == 0 {
+        return Err(StoreError::Corrupt("empty input".into()));
+    }
+    if trailing == 0 && !ended_on_zero_block {
+        return Err(StoreError::Corrupt(
+            "truncated: the tar stream ends without an end-of-archive marker".into(),
+        ));
+    }
+    found.ok_or_else(|| StoreError::InvalidManifest("missing: the archive has no `manifest` entry".into()))
+}
+
+fn is_manifest(path: &[u8]) -> bool {
+    let mut path = path;
+    while let Some(rest) = path.strip_prefix(b"./") {
+        path = rest;
+    }
+    path == b"manifest"
+}
+
+/// Moves the hashed temp file into place as the blob and writes the index record.
+/// Both happen under the store lock so a concurrent `remove` of the same image can
+/// never leave a record without its blob; the lock is held for a rename and two
+/// small writes only.
+fn publish(
+    store: &Store,
+    scratch: Scratch,
+    id: &ImageId,
+    found: &Found,
+    size: u64,
+    origin: &str,
+) -> Result<(), StoreError> {
+    let key = layout::key(id)?;
+    let blob = store.blob_path(key);
+    let Some(fanout) = blob.parent() else {
+        return Err(StoreError::NotFound(id.to_string()));
+    };
+    store.ensure_dirs(&[store.blob_root(), store.index_dir()])?;
+    let _lock = store.lock_store()?;
+    create_durable_dir(fanout)?;
+    if std::fs::symlink_metadata(&blob).is_err() {
+        std::fs::rename(scratch.path(), &blob).ctx(|| format!("store blob {}", blob.display()))?;
+        scratch.keep();
+        crate::fsutil::fsync_dir(fanout).ctx(|| format!("fsync {}", fanout.display()))?;
+    }
+    // Otherwise the blob is already there (same content, by its name): the scratch
+    // copy is dropped and deleted.
+    index::write_record(store, id, &found.manifest, &found.bytes, size, origin)
+}
+
+/// Reads the uncompressed stream for the tar reader while hashing it, copying it to
+/// the temp file, and remembering its last block.
+struct HashingTee<R, W> {
+    inner: R,
+    out: W,
+    hasher: Sha512,
+    total: u64,
+    tail: [u8; BLOCK],
+    write_error: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> HashingTee<R, W> {
+    fn new(inner: R, out: W) -> Self {
+        Self {
+            inner,
+            out,
+            hasher: Sha512::new(),
+            total: 0,
+            tail: [0xff; BLOCK],
+            write_error: None,
+        }
+    }
+
+    fn last_block_is_zero(&self) -> bool {
+        self.total >= BLOCK as u64
+            && self.total.is_multiple_of(BLOCK as u64)
+            && self.tail.iter().all(|b| *b == 0)
+    }
+}
+
+impl<R: Read, W: Write> Read for HashingTee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let chunk = &buf[..n];
+        self.hasher.update(chunk);
+        if let Err(e) = self.out.write_all(chunk) {
+            self.write_error = Some(e);
+            return Err(io::Error::other("cannot write the store's temp file"));
+        }
+        self.total += n as u64;
+        if n >= BLOCK {
+            self.tail.copy_from_slice(&chunk[n - BLOCK..]);
+        } else {
+            self.tail.copy_within(n.., 0);
+            self.tail[BLOCK - n..].copy_from_slice(chunk);
+        }
+        Ok(n)
+    }
+}
+
+pub(super) fn export(store: &Store, id: &ImageId, out: &mut dyn Write) -> Result<u64, StoreError> {
+    let info = index::info(store, id)?;
+    let blob = store.blob_path(layout::key(&info.id)?);
+    let mut file = File::open(&blob).ctx(|| format!("open {}", blob.display()))?;
+    io::copy(&mut file, out).ctx(|| format!("export {}", info.id))
+}
+
+/// Removes the index record first (from then on the image is gone for every
+/// reader), then the blob. Trees are the caller's business.
+pub(super) fn remove(store: &Store, id: &ImageId) -> Result<(), StoreError> {
+    let _lock = store.lock_store()?;
+    let info = index::info(store, id)?;
+    let key = layout::key(&info.id)?;
+    index::remove_record(store, key)?;
+    let blob = store.blob_path(key);
+    match std::fs::remove_file(&blob) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(StoreError::io(format!("remove {}", blob.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hex SHA-512 of a stored blob.
+fn hash_blob(path: &std::path::Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha512::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+    let images = index::list(store)?;
+    let mut known = std::collections::HashSet::new();
+    for info in &images {
+        report.images_checked += 1;
+        let key = match layout::key(&info.id) {
+            Ok(key) => key,
+            Err(_) => {
+                report
+                    .problems
+                    .push(format!("image {}: malformed image ID", info.id));
+                continue;
+            }
+        };
+        known.insert(key.to_string());
+        let blob = store.blob_path(key);
+        match hash_blob(&blob) {
+            Ok(hex) if format!("sha512-{hex}") == info.id.as_str() => {}
+            Ok(hex) => report
+                .problems
+                .push(format!("image {}: blob content hashes to sha512-{hex}", info.id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                report.problems.push(format!("image {}: blob missing", info.id))
+            }
+            Err(e) => report
+                .problems
+                .push(format!("image {}: {}: {e}", info.id, blob.display())),
+        }
+    }
+    // Blobs without a record are left by a crash between publishing the blob and
+    // writing its record; they are harmless but take space.
+    for (_, fanout) in layout::entries(&store.blob_root())? {
+        for (name, blob) in layout::entries(&fanout)? {
+            if !known.contains(&name) {
+                report
+                    .problems
+                    .push(format!("blob {}: no index record", blob.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testutil::{self, Aci, manifest, residue, simple};
+
+    #[test]
+    fn every_compression_gives_the_id_of_the_uncompressed_tar() {
+        let (_dir, store) = testutil::store();
+        let plain = simple("example.com/app", "1", "bin/app", b"hello");
+        let expected = format!("sha512-{}", hex::encode(Sha512::digest(&plain)));
+        for (what, bytes) in [
+            ("plain", plain.clone()),
+            ("gzip", testutil::gzip(&plain)),
+            ("bzip2", testutil::bzip2(&plain)),
+            ("xz", testutil::xz(&plain)),
+        ] {
+            let id = store.import(&mut &bytes[..], what).expect(what);
+            assert_eq!(id.as_str(), expected, "{what}");
+        }
+        let id = ImageId::parse(&expected).expect("id");
+        let mut exported = Vec::new();
+        assert_eq!(
+            store.export(&id, &mut exported).expect("export"),
+            plain.len() as u64
+        );
+        assert_eq!(exported, plain, "the blob is the uncompressed tar");
+        let images = store.list().expect("list");
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].size, plain.len() as u64);
+        assert_eq!(images[0].origin, "xz", "a re-import refreshes the record");
+        assert_eq!(images[0].name.as_str(), "example.com/app");
+        assert!(store.dir().join("tmp").read_dir().expect("tmp").next().is_none());
+    }
+
+    #[test]
+    fn concatenated_gzip_members_are_one_stream() {
+        let (_dir, store) = testutil::store();
+        let plain = simple("example.com/app", "1", "f", b"x");
+        let (a, b) = plain.split_at(700);
+        let mut two = testutil::gzip(a);
+        two.extend(testutil::gzip(b));
+        let id = store.import(&mut &two[..], "t").expect("import");
+        assert_eq!(
+            id.as_str(),
+            format!("sha512-{}", hex::encode(Sha512::digest(&plain)))
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_tar_are_hashed() {
+        let (_dir, store) = testutil::store();
+        let mut plain = simple("example.com/app", "1", "f", b"x");
+        plain.extend([0u8; 4096]);
+        let id = testutil::import(&store, &plain);
+        assert_eq!(
+            id.as_str(),
+            format!("sha512-{}", hex::encode(Sha512::digest(&plain)))
+        );
+        assert_eq!(store.info(&id).expect("info").size, plain.len() as u64);
+    }
+
+    fn assert_fails_cleanly(bytes: &[u8], expect: &str) {
+        let (_dir, store) = testutil::store();
+        let err = store.import(&mut &bytes[..], "t").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains(expect), "{msg:?} should mention {expect:?}");
+        assert!(!msg.contains('\n'), "one line: {msg:?}");
+        assert_eq!(residue(&store), Vec::<std::path::PathBuf>::new(), "after {msg}");
+        assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn missing_manifest_leaves_nothing() {
+        let aci = Aci::bare().dir("rootfs", 0o755).file("rootfs/x", b"x").finish();
+        assert_fails_cleanly(&aci, "manifest: missing");
+        assert_fails_cleanly(&testutil::gzip(&aci), "manifest: missing");
+        assert_fails_cleanly(b"", "corrupt image archive: empty");
+    }
+
+    #[test]
+    fn bad_manifest_leaves_nothing() {
+        let aci = Aci::new(b"{ not json").finish();
+        assert_fails_cleanly(&aci, "manifest: invalid JSON");
+        let aci = Aci::bare().dir("manifest", 0o755).finish();
+        assert_fails_cleanly(&aci, "manifest: not a regular file");
+        let big = vec![b' '; (MANIFEST_MAX + 1) as usize];
+        let aci = Aci::bare().manifest(&big).finish();
+        assert_fails_cleanly(&aci, "larger than the 4 MiB limit");
+        let m = manifest("example.com/app", &[], json!({}));
+        let aci = Aci::new(&m).manifest(&m).finish();
+        assert_fails_cleanly(&aci, "more than one `manifest` entry");
+    }
+
+    #[test]
+    fn truncated_archives_leave_nothing() {
+        let plain = Aci::new(&manifest("example.com/app", &[], json!({})))
+            .file("rootfs/big", &[7u8; 10_000])
+            .finish();
+        // Inside the file's data.
+        assert_fails_cleanly(&plain[..plain.len() / 2], "corrupt image archive");
+        // On a block boundary after the last entry: no end-of-archive marker.
+        let data_end = plain.len() - 1024;
+        assert_fails_cleanly(&plain[..data_end], "truncated");
+        // Inside a header.
+        assert_fails_cleanly(&plain[..1024 + 100], "corrupt image archive");
+        let gz = testutil::gzip(&plain);
+        assert_fails_cleanly(&gz[..gz.len() - 10], "corrupt image archive");
+        let xz = testutil::xz(&plain);
+        assert_fails_cleanly(&xz[..xz.len() / 2], "corrupt image archive");
+        let mut garbage = plain.clone();
+        garbage[1100] ^= 0xff; // in the header of `rootfs/`: checksum mismatch
+        assert_fails_cleanly(&garbage, "corrupt image archive");
+    }
+
+    #[test]
+    fn eight_concurrent_imports_agree() {
+        let (_dir, store) = testutil::store();
+        let aci = testutil::gzip(&simple("example.com/app", "1", "f", &[1u8; 300_000]));
+        let ids: Vec<ImageId> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.import(&mut &aci[..], "t").expect("import")))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+        assert_eq!(store.list().expect("list").len(), 1);
+        let files = residue(&store);
+        let records = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .count();
+        assert_eq!(records, 1, "{files:?}");
+        assert!(!files.iter().any(|p| p.starts_with("tmp")), "{files:?}");
+    }
+
+    #[test]
+    fn remove_deletes_blob_index_and_trees() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let keep = testutil::import(&store, &simple("example.com/other", "1", "f", b"y"));
+        let tree = store.render(&id).expect("render");
+        let other_tree = store.render(&keep).expect("render");
+        store.remove(&id).expect("remove");
+        assert!(matches!(store.info(&id), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.remove(&id), Err(StoreError::NotFound(_))));
+        assert!(!tree.rootfs.exists());
+        assert!(other_tree.rootfs.join("f").exists());
+        let left: Vec<_> = residue(&store)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&id.as_str()[7..40]))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert!(store.verify().expect("verify").is_ok());
+    }
+
+    #[test]
+    fn verify_finds_a_damaged_blob() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        store.render(&id).expect("render");
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!((report.images_checked, report.trees_checked), (1, 1));
+        let blob = store.blob_path(layout::key(&id).expect("key"));
+        let mut bytes = std::fs::read(&blob).expect("read");
+        bytes[700] ^= 1;
+        std::fs::write(&blob, bytes).expect("write");
+        let report = store.verify().expect("verify");
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(report.problems[0].contains("hashes to"), "{report:?}");
+    }
+}

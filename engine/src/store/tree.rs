@@ -1,0 +1,581 @@
+//! The tree store: an image rendered with its dependencies, once, reused by every run.
+//!
+//! A tree is named by the ordered list of images it is made of, so a new version of a
+//! dependency yields a new tree and never a stale one. It is built in `cas/tmp/`,
+//! given its completion record, synced, and renamed into `cas/tree/<id>/`: a tree
+//! that can be seen is complete. Renders of the same tree serialise on a per-tree
+//! flock; whoever comes second finds the tree done and reuses it.
+
+use std::collections::HashSet;
+use std::io::{self, BufReader};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha512};
+
+use super::layout::{self, Scratch, lock_file};
+use super::{ImageInfo, IoContext, RenderedTree, Store, StoreError, VerifyReport, extract, index, resolve};
+use crate::schema::{Dependency, ImageId, ImageManifest};
+
+const COMPLETE: &str = "complete";
+const ROOTFS: &str = "rootfs";
+const TREE_PREFIX: &str = "deps-sha512-";
+/// Deeper than any real image; bounds the recursion on hostile manifests.
+const MAX_DEPTH: usize = 64;
+
+/// Written into a tree as the last step before it is published.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TreeRecord {
+    /// The images applied, in order (deepest dependency first, the image last).
+    images: Vec<ImageId>,
+    rendered_at: SystemTime,
+}
+
+pub(super) fn render(store: &Store, id: &ImageId) -> Result<RenderedTree, StoreError> {
+    let layers = layers(store, id)?;
+    let tree_id = tree_id_of(layers.iter().map(|l| &l.id));
+    let dir = store.tree_root().join(&tree_id);
+    let tree = RenderedTree {
+        rootfs: dir.join(ROOTFS),
+        tree_id,
+    };
+    if is_complete(&dir) {
+        return Ok(tree);
+    }
+    store.ensure_dirs(&[store.tmp_dir(), store.tree_root(), store.tree_lock_dir()])?;
+    let _lock = lock_file(&store.tree_lock_dir().join(&tree.tree_id))?;
+    if !is_complete(&dir) {
+        build(store, &layers, &tree.tree_id, &dir)?;
+    }
+    Ok(tree)
+}
+
+pub(super) fn rootfs(store: &Store, tree_id: &str) -> Result<PathBuf, StoreError> {
+    let dir = store.tree_root().join(tree_id);
+    if layout::is_name_with_hash(TREE_PREFIX, tree_id) && is_complete(&dir) {
+        Ok(dir.join(ROOTFS))
+    } else {
+        Err(StoreError::TreeNotFound(tree_id.to_string()))
+    }
+}
+
+/// The one check a second render pays for.
+fn is_complete(dir: &Path) -> bool {
+    dir.join(COMPLETE).exists()
+}
+
+fn tree_id_of<'a>(ids: impl Iterator<Item = &'a ImageId>) -> String {
+    let mut hasher = Sha512::new();
+    for id in ids {
+        hasher.update(id.as_str().as_bytes());
+        hasher.update(b"\n");
+    }
+    let hex = hex::encode(hasher.finalize());
+    format!("{TREE_PREFIX}{}", &hex[..64])
+}
+
+/// Extracts every layer into a private directory, applies the whitelist, and
+/// publishes the result. The caller holds the tree's lock.
+fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(), StoreError> {
+    if std::fs::symlink_metadata(dir).is_ok() {
+        // A tree directory without its completion record is not ours to reuse.
+        discard(store, dir)?;
+    }
+    let scratch = Scratch::new(store, &format!("render-{tree_id}"));
+    let rootfs = scratch.path().join(ROOTFS);
+    std::fs::create_dir(scratch.path()).ctx(|| format!("create {}", scratch.path().display()))?;
+    std::fs::create_dir(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
+    let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
+    for layer in layers {
+        let blob = store.blob_path(layout::key(&layer.id)?);
+        let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
+        extract::unpack(BufReader::with_capacity(256 << 10, file), root.as_fd())?;
+    }
+    if let Some(top) = layers.last() {
+        super::whitelist::prune(&rootfs, root.as_fd(), &top.manifest.path_whitelist)?;
+    }
+    // One syncfs instead of an fsync per file: the rename below must not become
+    // durable before the files it publishes.
+    nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
+    drop(root);
+    let record = TreeRecord {
+        images: layers.iter().map(|l| l.id.clone()).collect(),
+        rendered_at: SystemTime::now(),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&record).map_err(|e| StoreError::io("encode tree record", e.into()))?;
+    let record_path = scratch.path().join(COMPLETE);
+    crate::fsutil::atomic_write(&record_path, &bytes).ctx(|| format!("write {}", record_path.display()))?;
+    std::fs::rename(scratch.path(), dir).ctx(|| format!("publish {}", dir.display()))?;
+    scratch.keep();
+    let root_dir = store.tree_root();
+    crate::fsutil::fsync_dir(&root_dir).ctx(|| format!("fsync {}", root_dir.display()))?;
+    tracing::debug!(tree_id, layers = layers.len(), "rendered tree");
+    Ok(())
+}
+
+/// Moves a tree out of sight first, then deletes it, so no reader ever sees a
+/// half-deleted tree under its name.
+fn discard(store: &Store, dir: &Path) -> Result<(), StoreError> {
+    store.ensure_dirs(&[store.tmp_dir()])?;
+    let doomed = Scratch::new(store, "discard");
+    std::fs::rename(dir, doomed.path()).ctx(|| format!("move aside {}", dir.display()))?;
+    let parent = store.tree_root();
+    crate::fsutil::fsync_dir(&parent).ctx(|| format!("fsync {}", parent.display()))?;
+    crate::fsutil::remove_tree(doomed.path()).ctx(|| format!("remove {}", doomed.path().display()))
+}
+
+/// One image of a tree, with its manifest.
+struct Layer {
+    id: ImageId,
+    manifest: ImageManifest,
+}
+
+/// The images that make up `id`'s tree, in the order they are applied: each image's
+/// dependencies (in the order listed, each after its own dependencies) before the
+/// image, so later layers overwrite earlier ones and the image itself goes on top.
+/// An image reached twice (a shared base) is applied once, at its first place.
+fn layers(store: &Store, id: &ImageId) -> Result<Vec<Layer>, StoreError> {
+    let manifest = store.manifest(id)?;
+    let mut walk = DepWalk {
+        store,
+        images: None,
+        path: Vec::new(),
+        done: HashSet::new(),
+        out: Vec::new(),
+    };
+    walk.visit(id.clone(), manifest)?;
+    Ok(walk.out)
+}
+
+struct DepWalk<'s> {
+    store: &'s Store,
+    /// The index, read once and only if some dependency is named without an ID.
+    images: Option<Vec<ImageInfo>>,
+    /// The chain from the image being rendered down to the current one, for cycles.
+    path: Vec<(ImageId, String)>,
+    done: HashSet<ImageId>,
+    out: Vec<Layer>,
+}
+
+impl DepWalk<'_> {
+    fn visit(&mut self, id: ImageId, manifest: ImageManifest) -> Result<(), StoreError> {
+        let name = manifest.name.to_string();
+        if self.path.len() >= MAX_DEPTH {
+            return Err(StoreError::Dependency {
+                image: name,
+                reason: format!("dependencies nest deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        self.path.push((id.clone(), name.clone()));
+        for dep in &manifest.dependencies {
+            let dep_id = self.find(&name, dep)?;
+            if let Some(start) = self.path.iter().position(|(on_path, _)| *on_path == dep_id) {
+                let mut chain: Vec<&str> = self.path[start..].iter().map(|(_, n)| n.as_str()).collect();
+                chain.push(dep.image_name.as_str());
+                return Err(StoreError::Dependency {
+                    image: name,
+                    reason: format!("dependency cycle: {}", chain.join(" -> ")),
+                });
+            }
+            if self.done.contains(&dep_id) {
+                continue;
+            }
+            let dep_manifest = self.store.manifest(&dep_id)?;
+            self.visit(dep_id, dep_manifest)?;
+        }
+        self.path.pop();
+        self.done.insert(id.clone());
+        self.out.push(Layer { id, manifest });
+        Ok(())
+    }
+
+    fn find(&mut self, image: &str, dep: &Dependency) -> Result<ImageId, StoreError> {
+        let missing = |what: String| StoreError::Dependency {
+            image: image.to_string(),
+            reason: format!("dependency {what} is not in the store"),
+        };
+        if let Some(want) = &dep.image_id {
+            return match index::info(self.store, want) {
+                Ok(info) => Ok(info.id),
+                Err(StoreError::NotFound(_)) => Err(missing(format!("{} ({want})", dep.image_name))),
+                Err(e) => Err(e),
+            };
+        }
+        if self.images.is_none() {
+            self.images = Some(index::list(self.store)?);
+        }
+        let images = self.images.as_deref().unwrap_or_default();
+        match resolve::newest_matching(images, &dep.image_name, &dep.labels) {
+            Some(info) => Ok(info.id.clone()),
+            None => {
+                let labels: Vec<String> = dep
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}={}", l.name, l.value))
+                    .collect();
+                let what = if labels.is_empty() {
+                    dep.image_name.to_string()
+                } else {
+                    format!("{} ({})", dep.image_name, labels.join(","))
+                };
+                Err(missing(what))
+            }
+        }
+    }
+}
+
+fn read_record(dir: &Path) -> io::Result<TreeRecord> {
+    let bytes = std::fs::read(dir.join(COMPLETE))?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+/// Tree directories, by name.
+fn tree_dirs(store: &Store) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let mut dirs = layout::entries(&store.tree_root())?;
+    dirs.retain(|(name, _)| name.starts_with(TREE_PREFIX));
+    Ok(dirs)
+}
+
+/// Deletes every tree that `id` is part of.
+pub(super) fn remove_trees_of(store: &Store, id: &ImageId) -> Result<(), StoreError> {
+    for (tree_id, dir) in tree_dirs(store)? {
+        let Ok(record) = read_record(&dir) else { continue };
+        if !record.images.contains(id) {
+            continue;
+        }
+        store.ensure_dirs(&[store.tree_lock_dir()])?;
+        let _lock = lock_file(&store.tree_lock_dir().join(&tree_id))?;
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            discard(store, &dir)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+    for (tree_id, dir) in tree_dirs(store)? {
+        report.trees_checked += 1;
+        let record = match read_record(&dir) {
+            Ok(record) => record,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("tree {tree_id}: completion record: {e}"));
+                continue;
+            }
+        };
+        if tree_id_of(record.images.iter()) != tree_id {
+            report
+                .problems
+                .push(format!("tree {tree_id}: completion record names other images"));
+        }
+        if !dir.join(ROOTFS).is_dir() {
+            report.problems.push(format!("tree {tree_id}: rootfs missing"));
+        }
+        for image in &record.images {
+            if !index::has_image(store, image) {
+                report
+                    .problems
+                    .push(format!("tree {tree_id}: image {image} is no longer in the store"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testutil::{self, Aci, manifest, residue};
+
+    fn dep(name: &str) -> serde_json::Value {
+        json!({ "imageName": name })
+    }
+
+    fn read(tree: &RenderedTree, path: &str) -> String {
+        std::fs::read_to_string(tree.rootfs.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn dependencies_go_below_in_order_and_the_image_on_top() {
+        let (_dir, store) = testutil::store();
+        let base = Aci::new(&manifest("example.com/base", &[("version", "1")], json!({})))
+            .file("rootfs/etc/x", b"base")
+            .file("rootfs/etc/shared", b"base")
+            .file("rootfs/base-only", b"b")
+            .finish();
+        let extra = Aci::new(&manifest(
+            "example.com/extra",
+            &[],
+            json!({ "dependencies": [dep("example.com/base")] }),
+        ))
+        .file("rootfs/etc/shared", b"extra")
+        .finish();
+        let tools = Aci::new(&manifest("example.com/tools", &[], json!({})))
+            .file("rootfs/etc/shared", b"tools")
+            .file("rootfs/etc/x", b"tools")
+            .finish();
+        let app = Aci::new(&manifest(
+            "example.com/app",
+            &[],
+            json!({ "dependencies": [dep("example.com/tools"), dep("example.com/extra"), dep("example.com/base")] }),
+        ))
+        .file("rootfs/etc/x", b"app")
+        .finish();
+        let base_id = testutil::import(&store, &base);
+        let extra_id = testutil::import(&store, &extra);
+        let tools_id = testutil::import(&store, &tools);
+        let app_id = testutil::import(&store, &app);
+        let tree = store.render(&app_id).expect("render");
+        assert_eq!(read(&tree, "etc/x"), "app", "the image wins");
+        assert_eq!(
+            read(&tree, "etc/shared"),
+            "extra",
+            "a later dependency wins over an earlier one"
+        );
+        assert_eq!(read(&tree, "base-only"), "b");
+        let record = read_record(tree.rootfs.parent().expect("tree dir")).expect("record");
+        assert_eq!(
+            record.images,
+            vec![tools_id, base_id, extra_id, app_id.clone()],
+            "base is applied once, before extra which needs it"
+        );
+        assert_eq!(
+            store.tree_rootfs(&tree.tree_id).expect("tree_rootfs"),
+            tree.rootfs
+        );
+    }
+
+    #[test]
+    fn dependencies_by_id_and_labels() {
+        let (_dir, store) = testutil::store();
+        let b1 = testutil::import(&store, &testutil::simple("example.com/base", "1", "v", b"1"));
+        let _b2 = testutil::import(&store, &testutil::simple("example.com/base", "2", "v", b"2"));
+        let by_id = Aci::new(&manifest(
+            "example.com/a",
+            &[],
+            json!({ "dependencies": [{ "imageName": "example.com/base", "imageID": b1.as_str() }] }),
+        ))
+        .finish();
+        let by_label = Aci::new(&manifest(
+            "example.com/b",
+            &[],
+            json!({ "dependencies": [{ "imageName": "example.com/base",
+                                       "labels": [{ "name": "version", "value": "1" }] }] }),
+        ))
+        .finish();
+        let newest = Aci::new(&manifest(
+            "example.com/c",
+            &[],
+            json!({ "dependencies": [dep("example.com/base")] }),
+        ))
+        .finish();
+        for (aci, want) in [(by_id, "1"), (by_label, "1"), (newest, "2")] {
+            let id = testutil::import(&store, &aci);
+            assert_eq!(read(&store.render(&id).expect("render"), "v"), want);
+        }
+    }
+
+    #[test]
+    fn a_new_dependency_version_makes_a_new_tree() {
+        let (_dir, store) = testutil::store();
+        testutil::import(&store, &testutil::simple("example.com/base", "1", "v", b"1"));
+        let app = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/app",
+                &[],
+                json!({ "dependencies": [dep("example.com/base")] }),
+            ))
+            .finish(),
+        );
+        let first = store.render(&app).expect("render");
+        testutil::import(&store, &testutil::simple("example.com/base", "2", "v", b"2"));
+        let second = store.render(&app).expect("render");
+        assert_ne!(first.tree_id, second.tree_id);
+        assert_eq!(read(&first, "v"), "1");
+        assert_eq!(read(&second, "v"), "2");
+    }
+
+    #[test]
+    fn path_whitelist_keeps_only_listed_paths_and_their_parents() {
+        let (_dir, store) = testutil::store();
+        testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/base", &[], json!({})))
+                .file("rootfs/etc/x", b"base")
+                .file("rootfs/etc/passwd", b"root")
+                .file("rootfs/usr/bin/tool", b"t")
+                .file("rootfs/usr/lib/libc.so", b"c")
+                .finish(),
+        );
+        let app = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/app",
+                &[],
+                json!({ "dependencies": [dep("example.com/base")],
+                        "pathWhitelist": ["/etc/x", "/usr/bin/", "/app"] }),
+            ))
+            .dir("rootfs/etc", 0o755)
+            .file("rootfs/app", b"app")
+            .file("rootfs/junk", b"j")
+            .finish(),
+        );
+        let tree = store.render(&app).expect("render");
+        let all: Vec<String> = testutil::walk(&tree.rootfs)
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(all, ["app", "etc", "etc/x", "usr", "usr/bin"]);
+        let etc = std::fs::metadata(tree.rootfs.join("etc")).expect("stat");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&etc),
+            testutil::MTIME as i64,
+            "pruning keeps directory mtimes"
+        );
+    }
+
+    #[test]
+    fn cycles_and_missing_dependencies_are_named() {
+        let (_dir, store) = testutil::store();
+        let a = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/a",
+                &[],
+                json!({ "dependencies": [dep("example.com/b")] }),
+            ))
+            .finish(),
+        );
+        let err = store.render(&a).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "image example.com/a: dependency example.com/b is not in the store"
+        );
+        testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/b",
+                &[],
+                json!({ "dependencies": [dep("example.com/a")] }),
+            ))
+            .finish(),
+        );
+        let err = store.render(&a).expect_err("cycle");
+        assert_eq!(
+            err.to_string(),
+            "image example.com/b: dependency cycle: example.com/a -> example.com/b -> example.com/a"
+        );
+        let selfish = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/s",
+                &[],
+                json!({ "dependencies": [dep("example.com/s")] }),
+            ))
+            .finish(),
+        );
+        assert!(
+            store
+                .render(&selfish)
+                .expect_err("self")
+                .to_string()
+                .contains("cycle")
+        );
+        let labelled = testutil::import(
+            &store,
+            &Aci::new(&manifest(
+                "example.com/l",
+                &[],
+                json!({ "dependencies": [{ "imageName": "example.com/a",
+                                           "labels": [{ "name": "version", "value": "9" }] }] }),
+            ))
+            .finish(),
+        );
+        assert!(
+            store
+                .render(&labelled)
+                .expect_err("no such version")
+                .to_string()
+                .contains("example.com/a (version=9) is not in the store")
+        );
+        assert!(!store.tree_root().exists() || testutil::walk(&store.tree_root()).is_empty());
+    }
+
+    #[test]
+    fn a_second_render_reuses_the_tree_without_the_blob() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &testutil::simple("example.com/app", "1", "f", b"x"));
+        let first = store.render(&id).expect("render");
+        // Without its blob the image cannot be extracted again: reuse is the only way.
+        std::fs::remove_file(store.blob_path(layout::key(&id).expect("key"))).expect("rm blob");
+        let rounds = 1000;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert_eq!(store.render(&id).expect("render again"), first);
+        }
+        let each = start.elapsed() / rounds;
+        eprintln!("second render: {each:?} per call");
+        assert!(each < std::time::Duration::from_millis(5), "{each:?}");
+    }
+
+    #[test]
+    fn concurrent_renders_of_one_tree_share_it() {
+        let (_dir, store) = testutil::store();
+        let mut aci = Aci::new(&manifest("example.com/app", &[], json!({})));
+        for i in 0..200 {
+            aci = aci.file(&format!("rootfs/d{}/f{i}", i % 10), &[i as u8; 2000]);
+        }
+        let id = testutil::import(&store, &aci.finish());
+        let trees: Vec<RenderedTree> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| store.render(&id).expect("render")))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert!(trees.windows(2).all(|w| w[0] == w[1]), "{trees:?}");
+        assert_eq!(std::fs::read_dir(store.tree_root()).expect("ls").count(), 1);
+        assert!(!residue(&store).iter().any(|p| p.starts_with("tmp")));
+        assert_eq!(testutil::walk(&trees[0].rootfs).len(), 210);
+    }
+
+    #[test]
+    fn a_refused_render_leaves_no_tree_and_no_temp() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/app", &[], json!({})))
+                .file("rootfs/ok", b"x")
+                .raw(b"rootfs/../../escape", tar::EntryType::Regular, b"", b"x")
+                .finish(),
+        );
+        let err = store.render(&id).expect_err("refused");
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        let left: Vec<_> = residue(&store)
+            .into_iter()
+            .filter(|p| p.starts_with("tmp") || p.starts_with("tree"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!store.dir().parent().expect("parent").join("escape").exists());
+    }
+
+    #[test]
+    fn tree_rootfs_refuses_unknown_and_malformed_ids() {
+        let (_dir, store) = testutil::store();
+        for bad in [
+            "deps-sha512-0000000000000000000000000000000000000000000000000000000000000000",
+            "../../etc",
+            "",
+        ] {
+            assert!(
+                matches!(store.tree_rootfs(bad), Err(StoreError::TreeNotFound(_))),
+                "{bad}"
+            );
+        }
+    }
+}
