@@ -43,7 +43,11 @@ impl Sample {
 
 fn time(cmd: &mut Command) -> Result<Duration> {
     let start = Instant::now();
-    let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
     let elapsed = start.elapsed();
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -65,20 +69,34 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let rkt = match args.rkt {
         Some(p) => p,
-        None => std::env::current_exe()?.parent().context("no exe dir")?.join("rkt"),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no exe dir")?
+            .join("rkt"),
     };
     let work = tempfile::Builder::new().prefix("rkt-bench-").tempdir()?;
     let dir = work.path().join("data");
     let image = work.path().join("busybox.aci");
     AciSpec::busybox("example.com/busybox").write(&image)?;
-    let fetched = rkt_cmd(&rkt, &dir, &["fetch", "--insecure-options=image", &image.display().to_string()])
-        .output()?;
+    let fetched = rkt_cmd(
+        &rkt,
+        &dir,
+        &["fetch", "--insecure-options=image", &image.display().to_string()],
+    )
+    .output()?;
     let id = String::from_utf8(fetched.stdout)?.trim().to_string();
     if !id.starts_with("sha512-") {
         bail!("fetch failed: {}", String::from_utf8_lossy(&fetched.stderr));
     }
     // The first run renders the tree; the benchmark measures runs from the store.
-    let run_args = ["run", "--insecure-options=image", "--stage1=fly", &id, "--exec", "/bin/true"];
+    let run_args = [
+        "run",
+        "--insecure-options=image",
+        "--stage1=fly",
+        &id,
+        "--exec",
+        "/bin/true",
+    ];
     time(&mut rkt_cmd(&rkt, &dir, &run_args))?;
     let tree = std::fs::read_dir(dir.join("cas/tree"))?
         .flatten()
@@ -86,8 +104,14 @@ fn main() -> Result<()> {
         .find(|p| p.join("bin/true").exists())
         .context("no rendered tree")?;
 
-    let mut fly = Sample { name: "rkt run --stage1=fly /bin/true".into(), times: Vec::new() };
-    let mut unshare = Sample { name: "unshare -m chroot ROOTFS /bin/true".into(), times: Vec::new() };
+    let mut fly = Sample {
+        name: "rkt run --stage1=fly /bin/true".into(),
+        times: Vec::new(),
+    };
+    let mut unshare = Sample {
+        name: "unshare -m chroot ROOTFS /bin/true".into(),
+        times: Vec::new(),
+    };
     for i in 0..args.runs {
         fly.times.push(time(&mut rkt_cmd(&rkt, &dir, &run_args))?);
         let mut peer = Command::new("unshare");
@@ -104,8 +128,17 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|");
     for s in [&fly, &unshare] {
         let ratio = s.median().as_secs_f64() / unshare.median().as_secs_f64();
-        println!("| {} | {} | {} | {} | {ratio:.2}x |", s.name, ms(s.median()), ms(s.min()), ms(s.max()));
+        println!(
+            "| {} | {} | {} | {} | {ratio:.2}x |",
+            s.name,
+            ms(s.median()),
+            ms(s.min()),
+            ms(s.max())
+        );
     }
-    println!("\n{} runs each, interleaved; image already in the store, tree rendered.", args.runs);
+    println!(
+        "\n{} runs each, interleaved; image already in the store, tree rendered.",
+        args.runs
+    );
     Ok(())
 }

@@ -52,7 +52,9 @@ pub fn parse_apps(words: &[String]) -> Result<Vec<AppRequest>> {
                 .with_context(|| format!("--{name} must follow the image it applies to"))?;
             match name {
                 "exec" => app.exec = Some(value),
-                "mount" => app.mounts.push(Mount::from_flag(&value).with_context(|| format!("--mount {value:?}"))?),
+                "mount" => app
+                    .mounts
+                    .push(Mount::from_flag(&value).with_context(|| format!("--mount {value:?}"))?),
                 "name" => app.name = Some(value),
                 "signature" => app.signature = Some(value.into()),
                 _ => unreachable!("checked against PER_APP_FLAGS above"),
@@ -95,7 +97,11 @@ mod tests {
     #[test]
     fn misplaced_flags_are_refused_with_a_reason() {
         let err = parse_apps(&words("a.aci --volume x")).expect_err("not per-app");
-        assert!(err.to_string().contains("pod-wide flags go before the first image"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("pod-wide flags go before the first image"),
+            "{err}"
+        );
         assert!(parse_apps(&words("-- x")).is_err());
         assert!(parse_apps(&words("a.aci --exec")).is_err());
     }

@@ -27,8 +27,8 @@ pub struct GlobalFlags {
     #[arg(long, global = true, default_value = "/usr/lib/rkt")]
     pub system_config: PathBuf,
     /// User configuration directory
-    #[arg(long, global = true, default_value = "")]
-    pub user_config: PathBuf,
+    #[arg(long, global = true)]
+    pub user_config: Option<PathBuf>,
 }
 
 impl GlobalFlags {
@@ -112,7 +112,11 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            _ => return Err(format!("{value:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)")),
+            _ => {
+                return Err(format!(
+                    "{value:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)"
+                ));
+            }
         };
         total += Duration::from_secs_f64(number * seconds);
         rest = tail;

@@ -23,7 +23,12 @@ use rkt_backend_selinux as _;
 pub const EXIT_RKT_ERROR: u8 = 254;
 
 #[derive(Debug, Parser)]
-#[command(name = "rkt", version, about = "rkt-rs: the pod-native container engine", disable_help_subcommand = true)]
+#[command(
+    name = "rkt",
+    version,
+    about = "rkt-rs: the pod-native container engine",
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: flags::GlobalFlags,

@@ -135,7 +135,10 @@ pub fn relative(nanos: Option<i64>) -> String {
         return String::new();
     };
     let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(n).unwrap_or(0));
-    let secs = SystemTime::now().duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(then)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (amount, unit) = match secs {
         0..=59 => (secs, "second"),
         60..=3599 => (secs / 60, "minute"),

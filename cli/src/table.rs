@@ -1,5 +1,9 @@
-//! rkt's tab-aligned tables: columns padded to their widest cell, a legend line
-//! unless `--no-legend`.
+//! rkt's tab-aligned tables, as Go's tabwriter made them (tab width 8, padding 1,
+//! padded with tabs): every column starts at the same tab stop, so the output both
+//! lines up on a terminal and splits on tabs for scripts. A legend line unless
+//! `--no-legend`.
+
+const TAB_WIDTH: usize = 8;
 
 pub struct Table {
     rows: Vec<Vec<String>>,
@@ -19,10 +23,21 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
-        let rows = if self.legend { &self.rows[..] } else { &self.rows[1..] };
+        let rows = if self.legend {
+            &self.rows[..]
+        } else {
+            &self.rows[1..]
+        };
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
-            .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                let widest = rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max();
+                (widest.unwrap_or(0) + 1).div_ceil(TAB_WIDTH) * TAB_WIDTH
+            })
             .collect();
         let mut out = String::new();
         for row in rows {
@@ -30,9 +45,8 @@ impl Table {
             for (c, cell) in row.iter().enumerate() {
                 line.push_str(cell);
                 if c + 1 < row.len() {
-                    let pad = widths[c].saturating_sub(cell.chars().count()) + 1;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                    line.push('\t');
+                    let tabs = (widths[c] - cell.chars().count()).div_ceil(TAB_WIDTH);
+                    line.extend(std::iter::repeat_n('\t', tabs));
                 }
             }
             out.push_str(line.trim_end());
@@ -50,9 +64,10 @@ mod tests {
     fn columns_align_and_legend_is_optional() {
         let mut t = Table::new(&["UUID", "APP"], true);
         t.push(vec!["abc".into(), "x".into()]);
-        assert_eq!(t.render(), "UUID \tAPP\nabc  \tx\n");
+        t.push(vec!["a-longer-cell".into(), "y".into()]);
+        assert_eq!(t.render(), "UUID\t\tAPP\nabc\t\tx\na-longer-cell\ty\n");
         let mut t = Table::new(&["UUID", "APP"], false);
         t.push(vec!["abc".into(), "x".into()]);
-        assert_eq!(t.render(), "abc \tx\n");
+        assert_eq!(t.render(), "abc\tx\n");
     }
 }

@@ -31,8 +31,17 @@ fn harness(test: &str) -> Option<Rkt> {
 
 fn one_line_254(out: &RunOutput, mentions: &str) {
     assert_eq!(out.code, 254, "{}", out.describe());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "want one line: {}", out.describe());
-    assert!(out.stderr.contains(mentions), "want {mentions:?} in {}", out.describe());
+    assert_eq!(
+        out.stderr.trim().lines().count(),
+        1,
+        "want one line: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(mentions),
+        "want {mentions:?} in {}",
+        out.describe()
+    );
 }
 
 /// Everything below `dir` (names only), to prove a failed command changed nothing.
@@ -57,13 +66,21 @@ fn snapshot(dir: &Path) -> Vec<PathBuf> {
 fn registry_lists_fly_and_refuses_unknown_names() {
     let names = registry::names::<dyn Stage1>().expect("registry");
     assert!(names.contains(&"fly"), "{names:?}");
-    let err = registry::create::<dyn Stage1>("nope").err().expect("unknown name");
-    assert!(err.to_string().contains("fly"), "the error lists the registered ones: {err}");
+    let err = registry::create::<dyn Stage1>("nope")
+        .err()
+        .expect("unknown name");
+    assert!(
+        err.to_string().contains("fly"),
+        "the error lists the registered ones: {err}"
+    );
 }
 
 #[test]
 fn version_lists_backends() {
-    let out = std::process::Command::new(bin()).arg("version").output().expect("rkt version");
+    let out = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .expect("rkt version");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("fly") && text.contains("available"), "{text}");
@@ -72,8 +89,12 @@ fn version_lists_backends() {
 
 #[test]
 fn the_issue_walkthrough_works() {
-    let Some(rkt) = harness("the_issue_walkthrough_works") else { return };
-    let image = rkt.image(&AciSpec::busybox("example.com/busybox")).expect("image");
+    let Some(rkt) = harness("the_issue_walkthrough_works") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
     let image = image.display().to_string();
 
     let fetch = rkt.rkt(&["fetch", "--insecure-options=image", &image]);
@@ -84,7 +105,15 @@ fn the_issue_walkthrough_works() {
     assert_eq!(again.stdout.trim(), id, "fetching twice yields the same ID");
 
     let run = rkt.rkt(&[
-        "run", "--insecure-options=image", "--stage1=fly", &image, "--exec", "/bin/sh", "--", "-c", "echo hi; exit 7",
+        "run",
+        "--insecure-options=image",
+        "--stage1=fly",
+        &image,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "echo hi; exit 7",
     ]);
     assert_eq!(run.code, 7, "{}", run.describe());
     assert_eq!(run.stdout, "hi\n");
@@ -93,8 +122,16 @@ fn the_issue_walkthrough_works() {
     assert_eq!(list.code, 0, "{}", list.describe());
     let lines: Vec<&str> = list.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "legend and one pod: {}", list.stdout);
-    assert!(lines[0].starts_with("UUID") && lines[0].contains("STATE"), "{}", lines[0]);
-    assert!(lines[1].contains("busybox") && lines[1].contains("exited"), "{}", lines[1]);
+    assert!(
+        lines[0].starts_with("UUID") && lines[0].contains("STATE"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("busybox") && lines[1].contains("exited"),
+        "{}",
+        lines[1]
+    );
 
     let json = rkt.rkt(&["list", "--format=json"]);
     let pods: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
@@ -106,20 +143,33 @@ fn the_issue_walkthrough_works() {
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
     assert!(status.stdout.contains("app-busybox=7"), "{}", status.describe());
     let waited = rkt.rkt(&["status", "--wait=5s", short]);
-    assert_eq!(waited.code, 0, "waiting on an exited pod returns at once: {}", waited.describe());
+    assert_eq!(
+        waited.code,
+        0,
+        "waiting on an exited pod returns at once: {}",
+        waited.describe()
+    );
 
     let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
     assert_eq!(gc.code, 0, "{}", gc.describe());
     assert!(gc.stdout.contains(&uuid), "{}", gc.describe());
     let list = rkt.rkt(&["list", "--no-legend"]);
     assert_eq!(list.stdout, "", "the pod is gone");
-    assert!(rkt.mounts_left().is_empty(), "mounts left: {:?}", rkt.mounts_left());
+    assert!(
+        rkt.mounts_left().is_empty(),
+        "mounts left: {:?}",
+        rkt.mounts_left()
+    );
 }
 
 #[test]
 fn bad_archives_are_refused_and_change_nothing() {
-    let Some(rkt) = harness("bad_archives_are_refused_and_change_nothing") else { return };
-    let good = rkt.image(&AciSpec::busybox("example.com/busybox")).expect("image");
+    let Some(rkt) = harness("bad_archives_are_refused_and_change_nothing") else {
+        return;
+    };
+    let good = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
     let fetch = rkt.rkt(&["fetch", "--insecure-options=image", &good.display().to_string()]);
     assert_eq!(fetch.code, 0, "{}", fetch.describe());
     let before = snapshot(&rkt.dir);
@@ -128,29 +178,49 @@ fn bad_archives_are_refused_and_change_nothing() {
     let truncated = rkt.work().join("truncated.aci");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
     let garbage = rkt.work().join("garbage.aci");
-    std::fs::write(&garbage, b"this is not a tar archive at all, not even close........").expect("write");
+    std::fs::write(
+        &garbage,
+        b"this is not a tar archive at all, not even close........",
+    )
+    .expect("write");
     let missing = rkt.work().join("missing.aci");
 
-    for (path, mentions) in [(&truncated, "truncated.aci"), (&garbage, "garbage.aci"), (&missing, "missing.aci")] {
+    for (path, mentions) in [
+        (&truncated, "truncated.aci"),
+        (&garbage, "garbage.aci"),
+        (&missing, "missing.aci"),
+    ] {
         let p = path.display().to_string();
         one_line_254(&rkt.rkt(&["fetch", "--insecure-options=image", &p]), mentions);
         one_line_254(&rkt.run(&[&p]), mentions);
     }
-    assert_eq!(snapshot(&rkt.dir), before, "a failed fetch or run changed the data dir");
+    assert_eq!(
+        snapshot(&rkt.dir),
+        before,
+        "a failed fetch or run changed the data dir"
+    );
 }
 
 #[test]
 fn unsigned_images_need_insecure_options() {
-    let Some(rkt) = harness("unsigned_images_need_insecure_options") else { return };
-    let image = rkt.image(&AciSpec::busybox("example.com/busybox")).expect("image");
+    let Some(rkt) = harness("unsigned_images_need_insecure_options") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
     let out = rkt.rkt(&["fetch", &image.display().to_string()]);
     one_line_254(&out, "--insecure-options=image");
 }
 
 #[test]
 fn bad_flags_are_one_line_errors() {
-    let Some(rkt) = harness("bad_flags_are_one_line_errors") else { return };
-    let image = rkt.image(&AciSpec::busybox("example.com/busybox")).expect("image");
+    let Some(rkt) = harness("bad_flags_are_one_line_errors") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
     let image = image.display().to_string();
     one_line_254(&rkt.run(&["--stage1=nope", &image]), "fly");
     one_line_254(&rkt.run(&["--store-only", "--no-store", &image]), "--store-only");
@@ -168,7 +238,9 @@ fn bad_flags_are_one_line_errors() {
 
 #[test]
 fn unusable_dir_is_a_clear_error() {
-    let Some(rkt) = harness("unusable_dir_is_a_clear_error") else { return };
+    let Some(rkt) = harness("unusable_dir_is_a_clear_error") else {
+        return;
+    };
     let file = rkt.work().join("a-file");
     std::fs::write(&file, b"").expect("write");
     let out = std::process::Command::new(bin())
@@ -183,12 +255,23 @@ fn unusable_dir_is_a_clear_error() {
 
 #[test]
 fn uuid_file_save_names_the_pod() {
-    let Some(rkt) = harness("uuid_file_save_names_the_pod") else { return };
-    let image = rkt.image(&AciSpec::busybox("example.com/busybox")).expect("image");
+    let Some(rkt) = harness("uuid_file_save_names_the_pod") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
     let file = rkt.work().join("uuid");
-    let out = rkt.run(&[&format!("--uuid-file-save={}", file.display()), &image.display().to_string()]);
+    let out = rkt.run(&[
+        &format!("--uuid-file-save={}", file.display()),
+        &image.display().to_string(),
+    ]);
     assert_eq!(out.code, 0, "{}", out.describe());
     let uuid = std::fs::read_to_string(&file).expect("uuid file");
     let status = rkt.rkt(&["status", &format!("--uuid-file={}", file.display())]);
-    assert!(status.stdout.contains("state=exited"), "{} ({uuid})", status.describe());
+    assert!(
+        status.stdout.contains("state=exited"),
+        "{} ({uuid})",
+        status.describe()
+    );
 }

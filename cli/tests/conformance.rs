@@ -35,6 +35,10 @@ fn every_registered_stage1_passes_the_conformance_checks() {
             }
         }
     }
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
     assert!(ran > 0, "no conformance check ran");
 }

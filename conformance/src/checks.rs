@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::harness::{RunOutput, Rkt};
+use crate::harness::{Rkt, RunOutput};
 use crate::image::{AciSpec, busybox_path};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,23 +21,74 @@ pub struct Check {
 /// Every check, in a stable order.
 pub fn all_checks() -> Vec<Check> {
     vec![
-        Check { name: "exit-code-propagates", run: exit_code_propagates },
-        Check { name: "signal-exit-code", run: signal_exit_code },
-        Check { name: "list-and-status-report-exit", run: list_and_status_report_exit },
-        Check { name: "default-environment", run: default_environment },
-        Check { name: "environment-precedence", run: environment_precedence },
-        Check { name: "working-directory", run: working_directory },
-        Check { name: "user-and-group-by-name", run: user_and_group_by_name },
-        Check { name: "args-after-double-dash", run: args_after_double_dash },
-        Check { name: "host-volume-read-write", run: host_volume_read_write },
-        Check { name: "host-volume-read-only", run: host_volume_read_only },
-        Check { name: "empty-volume", run: empty_volume },
-        Check { name: "rootfs-writes-stay-in-pod", run: rootfs_writes_stay_in_pod },
-        Check { name: "no-overlay", run: no_overlay },
-        Check { name: "no-mounts-leak-to-host", run: no_mounts_leak_to_host },
-        Check { name: "gc-removes-pod", run: gc_removes_pod },
-        Check { name: "missing-exec-is-an-error", run: missing_exec_is_an_error },
-        Check { name: "missing-image-is-an-error", run: missing_image_is_an_error },
+        Check {
+            name: "exit-code-propagates",
+            run: exit_code_propagates,
+        },
+        Check {
+            name: "signal-exit-code",
+            run: signal_exit_code,
+        },
+        Check {
+            name: "list-and-status-report-exit",
+            run: list_and_status_report_exit,
+        },
+        Check {
+            name: "default-environment",
+            run: default_environment,
+        },
+        Check {
+            name: "environment-precedence",
+            run: environment_precedence,
+        },
+        Check {
+            name: "working-directory",
+            run: working_directory,
+        },
+        Check {
+            name: "user-and-group-by-name",
+            run: user_and_group_by_name,
+        },
+        Check {
+            name: "args-after-double-dash",
+            run: args_after_double_dash,
+        },
+        Check {
+            name: "host-volume-read-write",
+            run: host_volume_read_write,
+        },
+        Check {
+            name: "host-volume-read-only",
+            run: host_volume_read_only,
+        },
+        Check {
+            name: "empty-volume",
+            run: empty_volume,
+        },
+        Check {
+            name: "rootfs-writes-stay-in-pod",
+            run: rootfs_writes_stay_in_pod,
+        },
+        Check {
+            name: "no-overlay",
+            run: no_overlay,
+        },
+        Check {
+            name: "no-mounts-leak-to-host",
+            run: no_mounts_leak_to_host,
+        },
+        Check {
+            name: "gc-removes-pod",
+            run: gc_removes_pod,
+        },
+        Check {
+            name: "missing-exec-is-an-error",
+            run: missing_exec_is_an_error,
+        },
+        Check {
+            name: "missing-image-is-an-error",
+            run: missing_image_is_an_error,
+        },
     ]
 }
 
@@ -61,7 +112,9 @@ macro_rules! try_or_fail {
 
 fn busybox_image(rkt: &Rkt, spec: AciSpec) -> Result<String, Outcome> {
     if busybox_path().is_none() {
-        return Err(Outcome::Skipped("no static busybox: apt-get install busybox-static".into()));
+        return Err(Outcome::Skipped(
+            "no static busybox: apt-get install busybox-static".into(),
+        ));
     }
     rkt.image(&spec)
         .map(|p| p.display().to_string())
@@ -85,14 +138,22 @@ fn sh(rkt: &Rkt, image: &str, extra: &[&str], script: &str) -> RunOutput {
 
 fn uuid_of(rkt: &Rkt) -> Option<String> {
     let list = rkt.rkt(&["list", "--full", "--no-legend"]);
-    list.stdout.lines().last().and_then(|l| l.split_whitespace().next()).map(String::from)
+    list.stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .map(String::from)
 }
 
 fn exit_code_propagates(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
     let out = sh(rkt, &image, &[], "echo hi; exit 7");
     ensure!(out.code == 7, "want exit 7, got {}", out.describe());
-    ensure!(out.stdout == "hi\n", "want the app's output on stdout, got {}", out.describe());
+    ensure!(
+        out.stdout == "hi\n",
+        "want the app's output on stdout, got {}",
+        out.describe()
+    );
     let ok = sh(rkt, &image, &[], "true");
     ensure!(ok.code == 0, "want exit 0, got {}", ok.describe());
     Outcome::Passed
@@ -101,7 +162,11 @@ fn exit_code_propagates(rkt: &Rkt) -> Outcome {
 fn signal_exit_code(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
     let out = sh(rkt, &image, &[], "kill -9 $$");
-    ensure!(out.code == 128 + 9, "want 137 for SIGKILL, got {}", out.describe());
+    ensure!(
+        out.code == 128 + 9,
+        "want 137 for SIGKILL, got {}",
+        out.describe()
+    );
     Outcome::Passed
 }
 
@@ -112,15 +177,26 @@ fn list_and_status_report_exit(rkt: &Rkt) -> Outcome {
     let list = rkt.rkt(&["list", "--no-legend", "--full"]);
     ensure!(list.code == 0, "rkt list failed: {}", list.describe());
     let row = list.stdout.lines().last().unwrap_or_default().to_string();
-    let cols: Vec<&str> = row.split('\t').map(str::trim).collect();
+    let cols: Vec<&str> = row.split('\t').map(str::trim).filter(|c| !c.is_empty()).collect();
     ensure!(cols.get(1) == Some(&"busybox"), "want app busybox in {row:?}");
-    ensure!(cols.contains(&"exited") && cols.contains(&"3"), "want state exited and exit 3 in {row:?}");
+    ensure!(
+        cols.contains(&"exited") && cols.contains(&"3"),
+        "want state exited and exit 3 in {row:?}"
+    );
     let Some(uuid) = uuid_of(rkt) else {
         return Outcome::Failed("no pod in rkt list".into());
     };
     let status = rkt.rkt(&["status", &uuid]);
-    ensure!(status.stdout.contains("state=exited"), "status: {}", status.describe());
-    ensure!(status.stdout.contains("app-busybox=3"), "status: {}", status.describe());
+    ensure!(
+        status.stdout.contains("state=exited"),
+        "status: {}",
+        status.describe()
+    );
+    ensure!(
+        status.stdout.contains("app-busybox=3"),
+        "status: {}",
+        status.describe()
+    );
     let json = rkt.rkt(&["status", "--format=json", &uuid]);
     let value: serde_json::Value = try_or_fail!(serde_json::from_str(&json.stdout));
     ensure!(value["apps"][0]["exit_code"] == 3, "status json: {}", json.stdout);
@@ -149,20 +225,37 @@ fn default_environment(rkt: &Rkt) -> Outcome {
         get(&env, "PATH") == Some("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
         "PATH: {env:?}"
     );
-    ensure!(get(&env, "AC_APP_NAME") == Some("busybox"), "AC_APP_NAME: {env:?}");
+    ensure!(
+        get(&env, "AC_APP_NAME") == Some("busybox"),
+        "AC_APP_NAME: {env:?}"
+    );
     ensure!(get(&env, "HOME") == Some("/root"), "HOME: {env:?}");
-    ensure!(get(&env, "USER") == Some("root") && get(&env, "LOGNAME") == Some("root"), "USER/LOGNAME: {env:?}");
+    ensure!(
+        get(&env, "USER") == Some("root") && get(&env, "LOGNAME") == Some("root"),
+        "USER/LOGNAME: {env:?}"
+    );
     ensure!(get(&env, "SHELL") == Some("/bin/sh"), "SHELL: {env:?}");
     Outcome::Passed
 }
 
 fn environment_precedence(rkt: &Rkt) -> Outcome {
     let mut spec = AciSpec::busybox("example.com/env");
-    spec.env = vec![("FROM_IMAGE".into(), "image".into()), ("BOTH".into(), "image".into()), ("PATH".into(), "/bin".into())];
+    spec.env = vec![
+        ("FROM_IMAGE".into(), "image".into()),
+        ("BOTH".into(), "image".into()),
+        ("PATH".into(), "/bin".into()),
+    ];
     let image = image!(rkt, spec);
     let mut cmd = rkt.command(&[
-        "run", "--insecure-options=image", &format!("--stage1={}", rkt.stage1),
-        "--inherit-env", "--set-env=BOTH=flag", "--set-env=EXTRA=x", &image, "--exec", "/bin/env",
+        "run",
+        "--insecure-options=image",
+        &format!("--stage1={}", rkt.stage1),
+        "--inherit-env",
+        "--set-env=BOTH=flag",
+        "--set-env=EXTRA=x",
+        &image,
+        "--exec",
+        "/bin/env",
     ]);
     cmd.env("HOST_ONLY", "host").env("FROM_IMAGE", "host");
     let out = match cmd.output() {
@@ -170,14 +263,30 @@ fn environment_precedence(rkt: &Rkt) -> Outcome {
         Err(e) => return Outcome::Failed(format!("cannot run rkt: {e}")),
     };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let env: Vec<(String, String)> =
-        stdout.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
-    ensure!(out.status.code() == Some(0), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let env: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    ensure!(
+        out.status.code() == Some(0),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(get(&env, "HOST_ONLY") == Some("host"), "--inherit-env: {env:?}");
-    ensure!(get(&env, "FROM_IMAGE") == Some("image"), "image env beats the host's: {env:?}");
-    ensure!(get(&env, "BOTH") == Some("flag"), "--set-env beats the image: {env:?}");
+    ensure!(
+        get(&env, "FROM_IMAGE") == Some("image"),
+        "image env beats the host's: {env:?}"
+    );
+    ensure!(
+        get(&env, "BOTH") == Some("flag"),
+        "--set-env beats the image: {env:?}"
+    );
     ensure!(get(&env, "EXTRA") == Some("x"), "--set-env: {env:?}");
-    ensure!(get(&env, "PATH") == Some("/bin"), "the image's PATH beats the default: {env:?}");
+    ensure!(
+        get(&env, "PATH") == Some("/bin"),
+        "the image's PATH beats the default: {env:?}"
+    );
     Outcome::Passed
 }
 
@@ -187,7 +296,11 @@ fn working_directory(rkt: &Rkt) -> Outcome {
     spec.exec = vec!["/bin/pwd".into()];
     let image = image!(rkt, spec);
     let out = rkt.run(&[&image]);
-    ensure!(out.code == 0 && out.stdout.trim() == "/home/app", "pwd: {}", out.describe());
+    ensure!(
+        out.code == 0 && out.stdout.trim() == "/home/app",
+        "pwd: {}",
+        out.describe()
+    );
     Outcome::Passed
 }
 
@@ -195,12 +308,20 @@ fn user_and_group_by_name(rkt: &Rkt) -> Outcome {
     let mut spec = AciSpec::busybox("example.com/user");
     spec.user = "app".into();
     spec.group = "app".into();
-    spec.exec = vec!["/bin/sh".into(), "-c".into(), "id -u; id -g; echo $HOME; echo $USER".into()];
+    spec.exec = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "id -u; id -g; echo $HOME; echo $USER".into(),
+    ];
     let image = image!(rkt, spec);
     let out = rkt.run(&[&image]);
     ensure!(out.code == 0, "run: {}", out.describe());
     let lines: Vec<&str> = out.stdout.lines().collect();
-    ensure!(lines == ["1000", "1000", "/home/app", "app"], "want uid/gid 1000, HOME and USER of app: {}", out.describe());
+    ensure!(
+        lines == ["1000", "1000", "/home/app", "app"],
+        "want uid/gid 1000, HOME and USER of app: {}",
+        out.describe()
+    );
     Outcome::Passed
 }
 
@@ -209,7 +330,11 @@ fn args_after_double_dash(rkt: &Rkt) -> Outcome {
     spec.exec = vec!["/bin/echo".into(), "from-image".into()];
     let image = image!(rkt, spec);
     let out = rkt.run(&[&image, "--", "a b", "--c", "---"]);
-    ensure!(out.code == 0 && out.stdout == "from-image a b --c\n", "args: {}", out.describe());
+    ensure!(
+        out.code == 0 && out.stdout == "from-image a b --c\n",
+        "args: {}",
+        out.describe()
+    );
     Outcome::Passed
 }
 
@@ -219,10 +344,18 @@ fn host_volume_read_write(rkt: &Rkt) -> Outcome {
     try_or_fail!(std::fs::create_dir_all(&host));
     try_or_fail!(std::fs::write(host.join("from-host"), "host"));
     let volume = format!("--volume=data,kind=host,source={}", host.display());
-    let out = sh(rkt, &image, &[&volume, "--mount=volume=data,target=/data"], "cat /data/from-host; echo pod > /data/from-pod");
+    let out = sh(
+        rkt,
+        &image,
+        &[&volume, "--mount=volume=data,target=/data"],
+        "cat /data/from-host; echo pod > /data/from-pod",
+    );
     ensure!(out.code == 0 && out.stdout == "host", "run: {}", out.describe());
     let written = std::fs::read_to_string(host.join("from-pod")).unwrap_or_default();
-    ensure!(written == "pod\n", "the pod's write must reach the host dir, got {written:?}");
+    ensure!(
+        written == "pod\n",
+        "the pod's write must reach the host dir, got {written:?}"
+    );
     Outcome::Passed
 }
 
@@ -231,9 +364,21 @@ fn host_volume_read_only(rkt: &Rkt) -> Outcome {
     let host = rkt.work().join("ro-volume");
     try_or_fail!(std::fs::create_dir_all(&host));
     let volume = format!("--volume=data,kind=host,source={},readOnly=true", host.display());
-    let out = sh(rkt, &image, &[&volume, "--mount=volume=data,target=/data"], "touch /data/x 2>/dev/null && echo wrote; ls /data");
-    ensure!(out.code == 0 && !out.stdout.contains("wrote"), "a read-only volume was writable: {}", out.describe());
-    ensure!(!host.join("x").exists(), "a file appeared in the read-only host dir");
+    let out = sh(
+        rkt,
+        &image,
+        &[&volume, "--mount=volume=data,target=/data"],
+        "touch /data/x 2>/dev/null && echo wrote; ls /data",
+    );
+    ensure!(
+        out.code == 0 && !out.stdout.contains("wrote"),
+        "a read-only volume was writable: {}",
+        out.describe()
+    );
+    ensure!(
+        !host.join("x").exists(),
+        "a file appeared in the read-only host dir"
+    );
     Outcome::Passed
 }
 
@@ -241,45 +386,108 @@ fn empty_volume(rkt: &Rkt) -> Outcome {
     let mut spec = AciSpec::busybox("example.com/mp");
     spec.mount_points = vec![("scratch".into(), "/scratch".into(), false)];
     let image = image!(rkt, spec);
-    let out = sh(rkt, &image, &["--volume=scratch,kind=empty"], "echo x > /scratch/f && cat /scratch/f");
-    ensure!(out.code == 0 && out.stdout == "x\n", "explicit empty volume: {}", out.describe());
+    let out = sh(
+        rkt,
+        &image,
+        &["--volume=scratch,kind=empty"],
+        "echo x > /scratch/f && cat /scratch/f",
+    );
+    ensure!(
+        out.code == 0 && out.stdout == "x\n",
+        "explicit empty volume: {}",
+        out.describe()
+    );
     let implicit = sh(rkt, &image, &[], "echo y > /scratch/f && cat /scratch/f");
-    ensure!(implicit.code == 0 && implicit.stdout == "y\n", "implicit empty volume: {}", implicit.describe());
+    ensure!(
+        implicit.code == 0 && implicit.stdout == "y\n",
+        "implicit empty volume: {}",
+        implicit.describe()
+    );
     Outcome::Passed
 }
 
 fn rootfs_writes_stay_in_pod(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
-    let first = sh(rkt, &image, &[], "echo changed > /etc/passwd && echo new > /etc/new");
+    let first = sh(
+        rkt,
+        &image,
+        &[],
+        "echo changed > /etc/passwd && echo new > /etc/new",
+    );
     ensure!(first.code == 0, "write: {}", first.describe());
-    let second = sh(rkt, &image, &[], "grep -c root /etc/passwd; test -e /etc/new && echo leaked; true");
-    ensure!(second.code == 0 && second.stdout == "1\n", "a pod saw another pod's writes: {}", second.describe());
+    let second = sh(
+        rkt,
+        &image,
+        &[],
+        "grep -c root /etc/passwd; test -e /etc/new && echo leaked; true",
+    );
+    ensure!(
+        second.code == 0 && second.stdout == "1\n",
+        "a pod saw another pod's writes: {}",
+        second.describe()
+    );
     Outcome::Passed
 }
 
 fn no_overlay(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
-    let out = sh(rkt, &image, &["--no-overlay"], "echo x > /etc/new && cat /etc/new");
-    ensure!(out.code == 0 && out.stdout == "x\n", "--no-overlay: {}", out.describe());
+    let out = sh(
+        rkt,
+        &image,
+        &["--no-overlay"],
+        "echo x > /etc/new && cat /etc/new",
+    );
+    ensure!(
+        out.code == 0 && out.stdout == "x\n",
+        "--no-overlay: {}",
+        out.describe()
+    );
     let again = sh(rkt, &image, &[], "test -e /etc/new && echo leaked; true");
-    ensure!(again.stdout.is_empty(), "a --no-overlay write reached the image: {}", again.describe());
+    ensure!(
+        again.stdout.is_empty(),
+        "a --no-overlay write reached the image: {}",
+        again.describe()
+    );
     Outcome::Passed
 }
 
 fn no_mounts_leak_to_host(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
-    let out = sh(rkt, &image, &[], "test -e /proc/self/mountinfo && test -d /dev && test -d /sys/kernel && test -w /tmp");
-    ensure!(out.code == 0, "the pod lacks /proc, /dev, /sys or a writable /tmp: {}", out.describe());
+    let out = sh(
+        rkt,
+        &image,
+        &[],
+        "test -e /proc/self/mountinfo && test -d /dev && test -d /sys/kernel && test -w /tmp",
+    );
+    ensure!(
+        out.code == 0,
+        "the pod lacks /proc, /dev, /sys or a writable /tmp: {}",
+        out.describe()
+    );
     let left = rkt.mounts_left();
-    ensure!(left.is_empty(), "mounts left on the host after the pod exited: {left:?}");
+    ensure!(
+        left.is_empty(),
+        "mounts left on the host after the pod exited: {left:?}"
+    );
     Outcome::Passed
 }
 
 fn pods_on_disk(dir: &Path) -> usize {
-    ["embryo", "prepare", "prepared", "run", "exited-garbage", "garbage"]
-        .iter()
-        .map(|s| std::fs::read_dir(dir.join("pods").join(s)).map(|d| d.count()).unwrap_or(0))
-        .sum()
+    [
+        "embryo",
+        "prepare",
+        "prepared",
+        "run",
+        "exited-garbage",
+        "garbage",
+    ]
+    .iter()
+    .map(|s| {
+        std::fs::read_dir(dir.join("pods").join(s))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    })
+    .sum()
 }
 
 fn gc_removes_pod(rkt: &Rkt) -> Outcome {
@@ -289,9 +497,17 @@ fn gc_removes_pod(rkt: &Rkt) -> Outcome {
     ensure!(pods_on_disk(&rkt.dir) >= 1, "no pod on disk after a run");
     let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
     ensure!(gc.code == 0, "gc: {}", gc.describe());
-    ensure!(pods_on_disk(&rkt.dir) == 0, "pods left after gc: {}", pods_on_disk(&rkt.dir));
+    ensure!(
+        pods_on_disk(&rkt.dir) == 0,
+        "pods left after gc: {}",
+        pods_on_disk(&rkt.dir)
+    );
     let list = rkt.rkt(&["list", "--no-legend"]);
-    ensure!(list.code == 0 && list.stdout.is_empty(), "list after gc: {}", list.describe());
+    ensure!(
+        list.code == 0 && list.stdout.is_empty(),
+        "list after gc: {}",
+        list.describe()
+    );
     let left = rkt.mounts_left();
     ensure!(left.is_empty(), "mounts left after gc: {left:?}");
     Outcome::Passed
@@ -300,9 +516,21 @@ fn gc_removes_pod(rkt: &Rkt) -> Outcome {
 fn missing_exec_is_an_error(rkt: &Rkt) -> Outcome {
     let image = image!(rkt, AciSpec::busybox("example.com/busybox"));
     let out = rkt.run(&[&image, "--exec", "/bin/does-not-exist"]);
-    ensure!(out.code == 254, "want rkt's exit code 254, got {}", out.describe());
-    ensure!(out.stderr.contains("/bin/does-not-exist"), "the error must name the program: {}", out.describe());
-    ensure!(out.stderr.trim().lines().count() == 1, "want a one-line error: {}", out.describe());
+    ensure!(
+        out.code == 254,
+        "want rkt's exit code 254, got {}",
+        out.describe()
+    );
+    ensure!(
+        out.stderr.contains("/bin/does-not-exist"),
+        "the error must name the program: {}",
+        out.describe()
+    );
+    ensure!(
+        out.stderr.trim().lines().count() == 1,
+        "want a one-line error: {}",
+        out.describe()
+    );
     Outcome::Passed
 }
 
@@ -310,7 +538,11 @@ fn missing_image_is_an_error(rkt: &Rkt) -> Outcome {
     let missing = rkt.work().join("nope.aci");
     let out = rkt.run(&[&missing.display().to_string()]);
     ensure!(out.code == 254, "want 254, got {}", out.describe());
-    ensure!(out.stderr.contains("nope.aci"), "the error must name the file: {}", out.describe());
+    ensure!(
+        out.stderr.contains("nope.aci"),
+        "the error must name the file: {}",
+        out.describe()
+    );
     ensure!(pods_on_disk(&rkt.dir) == 0, "a failed run left a pod behind");
     Outcome::Passed
 }

@@ -30,7 +30,10 @@ impl RunOutput {
 
     /// For failure messages: everything rkt said.
     pub fn describe(&self) -> String {
-        format!("exit {}; stdout {:?}; stderr {:?}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {}; stdout {:?}; stderr {:?}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -45,7 +48,10 @@ pub struct Rkt {
 impl Rkt {
     /// A fresh `--dir` in its own temporary work directory.
     pub fn new(bin: &Path, stage1: &str) -> io::Result<Self> {
-        let work = tempfile::Builder::new().prefix("rkt-conformance-").tempdir()?.keep();
+        let work = tempfile::Builder::new()
+            .prefix("rkt-conformance-")
+            .tempdir()?
+            .keep();
         let dir = work.join("data");
         std::fs::create_dir(&dir)?;
         Ok(Rkt {
@@ -93,7 +99,10 @@ impl Rkt {
 
     /// Builds the image once per spec name and returns its path.
     pub fn image(&self, spec: &AciSpec) -> io::Result<PathBuf> {
-        let mut images = self.images.lock().map_err(|_| io::Error::other("image cache poisoned"))?;
+        let mut images = self
+            .images
+            .lock()
+            .map_err(|_| io::Error::other("image cache poisoned"))?;
         if let Some(path) = images.get(&spec_key(spec)) {
             return Ok(path.clone());
         }
@@ -136,7 +145,10 @@ impl Drop for Rkt {
             let _ = std::fs::remove_dir_all(&self.work);
         } else {
             // Deleting now could wipe whatever is mounted there: leave it.
-            eprintln!("conformance: leaving {} in place, still mounted: {left:?}", self.work.display());
+            eprintln!(
+                "conformance: leaving {} in place, still mounted: {left:?}",
+                self.work.display()
+            );
         }
     }
 }

@@ -65,27 +65,30 @@ impl AciSpec {
     /// Writes the ACI (uncompressed tar) to `out`.
     pub fn write(&self, out: &Path) -> io::Result<()> {
         let busybox = busybox_path().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "no static busybox (apt-get install busybox-static)")
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no static busybox (apt-get install busybox-static)",
+            )
         })?;
         let file = std::fs::File::create(out)?;
         let mut tar = tar::Builder::new(io::BufWriter::new(file));
         let manifest = serde_json::to_vec_pretty(&self.manifest()).map_err(io::Error::other)?;
         append_file(&mut tar, "manifest", &manifest, 0o644)?;
-        for dir in ["rootfs", "rootfs/bin", "rootfs/etc", "rootfs/tmp", "rootfs/root", "rootfs/home", "rootfs/home/app"] {
+        for dir in [
+            "rootfs",
+            "rootfs/bin",
+            "rootfs/etc",
+            "rootfs/tmp",
+            "rootfs/root",
+            "rootfs/home",
+            "rootfs/home/app",
+        ] {
             append_dir(&mut tar, dir, if dir == "rootfs/tmp" { 0o1777 } else { 0o755 })?;
         }
-        let mut header = tar::Header::new_gnu();
-        let data = std::fs::read(&busybox)?;
-        header.set_size(data.len() as u64);
-        header.set_mode(0o755);
-        header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, "rootfs/bin/busybox", data.as_slice())?;
+        append_file(&mut tar, "rootfs/bin/busybox", &std::fs::read(&busybox)?, 0o755)?;
         for applet in APPLETS {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            header.set_mode(0o777);
-            tar.append_link(&mut header, format!("rootfs/bin/{applet}"), "busybox")?;
+            let mut link = header(tar::EntryType::Symlink, 0, 0o777);
+            tar.append_link(&mut link, format!("rootfs/bin/{applet}"), "busybox")?;
         }
         append_file(
             &mut tar,
@@ -93,34 +96,60 @@ impl AciSpec {
             b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app user:/home/app:/bin/sh\n",
             0o644,
         )?;
-        append_file(&mut tar, "rootfs/etc/group", b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n", 0o644)?;
+        append_file(
+            &mut tar,
+            "rootfs/etc/group",
+            b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+            0o644,
+        )?;
         for (path, contents, mode) in &self.files {
-            append_file(&mut tar, &format!("rootfs/{}", path.trim_start_matches('/')), contents, *mode)?;
+            append_file(
+                &mut tar,
+                &format!("rootfs/{}", path.trim_start_matches('/')),
+                contents,
+                *mode,
+            )?;
         }
-        tar.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+        tar.into_inner()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
     }
 }
 
 /// The applets the checks call.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "env", "id", "pwd", "cat", "ls", "sleep", "true", "false", "test", "touch", "mkdir", "stat",
-    "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname",
+    "sh", "echo", "env", "id", "pwd", "cat", "ls", "sleep", "true", "false", "test", "touch", "mkdir",
+    "stat", "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname",
 ];
 
-fn append_file<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+/// A GNU header with every numeric field set (an unset uid is not "0" to a tar reader).
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
+    header.set_entry_type(kind);
+    header.set_size(size);
     header.set_mode(mode);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, path, data)
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header
+}
+
+fn append_file<W: io::Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    tar.append_data(
+        &mut header(tar::EntryType::Regular, data.len() as u64, mode),
+        path,
+        data,
+    )
 }
 
 fn append_dir<W: io::Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32) -> io::Result<()> {
-    let mut header = tar::Header::new_gnu();
-    header.set_size(0);
-    header.set_mode(mode);
-    header.set_entry_type(tar::EntryType::Directory);
-    tar.append_data(&mut header, path, io::empty())
+    tar.append_data(&mut header(tar::EntryType::Directory, 0, mode), path, io::empty())
 }
 
 /// Debian's busybox-static installs a statically linked busybox here; the dynamic

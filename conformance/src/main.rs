@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use rkt_conformance::{AciSpec, Outcome, Rkt, all_checks};
 
 #[derive(Parser)]
-#[command(name = "rkt-conformance", about = "Checks a rkt-rs stage1 backend through the real rkt binary")]
+#[command(
+    name = "rkt-conformance",
+    about = "Checks a rkt-rs stage1 backend through the real rkt binary"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -67,6 +70,13 @@ fn main() -> ExitCode {
         }
         println!("{:<32} {outcome:?}", check.name);
     }
-    println!("stage1 {}: {passed} passed, {failed} failed, {skipped} skipped", args.stage1);
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    println!(
+        "stage1 {}: {passed} passed, {failed} failed, {skipped} skipped",
+        args.stage1
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -15,9 +15,9 @@ use uuid::Uuid;
 use crate::pod::layout;
 use crate::pod::{AnyPod, Garbage, Pod, PodState, PodsDir};
 use crate::runner::{NetRecord, pod_stage1};
+use crate::stage::Networker;
 use crate::stage::block_on::block_on;
 use crate::stage::registry;
-use crate::stage::Networker;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GcOptions {

@@ -14,8 +14,8 @@ use crate::fsutil;
 use crate::pod::layout::{self, AppRootfs};
 use crate::pod::{Pod, PodError, PodsDir, Prepared, Preparing, Running};
 use crate::schema::{
-    ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp,
-    RuntimeImage, SchemaError, Volume, VolumeKind,
+    ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp, RuntimeImage,
+    SchemaError, Volume, VolumeKind,
 };
 use crate::stage::block_on::block_on;
 use crate::stage::registry::{self, RegistryError, Stage1Record};
@@ -191,7 +191,11 @@ impl Runtime {
         Ok(stage1.run(pod, &cfg)?)
     }
 
-    fn prepare_pod(&self, stage1: &dyn Stage1, request: &PrepareRequest) -> Result<Pod<Preparing>, RunnerError> {
+    fn prepare_pod(
+        &self,
+        stage1: &dyn Stage1,
+        request: &PrepareRequest,
+    ) -> Result<Pod<Preparing>, RunnerError> {
         // Images first: a typo in an image name should not even create a pod.
         let images = match &request.pod_manifest {
             Some(_) => Vec::new(),
@@ -266,9 +270,7 @@ impl Runtime {
         for app in &manifest.apps {
             self.prepare_app(dir, app, use_overlay)?;
         }
-        for volume in manifest.volumes.iter().filter(|v| v.kind == VolumeKind::Empty) {
-            create_empty_volume(dir, volume)?;
-        }
+        layout::create_host_dirs(dir, manifest).map_err(io_err("cannot create the pod's directories"))?;
         fsutil::atomic_write(&layout::manifest(dir), &manifest.to_json())
             .map_err(io_err("cannot write the pod manifest"))?;
         fsutil::fsync_dir(dir).map_err(io_err("cannot sync the pod directory"))?;
@@ -281,20 +283,17 @@ impl Runtime {
         let tree = self.store.render(&app.image.id)?;
         let info_dir = layout::appsinfo(pod_dir, name);
         mkdirs(&info_dir)?;
-        fsutil::atomic_write(&layout::app_image_manifest(pod_dir, name), &image_manifest.to_json())
-            .map_err(io_err("cannot write the app's image manifest"))?;
+        fsutil::atomic_write(
+            &layout::app_image_manifest(pod_dir, name),
+            &image_manifest.to_json(),
+        )
+        .map_err(io_err("cannot write the app's image manifest"))?;
         fsutil::atomic_write(&layout::app_tree_id(pod_dir, name), tree.tree_id.as_bytes())
             .map_err(io_err("cannot write the app's tree ID"))?;
         let rootfs = layout::app_rootfs(pod_dir, name);
         let spec = if use_overlay {
-            let (upper, work) = (layout::overlay_upper(pod_dir, name), layout::overlay_work(pod_dir, name));
-            mkdirs(&rootfs)?;
-            mkdirs(&upper)?;
-            mkdirs(&work)?;
             AppRootfs::Overlay {
                 lower: tree.rootfs.clone(),
-                upper,
-                work,
             }
         } else {
             if let Some(parent) = rootfs.parent() {
@@ -334,21 +333,6 @@ fn overlay_supported() -> bool {
         .unwrap_or(false)
 }
 
-fn create_empty_volume(pod_dir: &Path, volume: &Volume) -> Result<(), RunnerError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = layout::empty_volume(pod_dir, volume.name.as_str());
-    mkdirs(&path)?;
-    let mode = match &volume.mode {
-        Some(m) => u32::from_str_radix(m, 8)
-            .map_err(|_| RunnerError::Invalid(format!("volume {}: mode {m:?} is not octal", volume.name)))?,
-        None => 0o755,
-    };
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("cannot set the mode of volume {}", volume.name)))?;
-    std::os::unix::fs::chown(&path, Some(volume.uid.unwrap_or(0)), Some(volume.gid.unwrap_or(0)))
-        .map_err(io_err(format!("cannot set the owner of volume {}", volume.name)))
-}
-
 /// The stage1 named by `--stage1`, refusing one that cannot run here.
 pub fn select_stage1(name: &str) -> Result<Box<dyn Stage1>, RunnerError> {
     let stage1 = registry::create::<dyn Stage1>(name)?;
@@ -375,7 +359,11 @@ fn select_labeler() -> Result<Box<dyn Labeler>, RunnerError> {
         .ok_or_else(|| RunnerError::Invalid("no labeler is registered".into()))
 }
 
-fn check_capabilities(stage1: &dyn Stage1, request: &PrepareRequest, interactive: bool) -> Result<(), RunnerError> {
+fn check_capabilities(
+    stage1: &dyn Stage1,
+    request: &PrepareRequest,
+    interactive: bool,
+) -> Result<(), RunnerError> {
     let caps = stage1.capabilities();
     if request.apps.len() > 1 && !caps.multi_app {
         return Err(RunnerError::Invalid(format!(
@@ -528,7 +516,12 @@ pub fn build_pod_manifest(
 
 /// appc: an app is named after the last component of its image name.
 fn default_app_name(image: &ImageManifest) -> Result<ACName, RunnerError> {
-    let last = image.name.as_str().rsplit('/').next().unwrap_or(image.name.as_str());
+    let last = image
+        .name
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or(image.name.as_str());
     ACName::new(last).map_err(|e| {
         RunnerError::Invalid(format!(
             "cannot name the app of image {} after it ({e}); give it a --name",
@@ -594,7 +587,10 @@ mod tests {
             &[var("B", "image"), var("C", "image")],
             &[var("C", "flag")],
         );
-        assert_eq!(merged, vec![var("A", "host"), var("B", "image"), var("C", "flag")]);
+        assert_eq!(
+            merged,
+            vec![var("A", "host"), var("B", "image"), var("C", "flag")]
+        );
     }
 
     #[test]

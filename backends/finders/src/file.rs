@@ -49,7 +49,10 @@ impl ImageFinder for FileFinder {
             return Err(BackendError::Other(format!("{reference} is not a local file")));
         };
         if !path.exists() {
-            return Err(BackendError::Other(format!("image file {} does not exist", path.display())));
+            return Err(BackendError::Other(format!(
+                "image file {} does not exist",
+                path.display()
+            )));
         }
         if !policy.insecure.image {
             // Verifying signatures needs the keystore (`rkt trust`), which is not

@@ -22,7 +22,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use rkt_engine::fsutil;
-use rkt_engine::pod::layout::AppRootfs;
+use rkt_engine::pod::layout::{self, AppRootfs};
 use rkt_engine::schema::PodManifest;
 use rkt_engine::stage::launch::{AppLaunch, VolumeBind, plan_app};
 
@@ -134,8 +134,10 @@ pub fn prepare_root(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<AppLaunch,
 fn mount_rootfs(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<(), ChildError> {
     let target = spec.rootfs_dir;
     match spec.rootfs {
-        AppRootfs::Overlay { lower, upper, work } => {
-            let data = overlay_options(lower, upper, work)?;
+        AppRootfs::Overlay { lower } => {
+            let upper = layout::overlay_upper(spec.pod_dir, spec.app);
+            let work = layout::overlay_work(spec.pod_dir, spec.app);
+            let data = overlay_options(lower, &upper, &work)?;
             sys.mount(
                 Some(Path::new("overlay")),
                 target,
@@ -461,7 +463,7 @@ mod launch_sequence_tests {
             "acKind": "PodManifest",
             "apps": [{
                 "name": "web",
-                "image": {"id": "sha512-aaaa"},
+                "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
                 "app": {"exec": ["/bin/web"], "user": "www", "group": "33"},
                 "mounts": [
                     {"volume": "rw", "path": "/srv/rw"},
@@ -578,8 +580,6 @@ mod launch_sequence_tests {
         let sys = Recording::default();
         let rootfs = AppRootfs::Overlay {
             lower: "/var/lib/rkt/cas/tree/deps-sha512-1/rootfs".into(),
-            upper: f.pod.join("overlay/web/upper"),
-            work: f.pod.join("overlay/web/work"),
         };
         let spec = RootSpec {
             pod_dir: &f.pod,

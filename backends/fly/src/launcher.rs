@@ -19,7 +19,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 use rkt_engine::fsutil;
 use rkt_engine::pod::layout::{self, AppRootfs};
-use rkt_engine::schema::{PodManifest, VolumeKind};
+use rkt_engine::schema::PodManifest;
 
 use crate::FlyError;
 use crate::child::{self, ChildError, ExecArgs, RootSpec, UntilExec};
@@ -41,7 +41,6 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let app = single_app(&manifest)?.to_string();
     let rootfs = read_rootfs_spec(pod_dir, &app)?;
     let rootfs_dir = layout::app_rootfs(pod_dir, &app);
-    prepare_host_dirs(pod_dir, &manifest, &app, &rootfs, &rootfs_dir)?;
     let spec = RootSpec {
         pod_dir,
         manifest: &manifest,
@@ -96,64 +95,12 @@ pub(crate) fn single_app(manifest: &PodManifest) -> Result<&str, FlyError> {
 }
 
 fn read_rootfs_spec(pod_dir: &Path, app: &str) -> Result<AppRootfs, FlyError> {
-    let path = layout::app_rootfs_spec(pod_dir, app);
-    let bytes = std::fs::read(&path).map_err(|e| FlyError::io(format!("reading {}", path.display()), e))?;
-    serde_json::from_slice(&bytes).map_err(|e| FlyError::Invalid(format!("{}: {e}", path.display())))
-}
-
-/// Host-side directories the child mounts on or from: the overlay's mount point
-/// and upper/work dirs, and the pod's empty volumes (created once, with the
-/// volume's mode/uid/gid; rkt's defaults 0755 root:root).
-fn prepare_host_dirs(
-    pod_dir: &Path,
-    manifest: &PodManifest,
-    app: &str,
-    rootfs: &AppRootfs,
-    rootfs_dir: &Path,
-) -> Result<(), FlyError> {
-    let mkdir = |p: &Path| {
-        std::fs::create_dir_all(p).map_err(|e| FlyError::io(format!("creating {}", p.display()), e))
-    };
-    if let AppRootfs::Overlay { upper, work, .. } = rootfs {
-        mkdir(rootfs_dir)?;
-        mkdir(upper)?;
-        mkdir(work)?;
-    }
-    let Some(runtime) = manifest.app(app) else {
-        return Ok(());
-    };
-    for mount in &runtime.mounts {
-        let Some(volume) = manifest
-            .volumes
-            .iter()
-            .find(|v| v.name == mount.volume && v.kind == VolumeKind::Empty)
-        else {
-            continue;
-        };
-        let dir = layout::empty_volume(pod_dir, volume.name.as_str());
-        if dir.is_dir() {
-            continue;
-        }
-        let mode = match volume.mode.as_deref() {
-            None => 0o755,
-            Some(m) => u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| {
-                    FlyError::Invalid(format!(
-                        "volume {:?}: mode {m:?} is not octal",
-                        volume.name.as_str()
-                    ))
-                })?,
-        };
-        mkdir(&dir)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| FlyError::io(format!("chmod {}", dir.display()), e))?;
-        std::os::unix::fs::chown(&dir, Some(volume.uid.unwrap_or(0)), Some(volume.gid.unwrap_or(0)))
-            .map_err(|e| FlyError::io(format!("chown {}", dir.display()), e))?;
-    }
-    Ok(())
+    layout::read_app_rootfs(pod_dir, app).map_err(|e| {
+        FlyError::io(
+            format!("reading {}", layout::app_rootfs_spec(pod_dir, app).display()),
+            e,
+        )
+    })
 }
 
 /// A forked child that either execs or reports why not through `errors`.

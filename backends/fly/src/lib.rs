@@ -198,7 +198,7 @@ mod launch_tests {
     #[test]
     fn a_pod_with_two_apps_is_refused_before_anything_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let app = |n: &str| serde_json::json!({"name": n, "image": {"id": "sha512-a"}, "app": {"exec": ["/x"], "user": "0", "group": "0"}});
+        let app = |n: &str| serde_json::json!({"name": n, "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}, "app": {"exec": ["/x"], "user": "0", "group": "0"}});
         let m =
             serde_json::json!({"acVersion": "0.8.11", "acKind": "PodManifest", "apps": [app("a"), app("b")]});
         std::fs::write(dir.path().join("pod"), m.to_string()).unwrap();

@@ -69,11 +69,7 @@ mod launch {
             std::fs::create_dir_all(layout::appsinfo(&pod, APP)).unwrap();
             let (image, spec) = if overlay {
                 let lower = tmp.path().join("lower");
-                let spec = AppRootfs::Overlay {
-                    lower: lower.clone(),
-                    upper: layout::overlay_upper(&pod, APP),
-                    work: layout::overlay_work(&pod, APP),
-                };
+                let spec = AppRootfs::Overlay { lower: lower.clone() };
                 (lower, spec)
             } else {
                 (layout::app_rootfs(&pod, APP), AppRootfs::Copy)
@@ -103,7 +99,7 @@ mod launch {
             let m: PodManifest = serde_json::from_value(json!({
                 "acVersion": "0.8.11",
                 "acKind": "PodManifest",
-                "apps": [{"name": APP, "image": {"id": "sha512-0000"}, "app": app, "mounts": mounts}],
+                "apps": [{"name": APP, "image": {"id": "sha512-00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"}, "app": app, "mounts": mounts}],
                 "volumes": volumes,
             }))
             .unwrap();
@@ -113,6 +109,8 @@ mod launch {
 
         fn write(&self, m: &PodManifest) {
             std::fs::write(layout::manifest(&self.pod), m.to_json()).unwrap();
+            // What stage0's prepare does before any stage1 sees the pod.
+            layout::create_host_dirs(&self.pod, m).unwrap();
         }
 
         fn out(&self, name: &str) -> String {
@@ -269,7 +267,6 @@ mod launch {
             "group": "webgrp",
             "workingDirectory": "/srv",
             "environment": [
-                {"name": "FOO", "value": "inherited"},
                 {"name": "HOME", "value": "/home/override"},
                 {"name": "FOO", "value": "set-env"},
                 {"name": "AC_APP_NAME", "value": "spoofed"},

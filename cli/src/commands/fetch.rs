@@ -25,7 +25,10 @@ pub struct FetchArgs {
 }
 
 pub fn fetch(global: &GlobalFlags, args: FetchArgs) -> Result<u8> {
-    refuse(args.store_only && args.no_store, "both --store-only and --no-store specified")?;
+    refuse(
+        args.store_only && args.no_store,
+        "both --store-only and --no-store specified",
+    )?;
     refuse(
         args.signature.is_some() && args.images.len() > 1,
         "--signature applies to a single image",
@@ -41,7 +44,9 @@ pub fn fetch(global: &GlobalFlags, args: FetchArgs) -> Result<u8> {
         signature: args.signature.clone(),
     };
     for image in &args.images {
-        let id = runtime.find_image(image, &policy).with_context(|| image.clone())?;
+        let id = runtime
+            .find_image(image, &policy)
+            .with_context(|| image.clone())?;
         println!("{id}");
     }
     Ok(0)

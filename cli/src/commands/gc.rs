@@ -40,5 +40,9 @@ pub fn gc(global: &GlobalFlags, args: GcArgs) -> Result<u8> {
     for error in &report.errors {
         eprintln!("gc: {error}");
     }
-    Ok(if report.errors.is_empty() { 0 } else { crate::EXIT_RKT_ERROR })
+    Ok(if report.errors.is_empty() {
+        0
+    } else {
+        crate::EXIT_RKT_ERROR
+    })
 }

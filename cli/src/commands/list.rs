@@ -34,8 +34,18 @@ pub fn list(global: &GlobalFlags, args: ListArgs) -> Result<u8> {
     header.extend(["STATE", "EXIT", "CREATED", "STARTED", "NETWORKS"]);
     let mut table = Table::new(&header, !args.no_legend);
     for pod in &views {
-        let uuid = if args.full { pod.name.clone() } else { pod.name.chars().take(8).collect() };
-        let time = |t| if args.full { podview::absolute(t) } else { podview::relative(t) };
+        let uuid = if args.full {
+            pod.name.clone()
+        } else {
+            pod.name.chars().take(8).collect()
+        };
+        let time = |t| {
+            if args.full {
+                podview::absolute(t)
+            } else {
+                podview::relative(t)
+            }
+        };
         let networks = pod
             .networks
             .iter()
@@ -52,14 +62,17 @@ pub fn list(global: &GlobalFlags, args: ListArgs) -> Result<u8> {
             let mut row = vec![
                 uuid.clone(),
                 app.map(|a| a.name.clone()).unwrap_or_else(|| "-".into()),
-                app.and_then(|a| a.image_name.clone()).unwrap_or_else(|| "-".into()),
+                app.and_then(|a| a.image_name.clone())
+                    .unwrap_or_else(|| "-".into()),
             ];
             if args.full {
                 row.push(app.map(|a| a.image_id.clone()).unwrap_or_else(|| "-".into()));
             }
             row.extend([
                 pod.state.clone(),
-                app.and_then(|a| a.exit_code).map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                app.and_then(|a| a.exit_code)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 time(pod.created_at),
                 time(pod.started_at),
                 networks.clone(),

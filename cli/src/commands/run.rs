@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use rkt_engine::runner::{PrepareRequest, RunRequest};
 use rkt_engine::schema::{EnvVar, ExposedPort, Mount, Volume};
-use rkt_engine::stage::{FetchPolicy, NetRequest, PullPolicy};
 use rkt_engine::stage::registry;
+use rkt_engine::stage::{FetchPolicy, NetRequest, PullPolicy};
 
 use crate::apps::parse_apps;
 use crate::flags::{GlobalFlags, refuse};
@@ -42,10 +42,15 @@ impl Stage1Flags {
         if let Some(hash) = &self.stage1_hash {
             bail!("--stage1-hash={hash}: stage1s are built-in backends here, pick one with --stage1=NAME");
         }
-        let image = [&self.stage1_name, &self.stage1_path, &self.stage1_url, &self.stage1_from_dir]
-            .into_iter()
-            .flatten()
-            .next();
+        let image = [
+            &self.stage1_name,
+            &self.stage1_path,
+            &self.stage1_url,
+            &self.stage1_from_dir,
+        ]
+        .into_iter()
+        .flatten()
+        .next();
         match image {
             None => Ok(self.stage1.clone()),
             Some(image) => flavor_of(image),
@@ -67,7 +72,10 @@ fn flavor_of(image: &str) -> Result<String> {
     if known.contains(&flavor) {
         Ok(flavor.to_string())
     } else {
-        bail!("stage1 image {image:?} does not name a known backend (registered: {})", known.join(", "))
+        bail!(
+            "stage1 image {image:?} does not name a known backend (registered: {})",
+            known.join(", ")
+        )
     }
 }
 
@@ -113,8 +121,16 @@ pub struct PodFlags {
 }
 
 impl PodFlags {
-    pub fn request(&self, stage1: String, insecure: rkt_engine::stage::InsecureOptions, images: &[String]) -> Result<PrepareRequest> {
-        refuse(self.store_only && self.no_store, "both --store-only and --no-store specified")?;
+    pub fn request(
+        &self,
+        stage1: String,
+        insecure: rkt_engine::stage::InsecureOptions,
+        images: &[String],
+    ) -> Result<PrepareRequest> {
+        refuse(
+            self.store_only && self.no_store,
+            "both --store-only and --no-store specified",
+        )?;
         refuse(
             self.private_users,
             "--private-users is not supported by any stage1 in this build yet",
@@ -134,7 +150,10 @@ impl PodFlags {
                 "conflicting flags set with --pod-manifest (only --net, --no-overlay and --interactive may go with it)",
             )?;
         } else {
-            refuse(apps.is_empty(), "must provide at least one image or specify the pod manifest")?;
+            refuse(
+                apps.is_empty(),
+                "must provide at least one image or specify the pod manifest",
+            )?;
         }
         let mut set_env: Vec<EnvVar> = Vec::new();
         for flag in &self.set_env {
@@ -225,14 +244,25 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         parse_net(&args.net)
     };
     let none = net.networks.iter().any(|(n, _)| n == "none");
-    refuse(!args.pod.ports.is_empty() && none, "--port flag does not work with 'none' networking")?;
-    refuse(!args.pod.ports.is_empty() && net.is_host(), "--port flag does not work with 'host' networking")?;
+    refuse(
+        !args.pod.ports.is_empty() && none,
+        "--port flag does not work with 'none' networking",
+    )?;
+    refuse(
+        !args.pod.ports.is_empty() && net.is_host(),
+        "--port flag does not work with 'host' networking",
+    )?;
     refuse(
         args.mds_register && none,
         "--mds-register flag does not work with --net=none; use 'host', 'default' or an equivalent network",
     )?;
-    refuse(args.mds_register, "--mds-register: the metadata service is not available in this build yet")?;
-    let prepare = args.pod.request(args.stage1.backend()?, global.insecure_options, &args.images)?;
+    refuse(
+        args.mds_register,
+        "--mds-register: the metadata service is not available in this build yet",
+    )?;
+    let prepare = args
+        .pod
+        .request(args.stage1.backend()?, global.insecure_options, &args.images)?;
     refuse(
         args.interactive && prepare.apps.len() > 1,
         "interactive option only supports one image",

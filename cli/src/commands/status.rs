@@ -68,7 +68,11 @@ pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
         println!("started={}", podview::absolute(view.started_at));
     }
     if !view.networks.is_empty() {
-        let nets: Vec<String> = view.networks.iter().map(|n| format!("{}:ip4={}", n.name, n.ip)).collect();
+        let nets: Vec<String> = view
+            .networks
+            .iter()
+            .map(|n| format!("{}:ip4={}", n.name, n.ip))
+            .collect();
         println!("networks={}", nets.join(","));
     }
     if let Some(pid) = view.pid {
@@ -134,4 +138,3 @@ fn wait_for_unlock(path: &std::path::Path, timeout: Option<Duration>) -> Result<
     }
     Ok(())
 }
-

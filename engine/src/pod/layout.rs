@@ -1,7 +1,10 @@
 //! What lives inside a pod directory: one definition shared by stage0, every stage1
 //! and gc, so the contract between them is written down once.
 
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::schema::{PodManifest, VolumeKind};
 
 /// The pod manifest (JSON).
 pub const POD_MANIFEST: &str = "pod";
@@ -77,16 +80,47 @@ pub fn app_status(pod: &Path, app: &str) -> PathBuf {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum AppRootfs {
     /// Mount an overlay at `app_rootfs` (inside the pod's own mount namespace):
-    /// the tree store's rendered rootfs below, the pod's upper/work dirs on top.
-    Overlay {
-        lower: PathBuf,
-        upper: PathBuf,
-        work: PathBuf,
-    },
+    /// the tree store's rendered rootfs below, the pod's `overlay_upper` and
+    /// `overlay_work` on top. Those two are never recorded as paths: the pod
+    /// directory moves between state directories, the tree store does not.
+    Overlay { lower: PathBuf },
     /// `--no-overlay`: `app_rootfs` already holds a private copy of the tree.
     Copy,
 }
 
 pub fn app_rootfs_spec(pod: &Path, app: &str) -> PathBuf {
     appsinfo(pod, app).join("rootfs.json")
+}
+
+/// Reads an app's `rootfs.json`.
+pub fn read_app_rootfs(pod: &Path, app: &str) -> io::Result<AppRootfs> {
+    let bytes = std::fs::read(app_rootfs_spec(pod, app))?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Creates the host-side directories a pod's apps mount on or from: each overlay
+/// app's mount point and upper/work dirs (as `rootfs.json` says), and every empty
+/// volume with its mode and owner. stage0 does this once, at prepare; a stage1
+/// only uses what is there, so a pod that moved on is never recreated behind it.
+pub fn create_host_dirs(pod: &Path, manifest: &PodManifest) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for app in &manifest.apps {
+        let name = app.name.as_str();
+        if let AppRootfs::Overlay { .. } = read_app_rootfs(pod, name)? {
+            for dir in [
+                app_rootfs(pod, name),
+                overlay_upper(pod, name),
+                overlay_work(pod, name),
+            ] {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+    }
+    for volume in manifest.volumes.iter().filter(|v| v.kind == VolumeKind::Empty) {
+        let dir = empty_volume(pod, volume.name.as_str());
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(volume.mode_bits()))?;
+        std::os::unix::fs::chown(&dir, Some(volume.uid_or_default()), Some(volume.gid_or_default()))?;
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{SchemaError, validated_serde};
 use super::isolator::{Isolator, check_isolators};
 use super::names::ACName;
-use super::validate::{check_absolute, check_non_empty, check_unique, each, nullable};
+use super::validate::{check_absolute, check_non_empty, check_program, check_unique, each, nullable};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self")]
@@ -72,7 +72,7 @@ impl EventHandler {
         }
         match self.exec.first() {
             None => Err(SchemaError::invalid("exec", "must not be empty")),
-            Some(cmd) => check_absolute("exec[0]", cmd),
+            Some(cmd) => check_program("exec[0]", cmd),
         }
     }
 }
@@ -213,7 +213,7 @@ impl App {
     /// The app's own rules; its elements were checked as they were deserialized.
     fn check(&self) -> Result<(), SchemaError> {
         if let Some(cmd) = self.exec.first() {
-            check_absolute("exec[0]", cmd)?;
+            check_program("exec[0]", cmd)?;
         }
         check_non_empty(
             "user",
@@ -284,10 +284,12 @@ mod tests {
     }
 
     #[test]
-    fn schema_app_exec_absolute() {
+    fn schema_app_exec_absolute_or_bare_name() {
+        let app: App = from_json(format!(r#"{{"exec": ["sh"], {BASE}}}"#).as_bytes()).expect("bare name");
+        assert_eq!(app.exec, vec!["sh"]);
         assert_eq!(
-            app_err(&format!(r#"{{"exec": ["sh"], {BASE}}}"#)),
-            r#"exec[0]: must be an absolute path, got "sh""#
+            app_err(&format!(r#"{{"exec": ["bin/sh"], {BASE}}}"#)),
+            r#"exec[0]: must be an absolute path or a program name looked up in PATH, got "bin/sh""#
         );
     }
 
@@ -393,7 +395,7 @@ mod tests {
             "eventHandlers[0].exec: must not be empty"
         );
         assert!(
-            e(r#"{"name": "pre-start", "exec": ["x"]}"#)
+            e(r#"{"name": "pre-start", "exec": ["x/y"]}"#)
                 .starts_with("eventHandlers[0].exec[0]: must be an absolute")
         );
         assert!(

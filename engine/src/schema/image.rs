@@ -211,8 +211,8 @@ mod tests {
     #[test]
     fn schema_image_app_nested_path() {
         assert_eq!(
-            err_with(|v| v["app"] = json!({"exec": ["sh"], "user": "0", "group": "0"})),
-            r#"app.exec[0]: must be an absolute path, got "sh""#
+            err_with(|v| v["app"] = json!({"exec": ["./sh"], "user": "0", "group": "0"})),
+            r#"app.exec[0]: must be an absolute path or a program name looked up in PATH, got "./sh""#
         );
         assert_eq!(
             err_with(|v| v["app"] = json!({"user": "0"})),
@@ -262,7 +262,7 @@ mod tests {
         let mut m = ImageManifest::new(ACIdentifier::new("a").expect("ok"));
         assert!(m.validate().is_ok());
         m.app = Some(App {
-            exec: vec!["rel".into()],
+            exec: vec!["bin/rel".into()],
             user: "0".into(),
             group: "0".into(),
             ..App::default()

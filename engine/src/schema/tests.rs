@@ -190,11 +190,11 @@ fn schema_type_errors_name_the_path() {
 
 #[test]
 fn schema_errors_are_one_line() {
-    let bad = realistic_image_manifest().replace("\"/etcd\", \"--data", "\"etcd\", \"--data");
+    let bad = realistic_image_manifest().replace("\"/etcd\", \"--data", "\"bin/etcd\", \"--data");
     let err = ImageManifest::from_json(bad.as_bytes()).expect_err("relative exec");
     assert_eq!(
         err.to_string(),
-        r#"app.exec[0]: must be an absolute path, got "etcd""#
+        r#"app.exec[0]: must be an absolute path or a program name looked up in PATH, got "bin/etcd""#
     );
     assert!(!err.to_string().contains('\n'));
 }

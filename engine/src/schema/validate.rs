@@ -27,6 +27,20 @@ pub(crate) fn check_absolute(field: &str, path: &str) -> Result<(), SchemaError>
     }
 }
 
+/// appc: the program an app or event handler runs is an absolute path, or a bare
+/// name the executor looks up in the app's PATH. A relative path (`bin/sh`) would
+/// depend on the working directory and is refused.
+pub(crate) fn check_program(field: &str, program: &str) -> Result<(), SchemaError> {
+    if program.starts_with('/') || (!program.is_empty() && !program.contains('/')) {
+        Ok(())
+    } else {
+        Err(SchemaError::invalid(
+            field,
+            format!("must be an absolute path or a program name looked up in PATH, got {program:?}"),
+        ))
+    }
+}
+
 pub(crate) fn check_non_empty(field: &str, value: &str, hint: &str) -> Result<(), SchemaError> {
     if value.is_empty() {
         Err(SchemaError::invalid(field, format!("must not be empty ({hint})")))

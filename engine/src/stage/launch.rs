@@ -431,6 +431,7 @@ fn plan_binds(
 #[allow(clippy::unwrap_used)] // tests build their own inputs; a panic is a failure report
 mod tests {
     use super::*;
+    use crate::schema::{ACName, EnvVar, Mount};
     use std::os::fd::{AsFd, OwnedFd};
 
     struct Image {
@@ -469,7 +470,7 @@ mod tests {
             "acKind": "PodManifest",
             "apps": [{
                 "name": "web",
-                "image": {"id": "sha512-aaaa"},
+                "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
                 "app": app,
             }],
         });
@@ -608,11 +609,11 @@ mod tests {
     fn env_precedence_is_defaults_then_app_then_ac_app_name() {
         let img = Image::new(Some(PASSWD), Some(GROUP));
         let mut a = app("nginx", "www");
+        // As stage0 writes it: --inherit-env < image < --set-env already merged.
         a["environment"] = serde_json::json!([
-            {"name": "FOO", "value": "inherited"},
+            {"name": "FOO", "value": "set-env"},
             {"name": "HOME", "value": "/srv"},
             {"name": "PATH", "value": "/opt/bin"},
-            {"name": "FOO", "value": "set-env"},
             {"name": "AC_APP_NAME", "value": "spoofed"},
             {"name": "BAR", "value": "x=y"},
         ]);
@@ -645,9 +646,15 @@ mod tests {
     #[test]
     fn bad_env_names_and_nul_bytes_are_refused() {
         let img = Image::new(None, None);
-        let mut a = app("0", "0");
-        a["environment"] = serde_json::json!([{"name": "A=B", "value": "1"}]);
-        let err = plan(&manifest(a, serde_json::json!({})), &img).unwrap_err();
+        // The schema refuses these at parse; plan_app also guards manifests built in code.
+        let mut m = manifest(app("0", "0"), serde_json::json!({}));
+        if let Some(a) = m.apps[0].app.as_mut() {
+            a.environment = vec![EnvVar {
+                name: "A=B".into(),
+                value: "1".into(),
+            }];
+        }
+        let err = plan(&m, &img).unwrap_err();
         assert!(matches!(err, LaunchError::InvalidEnvName { .. }), "{err}");
         let mut a = app("0", "0");
         a["exec"] = serde_json::json!(["/bin/x", "a\u{0}b"]);
@@ -662,9 +669,11 @@ mod tests {
         a["workingDirectory"] = serde_json::json!("/srv/www");
         let l = plan(&manifest(a, serde_json::json!({})), &img).unwrap();
         assert_eq!(l.working_directory, "/srv/www");
-        let mut a = app("0", "0");
-        a["workingDirectory"] = serde_json::json!("srv");
-        let err = plan(&manifest(a, serde_json::json!({})), &img).unwrap_err();
+        let mut m = manifest(app("0", "0"), serde_json::json!({}));
+        if let Some(a) = m.apps[0].app.as_mut() {
+            a.working_directory = Some("srv".into());
+        }
+        let err = plan(&m, &img).unwrap_err();
         assert!(
             matches!(err, LaunchError::RelativeWorkingDirectory { .. }),
             "{err}"
@@ -735,22 +744,24 @@ mod tests {
     #[test]
     fn a_mount_of_an_unknown_volume_or_a_sourceless_host_volume_is_an_error() {
         let img = Image::new(None, None);
-        let m = manifest(
-            app("0", "0"),
-            serde_json::json!({"mounts": [{"volume": "nope", "path": "/x"}]}),
-        );
+        let mut m = manifest(app("0", "0"), serde_json::json!({}));
+        m.apps[0].mounts = vec![Mount {
+            volume: ACName::new("nope").unwrap(),
+            path: "/x".into(),
+        }];
         let err = plan(&m, &img).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"app "web": mount at "/x" names volume "nope", which the pod does not define"#
         );
-        let m = manifest(
+        let mut m = manifest(
             app("0", "0"),
             serde_json::json!({
-                "volumes": [{"name": "v", "kind": "host"}],
+                "volumes": [{"name": "v", "kind": "host", "source": "/srv"}],
                 "mounts": [{"volume": "v", "path": "/x"}],
             }),
         );
+        m.volumes[0].source = None;
         let err = plan(&m, &img).unwrap_err();
         assert!(
             matches!(err, LaunchError::HostVolumeWithoutSource { .. }),

@@ -192,12 +192,9 @@ mod tests {
             matches!(store.info(&other), Err(StoreError::NotFound(_))),
             "same key, other ID"
         );
+        // Malformed IDs (path tricks included) cannot even be constructed.
         for bad in ["sha512-../../../etc/passwd", "sha512-", "md5-00", ""] {
-            let bad = ImageId::parse(bad).expect("parse");
-            assert!(matches!(store.info(&bad), Err(StoreError::NotFound(_))));
-            assert!(matches!(store.manifest(&bad), Err(StoreError::NotFound(_))));
-            assert!(matches!(store.touch(&bad), Err(StoreError::NotFound(_))));
-            assert!(matches!(store.render(&bad), Err(StoreError::NotFound(_))));
+            assert!(ImageId::parse(bad).is_err(), "the schema refuses {bad:?}");
         }
         assert!(store.list().expect("list").len() == 1);
     }

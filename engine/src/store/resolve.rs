@@ -207,7 +207,7 @@ mod tests {
             .finish()
         };
         let amd = testutil::import(&store, &m("amd64", "1"));
-        let arm = testutil::import(&store, &m("arm64", "1"));
+        let arm = testutil::import(&store, &m("aarch64", "1"));
         let name = ACIdentifier::new("example.com/app").expect("name");
         let label = |n: &str, v: &str| Label {
             name: ACIdentifier::new(n).expect("label"),
@@ -220,7 +220,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .find_by_name(&name, &[label("arch", "arm64"), label("version", "1")])
+                .find_by_name(&name, &[label("arch", "aarch64"), label("version", "1")])
                 .expect("arm"),
             Some(arm)
         );
