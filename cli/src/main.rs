@@ -55,10 +55,17 @@ pub enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_RKT_ERROR } else { 0 };
+        // --help and --version are not errors: print them whole.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        // A usage error is one line, like every other rkt error; --help has the rest.
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("rkt: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_RKT_ERROR);
         }
     };
     init_tracing(cli.global.debug);
