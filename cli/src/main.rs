@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run image(s) in a pod
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Fetch image(s) and store them in the local store
     Fetch(commands::fetch::FetchArgs),
     /// List pods

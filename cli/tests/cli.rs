@@ -222,7 +222,10 @@ fn bad_flags_are_one_line_errors() {
         .image(&AciSpec::busybox("example.com/busybox"))
         .expect("image");
     let image = image.display().to_string();
-    one_line_254(&rkt.rkt(&["run", "--insecure-options=image", "--stage1=nope", &image]), "fly");
+    one_line_254(
+        &rkt.rkt(&["run", "--insecure-options=image", "--stage1=nope", &image]),
+        "fly",
+    );
     one_line_254(&rkt.run(&["--store-only", "--no-store", &image]), "--store-only");
     one_line_254(&rkt.run(&[]), "at least one image");
     one_line_254(&rkt.run(&["--net=none", "--port=http:80", &image]), "--port");

@@ -14,7 +14,7 @@ use crate::{Cli, Command};
 pub fn dispatch(cli: Cli) -> Result<u8> {
     let global = &cli.global;
     match cli.command {
-        Command::Run(args) => run::run(global, args),
+        Command::Run(args) => run::run(global, *args),
         Command::Fetch(args) => fetch::fetch(global, args),
         Command::List(args) => list::list(global, args),
         Command::Status(args) => status::status(global, args),
