@@ -2,7 +2,11 @@
 //! tree removal, and path resolution that can never leave a root directory.
 //!
 //! Two rules live here so nobody has to remember them elsewhere:
-//! - a file is never half-written: temp file, fsync, rename, fsync of the parent;
+//! - a file is never half-written: temp file, rename; plus fsync of the file and
+//!   the parent when it must survive a crash on its own (`atomic_write`). Files that
+//!   only mean something together (a pod being prepared) use `replace_file` and are
+//!   made durable as a group with one `sync_filesystem` before the step that
+//!   publishes them;
 //! - a tree is never deleted across a mount point: unmount what /proc/self/mountinfo
 //!   lists under it (deepest first), then walk it refusing to leave its device.
 
@@ -21,6 +25,23 @@ use nix::unistd::UnlinkatFlags;
 /// Writes `bytes` to `path` so that a reader sees either the old content or the new
 /// one, never a mixture, even across a crash.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, true)
+}
+
+/// Like `atomic_write` for concurrent readers (they see the old or the new file,
+/// never a partial one), but not yet durable: after a crash the old content, or
+/// no file, may be back. For files a later `sync_filesystem` publishes as a group.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, false)
+}
+
+/// Flushes everything written to the filesystem holding `fd` (syncfs(2)): one call
+/// where a group of files becomes durable together.
+pub fn sync_filesystem(fd: BorrowedFd<'_>) -> io::Result<()> {
+    nix::unistd::syncfs(fd).map_err(io::Error::from)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
@@ -32,9 +53,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut file = File::options().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        if durable { fsync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -375,6 +398,21 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn replace_file_replaces_content_without_leftovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        replace_file(&path, b"one").expect("write");
+        replace_file(&path, b"two").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "no temp file left"
+        );
+        sync_filesystem(open_dir(dir.path()).expect("open").as_fd()).expect("syncfs");
     }
 
     #[test]

@@ -271,9 +271,10 @@ impl Runtime {
             self.prepare_app(dir, app, use_overlay)?;
         }
         layout::create_host_dirs(dir, manifest).map_err(io_err("cannot create the pod's directories"))?;
-        fsutil::atomic_write(&layout::manifest(dir), &manifest.to_json())
+        // Written without fsyncs: the pod becomes durable as a whole when (and if)
+        // it moves to prepared; a crash before that leaves an aborted prepare for gc.
+        fsutil::replace_file(&layout::manifest(dir), &manifest.to_json())
             .map_err(io_err("cannot write the pod manifest"))?;
-        fsutil::fsync_dir(dir).map_err(io_err("cannot sync the pod directory"))?;
         Ok(())
     }
 
@@ -283,12 +284,12 @@ impl Runtime {
         let tree = self.store.render(&app.image.id)?;
         let info_dir = layout::appsinfo(pod_dir, name);
         mkdirs(&info_dir)?;
-        fsutil::atomic_write(
+        fsutil::replace_file(
             &layout::app_image_manifest(pod_dir, name),
             &image_manifest.to_json(),
         )
         .map_err(io_err("cannot write the app's image manifest"))?;
-        fsutil::atomic_write(&layout::app_tree_id(pod_dir, name), tree.tree_id.as_bytes())
+        fsutil::replace_file(&layout::app_tree_id(pod_dir, name), tree.tree_id.as_bytes())
             .map_err(io_err("cannot write the app's tree ID"))?;
         let rootfs = layout::app_rootfs(pod_dir, name);
         let spec = if use_overlay {
@@ -317,10 +318,11 @@ pub struct NetRecord {
     pub info: crate::stage::NetInfo,
 }
 
+/// Pod files are written without fsyncs; see `fill_pod`.
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RunnerError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| RunnerError::Invalid(format!("cannot encode {}: {e}", path.display())))?;
-    fsutil::atomic_write(path, &bytes).map_err(io_err(format!("cannot write {}", path.display())))
+    fsutil::replace_file(path, &bytes).map_err(io_err(format!("cannot write {}", path.display())))
 }
 
 fn mkdirs(path: &Path) -> Result<(), RunnerError> {

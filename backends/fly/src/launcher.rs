@@ -52,7 +52,10 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = Forwarding::install(child.pid);
-    if let Err(e) = fsutil::atomic_write(&pod_dir.join(layout::PID), child.pid.to_string().as_bytes()) {
+    // pid and status are not fsynced: after a crash the pod reads as exited and
+    // its pid means nothing; the status is on the path between the app's exit and
+    // rkt's, which should cost a rename, not two disk flushes.
+    if let Err(e) = fsutil::replace_file(&pod_dir.join(layout::PID), child.pid.to_string().as_bytes()) {
         child.kill_and_reap();
         return Err(FlyError::io("writing the pod's pid file", e));
     }
@@ -63,7 +66,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let status_dir = layout::status_dir(pod_dir);
     std::fs::create_dir_all(&status_dir)
         .map_err(|e| FlyError::io(format!("creating {}", status_dir.display()), e))?;
-    fsutil::atomic_write(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
+    fsutil::replace_file(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
         .map_err(|e| FlyError::io(format!("writing the exit status of app {app:?}"), e))?;
     Ok(AppExit { app, code })
 }

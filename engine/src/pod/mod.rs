@@ -2,7 +2,7 @@
 //!
 //! `$dir/pods/{embryo,prepare,prepared,run,exited-garbage,garbage}/<uuid>`: the state
 //! is the directory a pod sits in plus whether its flock is held. Every transition is
-//! a rename(2) between state directories followed by an fsync of both parents; a
+//! a rename(2) between state directories; a
 //! transition consumes the old typed value, so an illegal one does not compile.
 //!
 //! The lock is `flock(LOCK_EX)` on the pod directory's own fd. It lives on the open
@@ -396,9 +396,9 @@ impl PodsDir {
             if !locked {
                 return Err(PodError::Busy(uuid));
             }
-            fsutil::fsync_dir(&embryo)
-                .map_err(|e| PodError::io(format!("pod {uuid}: cannot sync {}", embryo.display()), e))?;
-            fsutil::atomic_write(&path.join(layout::POD_CREATED), b"")
+            // Not synced: a pod is made durable as a whole when it becomes prepared
+            // (see `Durability`); an embryo lost in a crash was never anyone's pod.
+            fsutil::replace_file(&path.join(layout::POD_CREATED), b"")
                 .map_err(|e| PodError::io(format!("pod {uuid}: cannot write {}", layout::POD_CREATED), e))?;
             Ok(fd)
         };
@@ -686,13 +686,24 @@ impl<S> Pod<S> {
         }
     }
 
-    /// Renames the pod into `to` and syncs both state directories. `Moved` if the
-    /// pod is no longer where this value left it.
-    fn move_to<T>(self, to: StateDir, state: PodState, action: &'static str) -> Result<Pod<T>, PodError> {
+    /// Renames the pod into `to`; with `Durability::Durable`, first flushes the
+    /// pod's own files, then syncs both state directories after the rename. `Moved`
+    /// if the pod is no longer where this value left it.
+    fn move_to<T>(
+        self,
+        to: StateDir,
+        state: PodState,
+        action: &'static str,
+        durability: Durability,
+    ) -> Result<Pod<T>, PodError> {
         let uuid = self.uuid;
         let from_dir = self.pods.state_dir(self.dir);
         let to_dir = self.pods.state_dir(to);
         let new_path = self.pods.pod_path(to, &uuid);
+        if durability == Durability::Durable {
+            fsutil::sync_filesystem(self.fd.as_fd())
+                .map_err(|e| PodError::io(format!("pod {uuid}: cannot sync its files"), e))?;
+        }
         if let Err(e) = rename_noreplace(&self.path, &new_path) {
             let gone = e.kind() == io::ErrorKind::NotFound
                 && matches!(std::fs::symlink_metadata(&self.path), Err(m) if m.kind() == io::ErrorKind::NotFound);
@@ -709,17 +720,19 @@ impl<S> Pod<S> {
                 )
             });
         }
-        fsutil::fsync_dir(&from_dir)
-            .and_then(|()| fsutil::fsync_dir(&to_dir))
-            .map_err(|e| {
-                PodError::io(
-                    format!(
-                        "pod {uuid}: moved to {}/ but syncing the state directories failed",
-                        to.name()
-                    ),
-                    e,
-                )
-            })?;
+        let synced = match durability {
+            Durability::Durable => fsutil::fsync_dir(&from_dir).and_then(|()| fsutil::fsync_dir(&to_dir)),
+            Durability::Deferred => Ok(()),
+        };
+        synced.map_err(|e| {
+            PodError::io(
+                format!(
+                    "pod {uuid}: moved to {}/ but syncing the state directories failed",
+                    to.name()
+                ),
+                e,
+            )
+        })?;
         let Pod { pods, fd, locked, .. } = self;
         Ok(Pod {
             uuid,
@@ -773,8 +786,9 @@ impl<S> Pod<S> {
     }
 
     /// Starts gc's grace period; written after the move into a garbage directory.
+    /// Not synced: if a crash loses it, gc falls back to the directory's ctime.
     fn mark_gc(&self) -> Result<(), PodError> {
-        fsutil::atomic_write(&self.path.join(layout::GC_MARKED), b"").map_err(|e| {
+        fsutil::replace_file(&self.path.join(layout::GC_MARKED), b"").map_err(|e| {
             PodError::io(
                 format!(
                     "pod {}: moved to {}/ but cannot write {}",
@@ -788,9 +802,26 @@ impl<S> Pod<S> {
     }
 }
 
+/// Which transitions must survive a crash. Only `prepared` does: a prepared pod
+/// is a promise to `run-prepared` later, so its files and its move are flushed as
+/// one group. Every other state is either re-derived after a crash (a running pod
+/// whose lock holder died reads as exited) or is garbage either way (an embryo or a
+/// preparing pod becomes an aborted prepare; a lost garbage mark is made again), so
+/// paying ~20 fsyncs per `rkt run` for them would buy nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Durable,
+    Deferred,
+}
+
 impl Pod<Embryo> {
     pub fn prepare(self) -> Result<Pod<Preparing>, PodError> {
-        self.move_to(StateDir::Prepare, PodState::Preparing, "start preparing it")
+        self.move_to(
+            StateDir::Prepare,
+            PodState::Preparing,
+            "start preparing it",
+            Durability::Deferred,
+        )
     }
 }
 
@@ -800,8 +831,12 @@ impl Pod<Preparing> {
     /// `expire`; it locks again first and fails with `Busy` or `Moved` if another
     /// process got there in between.
     pub fn prepared(self) -> Result<Pod<Prepared>, PodError> {
-        let mut pod: Pod<Prepared> =
-            self.move_to(StateDir::Prepared, PodState::Prepared, "mark it prepared")?;
+        let mut pod: Pod<Prepared> = self.move_to(
+            StateDir::Prepared,
+            PodState::Prepared,
+            "mark it prepared",
+            Durability::Durable,
+        )?;
         lock::unlock(pod.fd.as_fd())
             .map_err(|e| PodError::io(format!("pod {}: prepared but cannot unlock it", pod.uuid), e))?;
         pod.locked = false;
@@ -809,10 +844,15 @@ impl Pod<Preparing> {
     }
     /// `rkt run` owns the pod it prepared and skips the prepared state.
     pub fn run(self) -> Result<Pod<Running>, PodError> {
-        self.move_to(StateDir::Run, PodState::Running, "run it")
+        self.move_to(StateDir::Run, PodState::Running, "run it", Durability::Deferred)
     }
     pub fn abort(self) -> Result<Pod<Garbage>, PodError> {
-        let pod: Pod<Garbage> = self.move_to(StateDir::Garbage, PodState::Garbage, "abort it")?;
+        let pod: Pod<Garbage> = self.move_to(
+            StateDir::Garbage,
+            PodState::Garbage,
+            "abort it",
+            Durability::Deferred,
+        )?;
         pod.mark_gc()?;
         Ok(pod)
     }
@@ -821,11 +861,16 @@ impl Pod<Preparing> {
 impl Pod<Prepared> {
     pub fn run(mut self) -> Result<Pod<Running>, PodError> {
         self.relock()?;
-        self.move_to(StateDir::Run, PodState::Running, "run it")
+        self.move_to(StateDir::Run, PodState::Running, "run it", Durability::Deferred)
     }
     pub fn expire(mut self) -> Result<Pod<Garbage>, PodError> {
         self.relock()?;
-        let pod: Pod<Garbage> = self.move_to(StateDir::Garbage, PodState::Garbage, "expire it")?;
+        let pod: Pod<Garbage> = self.move_to(
+            StateDir::Garbage,
+            PodState::Garbage,
+            "expire it",
+            Durability::Deferred,
+        )?;
         pod.mark_gc()?;
         Ok(pod)
     }
@@ -855,6 +900,7 @@ impl Pod<Exited> {
             StateDir::ExitedGarbage,
             PodState::ExitedGarbage,
             "mark it garbage",
+            Durability::Deferred,
         )?;
         pod.mark_gc()?;
         Ok(pod)
