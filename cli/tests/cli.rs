@@ -278,3 +278,110 @@ fn uuid_file_save_names_the_pod() {
         status.describe()
     );
 }
+
+#[test]
+fn status_wait_returns_when_a_running_pod_exits() {
+    use std::io::{BufRead, Write};
+    let Some(rkt) = harness("status_wait_returns_when_a_running_pod_exits") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
+    let uuid_file = rkt.work().join("uuid");
+    let mut pod = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            "--stage1=fly",
+            &format!("--uuid-file-save={}", uuid_file.display()),
+            &image.display().to_string(),
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo ready; read line; exit 4",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    let mut stdin = pod.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(pod.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the app's first line");
+    assert_eq!(line, "ready\n", "the app runs");
+
+    let uuid_arg = format!("--uuid-file={}", uuid_file.display());
+    let ready = rkt.rkt(&["status", "--wait-ready=10s", &uuid_arg]);
+    assert!(ready.stdout.contains("state=running"), "{}", ready.describe());
+    assert!(ready.stdout.contains("exited=false"), "{}", ready.describe());
+
+    // `--wait` blocks on the pod's lock; the app ends once it reads a line.
+    let waiter = rkt
+        .command(&["status", "--wait=30s", &uuid_arg])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt status --wait");
+    stdin.write_all(b"go\n").expect("write to the app");
+    drop(stdin);
+    let waiter = waiter.wait_with_output().expect("rkt status --wait");
+    let out = String::from_utf8_lossy(&waiter.stdout);
+    assert!(
+        out.contains("state=exited") && out.contains("app-busybox=4"),
+        "{out}"
+    );
+    assert_eq!(pod.wait().expect("rkt run").code(), Some(4));
+}
+
+fn pods_in(dir: &Path, state: &str) -> usize {
+    std::fs::read_dir(dir.join("pods").join(state))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn gc_marks_first_and_sweeps_after_the_grace_period() {
+    let Some(rkt) = harness("gc_marks_first_and_sweeps_after_the_grace_period") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
+    assert_eq!(rkt.run(&[&image.display().to_string()]).code, 0);
+
+    let mark = rkt.rkt(&["gc", "--mark-only"]);
+    assert_eq!(mark.code, 0, "{}", mark.describe());
+    assert_eq!(
+        (pods_in(&rkt.dir, "run"), pods_in(&rkt.dir, "exited-garbage")),
+        (0, 1)
+    );
+    let list = rkt.rkt(&["list", "--no-legend"]);
+    assert!(list.stdout.contains("exited garbage"), "{}", list.describe());
+
+    let within_grace = rkt.rkt(&["gc"]);
+    assert_eq!(within_grace.code, 0, "{}", within_grace.describe());
+    assert_eq!(
+        pods_in(&rkt.dir, "exited-garbage"),
+        1,
+        "the default 30m grace period keeps it"
+    );
+
+    let sweep = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(sweep.code, 0, "{}", sweep.describe());
+    assert_eq!(pods_in(&rkt.dir, "exited-garbage"), 0);
+}
+
+#[test]
+fn gc_collects_an_embryo_whose_creator_died() {
+    let Some(rkt) = harness("gc_collects_an_embryo_whose_creator_died") else {
+        return;
+    };
+    assert_eq!(rkt.rkt(&["list"]).code, 0, "creates the layout");
+    let embryo = rkt.dir.join("pods/embryo/2b0a5c55-0c6f-4e0e-9d86-6f1d7d4c1a11");
+    std::fs::create_dir(&embryo).expect("mkdir");
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    assert!(!embryo.exists());
+    assert_eq!(pods_in(&rkt.dir, "garbage"), 0);
+}

@@ -50,6 +50,9 @@ pub struct GcReport {
 pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::pod::PodError> {
     let mut report = GcReport::default();
     let now = SystemTime::now();
+    for pod in pods.collect_abandoned_embryos()? {
+        report.marked.push(pod.uuid());
+    }
     for info in pods.list()? {
         let candidate = matches!(
             info.state,

@@ -59,6 +59,12 @@ fn flock(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
     }
 }
 
+/// Waits for `LOCK_SH` (or `LOCK_EX`) on a state directory; see `PodsDir::create`.
+pub(super) fn lock_blocking(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<()> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    flock(fd, op).map(drop)
+}
+
 /// One non-blocking `LOCK_EX` attempt.
 pub(super) fn try_exclusive_once(fd: BorrowedFd<'_>) -> io::Result<bool> {
     flock(fd, libc::LOCK_EX | libc::LOCK_NB)

@@ -361,6 +361,13 @@ impl PodsDir {
     /// creation time `created_at` reports).
     pub fn create(&self) -> Result<Pod<Embryo>, PodError> {
         let embryo = self.state_dir(StateDir::Embryo);
+        // Between mkdir and flock a new embryo is unlocked, like one whose creator
+        // crashed. Creators hold embryo/ shared across that window and
+        // `collect_abandoned_embryos` holds it exclusive, so gc never takes the one
+        // for the other. Dropping the fd releases it.
+        let _creating = lock::open_dir(&embryo)
+            .and_then(|fd| lock::lock_blocking(fd.as_fd(), false).map(|()| fd))
+            .map_err(|e| PodError::io(format!("cannot lock {}", embryo.display()), e))?;
         let mut builder = DirBuilder::new();
         builder.mode(DIR_MODE);
         let mut made = None;
@@ -480,6 +487,44 @@ impl PodsDir {
     /// seen. Lock states come from a momentary `LOCK_SH` probe; for those two
     /// syscalls a concurrent non-blocking `LOCK_EX` on that pod fails, which writers
     /// here absorb by retrying (see `load`).
+    /// Moves every embryo whose creator died before locking it (a crash inside
+    /// `create`) to garbage, and returns them locked, ready for `destroy`.
+    pub fn collect_abandoned_embryos(&self) -> Result<Vec<Pod<Garbage>>, PodError> {
+        let embryo = self.state_dir(StateDir::Embryo);
+        let _no_creators = lock::open_dir(&embryo)
+            .and_then(|fd| lock::lock_blocking(fd.as_fd(), true).map(|()| fd))
+            .map_err(|e| PodError::io(format!("cannot lock {}", embryo.display()), e))?;
+        let mut collected = Vec::new();
+        for uuid in self.scan(StateDir::Embryo)? {
+            let path = self.pod_path(StateDir::Embryo, &uuid);
+            let fd = match lock::open_dir(&path) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(PodError::io(
+                        format!("pod {uuid}: cannot open {}", path.display()),
+                        e,
+                    ));
+                }
+            };
+            let free = lock::try_exclusive_once(fd.as_fd())
+                .map_err(|e| PodError::io(format!("pod {uuid}: cannot lock {}", path.display()), e))?;
+            if !free {
+                continue;
+            }
+            let pod: Pod<Embryo> = self.typed(StateDir::Embryo, &uuid, fd, PodState::Embryo);
+            let garbage: Pod<Garbage> = pod.move_to(
+                StateDir::Garbage,
+                PodState::Garbage,
+                "collect it",
+                Durability::Deferred,
+            )?;
+            garbage.mark_gc()?;
+            collected.push(garbage);
+        }
+        Ok(collected)
+    }
+
     pub fn list(&self) -> Result<Vec<PodInfo>, PodError> {
         let mut seen: BTreeMap<Uuid, PodInfo> = BTreeMap::new();
         for dir in StateDir::ALL {

@@ -479,3 +479,55 @@ fn pod_destroy_unmounts_what_is_mounted_inside() {
     assert!(!path.exists());
     assert!(crate::fsutil::mounts_under(pods.root()).unwrap().is_empty());
 }
+
+#[test]
+fn abandoned_embryos_are_collected_and_live_ones_are_not() {
+    let (_tmp, pods) = setup();
+    let live = pods.create().unwrap();
+    // What a crash between mkdir and flock (or right after create) leaves behind.
+    let abandoned = Uuid::new_v4();
+    let abandoned_path = pods.root().join("embryo").join(abandoned.to_string());
+    std::fs::create_dir(&abandoned_path).unwrap();
+
+    let collected = pods.collect_abandoned_embryos().unwrap();
+    assert_eq!(
+        collected.iter().map(Pod::uuid).collect::<Vec<_>>(),
+        vec![abandoned]
+    );
+    assert_eq!(state_of(&pods, abandoned), PodState::Garbage);
+    assert_eq!(
+        state_of(&pods, live.uuid()),
+        PodState::Embryo,
+        "a locked embryo is left alone"
+    );
+    for pod in collected {
+        pod.destroy().unwrap();
+    }
+    assert!(!abandoned_path.exists());
+    assert!(pods.info(&abandoned).is_err());
+    // The live one goes on as if nothing happened.
+    live.prepare().unwrap().run().unwrap();
+}
+
+#[test]
+fn create_waits_while_gc_holds_the_embryo_dir() {
+    let (_tmp, pods) = setup();
+    let embryo_dir = lock::open_dir(&pods.root().join("embryo")).unwrap();
+    lock::lock_blocking(embryo_dir.as_fd(), true).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let creator = {
+        let pods = pods.clone();
+        std::thread::spawn(move || {
+            let pod = pods.create().unwrap();
+            tx.send(()).unwrap();
+            pod
+        })
+    };
+    // Still blocked after a generous wait: creation cannot slip into gc's scan.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    drop(embryo_dir);
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("create finishes once gc lets go");
+    let pod = creator.join().unwrap();
+    assert_eq!(state_of(&pods, pod.uuid()), PodState::Embryo);
+}
