@@ -385,3 +385,41 @@ fn gc_collects_an_embryo_whose_creator_died() {
     assert!(!embryo.exists());
     assert_eq!(pods_in(&rkt.dir, "garbage"), 0);
 }
+
+#[test]
+fn sigterm_to_rkt_reaches_the_app_and_rkt_reports_its_exit() {
+    use std::io::BufRead;
+    let Some(rkt) = harness("sigterm_to_rkt_reaches_the_app_and_rkt_reports_its_exit") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image");
+    let mut pod = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            "--stage1=fly",
+            &image.display().to_string(),
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; sleep 30 & wait",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    let mut stdout = std::io::BufReader::new(pod.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the app's first line");
+    assert_eq!(line, "ready\n", "the app runs with its trap set");
+    let rkt_pid = nix::unistd::Pid::from_raw(i32::try_from(pod.id()).expect("pid"));
+    nix::sys::signal::kill(rkt_pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+    let status = pod.wait().expect("rkt run");
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "rkt forwarded SIGTERM and returned the app's code"
+    );
+}

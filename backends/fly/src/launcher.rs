@@ -49,16 +49,12 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
         rootfs: &rootfs,
     };
 
+    let held = HeldSignals::hold();
     let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
-    let forwarding = Forwarding::install(child.pid);
-    // pid and status are not fsynced: after a crash the pod reads as exited and
-    // its pid means nothing; the status is on the path between the app's exit and
-    // rkt's, which should cost a rename, not two disk flushes.
-    if let Err(e) = fsutil::replace_file(&pod_dir.join(layout::PID), child.pid.to_string().as_bytes()) {
-        child.kill_and_reap();
-        return Err(FlyError::io("writing the pod's pid file", e));
-    }
+    let forwarding = held.install(child.pid);
+    // The status is on the path between the app's exit and rkt's: it costs a
+    // rename, not two disk flushes (a crash ends the pod either way).
     let status = child.wait_exec().and_then(|()| wait_exit(child.pid));
     drop(forwarding);
     let code = status?;
@@ -73,6 +69,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
 
 /// The child's whole life up to exec.
 fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
+    record_pid(spec.pod_dir)?;
     let plan = child::prepare_root(sys, spec)?;
     let args = ExecArgs::from_plan(&plan)?;
     child::become_app(sys, &plan)?;
@@ -82,6 +79,18 @@ fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
         arm_parent_death_signal(parent)?;
     }
     Err(child::exec(&args))
+}
+
+/// The app's process records its own pid (and process group) before it can exec,
+/// so whoever sees the app running (`status --wait-ready`, `stop`, `enter`) also
+/// finds its pid. Not fsynced: after a crash the pod reads as exited and its pid
+/// means nothing.
+fn record_pid(pod_dir: &Path) -> Result<(), ChildError> {
+    let pid = nix::unistd::getpid().to_string();
+    let pgid = nix::unistd::getpgrp().to_string();
+    fsutil::replace_file(&pod_dir.join(layout::PID), pid.as_bytes())
+        .and_then(|()| fsutil::replace_file(&pod_dir.join(layout::PGID), pgid.as_bytes()))
+        .map_err(|e| ChildError::io("writing the pod's pid file", e))
 }
 
 pub(crate) fn read_manifest(pod_dir: &Path) -> Result<PodManifest, FlyError> {
@@ -245,8 +254,50 @@ pub(crate) struct Forwarding {
     previous_target: i32,
 }
 
+/// The forwarded signals held back (blocked) from before fork until the forwarder
+/// is in place: one that arrives in between is delivered then, not lost and not
+/// acted on by its default disposition (which would end rkt and orphan the app).
+/// The child clears its mask before exec. Dropping it without `install` (fork
+/// failed) restores the mask.
+pub(crate) struct HeldSignals {
+    previous_mask: Option<SigSet>,
+}
+
+impl HeldSignals {
+    pub fn hold() -> HeldSignals {
+        let mut block = SigSet::empty();
+        for sig in FORWARDED {
+            block.add(sig);
+        }
+        let mut previous = SigSet::empty();
+        let held = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&block),
+            Some(&mut previous),
+        );
+        HeldSignals {
+            previous_mask: held.ok().map(|()| previous),
+        }
+    }
+
+    /// Forwards from now on to `pid`, then lets held signals through.
+    pub fn install(self, pid: Pid) -> Forwarding {
+        // `self` is dropped at the end of this call, after the handlers are in place.
+        Forwarding::install(pid)
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        if let Some(mask) = &self.previous_mask {
+            let _ =
+                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None);
+        }
+    }
+}
+
 impl Forwarding {
-    pub fn install(pid: Pid) -> Forwarding {
+    fn install(pid: Pid) -> Forwarding {
         let previous_target = FORWARD_TO.swap(pid.as_raw(), Ordering::Relaxed);
         let action = SigAction::new(
             SigHandler::SigAction(forward),
@@ -316,6 +367,7 @@ pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyE
     // the app has chrooted further.
     let root = PathBuf::from(format!("/proc/{pid}/root"));
 
+    let held = HeldSignals::hold();
     let child = spawn(|_parent| {
         let sys = Nix;
         sys.setns(std::os::fd::AsFd::as_fd(&ns), nix::sched::CloneFlags::CLONE_NEWNS)
@@ -326,7 +378,7 @@ pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyE
             .map_err(|e| ChildError::new("chdir /", e.desc()))?;
         Err(child::exec(&args))
     })?;
-    let forwarding = Forwarding::install(child.pid);
+    let forwarding = held.install(child.pid);
     let code = child.wait_exec().and_then(|()| wait_exit(child.pid));
     drop(forwarding);
     code

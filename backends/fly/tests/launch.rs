@@ -9,8 +9,8 @@
 
 mod launch {
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
+    use std::sync::{Mutex, mpsc};
+    use std::time::Duration;
 
     use rkt_backend_fly::{FlyError, FlyStage1, enter_app, launch};
     use rkt_engine::pod::layout::{self, AppRootfs};
@@ -473,16 +473,34 @@ mod launch {
         assert!(!mount_points().iter().any(|p| Path::new(p).starts_with(&host_dir)));
     }
 
-    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !f() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// A FIFO in the pod's /out volume that any app user may open.
+    fn fifo(dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        path
     }
+
+    /// Opens `fifo` for reading, which blocks until the app opens it for writing:
+    /// the app itself says "I am running". `opened` fires then; `closed` fires with
+    /// what was read once every writer is gone (the app exited or closed it).
+    /// Bounded by the caller's `recv_timeout`, never by polling.
+    fn watch(fifo: &Path) -> (mpsc::Receiver<()>, mpsc::Receiver<String>) {
+        let (opened_tx, opened) = mpsc::channel();
+        let (closed_tx, closed) = mpsc::channel();
+        let path = fifo.to_path_buf();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::open(&path).unwrap();
+            let _ = opened_tx.send(());
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut file, &mut text);
+            let _ = closed_tx.send(text);
+        });
+        (opened, closed)
+    }
+
+    const BOUND: Duration = Duration::from_secs(30);
 
     #[test]
     fn launch_then_enter_and_stop() {
@@ -490,17 +508,28 @@ mod launch {
             return;
         }
         let tp = TestPod::new(false);
-        tp.manifest(sh("touch /tmp/marker; exec sleep 30"), vec![], vec![]);
+        let ready = fifo(&tp.out, "ready");
+        tp.manifest(
+            sh("touch /tmp/marker; echo up > /out/ready; exec sleep 30"),
+            vec![],
+            vec![],
+        );
         let fly = FlyStage1::default();
+        let (_opened, said) = watch(&ready);
         let code = checked(&tp, || {
             std::thread::scope(|s| {
                 let running = s.spawn(|| launch(&tp.pod));
-                wait_for("the pid file", || tp.pod.join(layout::PID).exists());
+                // The app is running (and its pid, recorded before exec, is on disk).
+                assert_eq!(
+                    said.recv_timeout(BOUND).expect("the app never said it runs"),
+                    "up\n"
+                );
                 let argv = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
                 // /tmp is the app's own tmpfs: only visible from inside its namespace.
-                wait_for("the app's marker", || {
-                    enter_app(&tp.pod, APP, &argv(&["test", "-f", "/tmp/marker"])).unwrap() == 0
-                });
+                assert_eq!(
+                    enter_app(&tp.pod, APP, &argv(&["test", "-f", "/tmp/marker"])).unwrap(),
+                    0
+                );
                 let info = tp.info(PodState::Running);
                 assert_eq!(fly.enter(&info, APP, &argv(&["sh", "-c", "exit 3"])).unwrap(), 3);
                 let same_env = argv(&["sh", "-c", "test \"$AC_APP_NAME\" = app && test \"$(pwd)\" = /"]);
@@ -550,11 +579,14 @@ mod launch {
         }
         let tp = TestPod::new(false);
         // A non-root app: changing uid clears the parent-death signal, fly re-arms it.
+        let alive_fifo = fifo(&tp.out, "alive");
+        // The app holds the FIFO open for as long as it lives.
         tp.manifest(
-            json!({"exec": ["sleep", "30"], "user": "web", "group": "webgrp"}),
+            json!({"exec": ["sh", "-c", "exec sleep 30 > /out/alive"], "user": "web", "group": "webgrp"}),
             vec![],
             vec![],
         );
+        let (opened, closed) = watch(&alive_fifo);
         checked(&tp, || {
             let mut rkt = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
@@ -567,89 +599,18 @@ mod launch {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            let pid_file = tp.pod.join(layout::PID);
-            wait_for("the pid file", || pid_file.exists());
-            let app: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
-            // Let the app get past its credential change.
-            wait_for("the app to run as uid 1234", || {
-                std::fs::read_to_string(format!("/proc/{app}/status"))
-                    .map(|s| s.lines().any(|l| l.starts_with("Uid:\t1234")))
-                    .unwrap_or(false)
-            });
+            // Opened by the app as user web: it is past its credential change.
+            opened.recv_timeout(BOUND).expect("the app never started");
+            let app: i32 = std::fs::read_to_string(tp.pod.join(layout::PID))
+                .unwrap()
+                .parse()
+                .unwrap();
             rkt.kill().unwrap();
             rkt.wait().unwrap();
-            wait_for("the orphaned app to die", || !alive(app));
+            closed
+                .recv_timeout(BOUND)
+                .expect("the orphaned app is still alive");
+            assert!(!alive(app), "pid {app} still runs");
         });
-    }
-
-    #[test]
-    fn launch_forwards_sigterm_sent_to_rkt() {
-        if !root_or_skip() {
-            return;
-        }
-        let tp = TestPod::new(false);
-        tp.manifest(
-            json!({"exec": ["sleep", "30"], "user": "0", "group": "0"}),
-            vec![],
-            vec![],
-        );
-        let exit = checked(&tp, || {
-            std::thread::scope(|s| {
-                let running = s.spawn(|| launch(&tp.pod));
-                // The pid file is written after the forwarding handler is in place.
-                wait_for("the pid file", || tp.pod.join(layout::PID).exists());
-                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM).unwrap();
-                running.join().unwrap()
-            })
-        })
-        .unwrap();
-        assert_eq!(exit.code, 128 + 15);
-    }
-
-    #[test]
-    fn launch_timing_of_bin_true() {
-        if !root_or_skip() {
-            return;
-        }
-        let tp = TestPod::new(false);
-        tp.manifest(
-            json!({"exec": ["/bin/true"], "user": "0", "group": "0"}),
-            vec![],
-            vec![],
-        );
-        let mut fly = Vec::new();
-        checked(&tp, || {
-            for _ in 0..20 {
-                let start = Instant::now();
-                assert_eq!(launch(&tp.pod).unwrap().code, 0);
-                fly.push(start.elapsed());
-            }
-        });
-        let mut peer = Vec::new();
-        let rootfs = layout::app_rootfs(&tp.pod, APP);
-        for _ in 0..20 {
-            let start = Instant::now();
-            let ok = std::process::Command::new("unshare")
-                .args(["-m", "chroot"])
-                .arg(&rootfs)
-                .arg("/bin/true")
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                break;
-            }
-            peer.push(start.elapsed());
-        }
-        let median = |v: &mut Vec<Duration>| {
-            v.sort();
-            v.get(v.len() / 2).copied()
-        };
-        eprintln!(
-            "fly launch of /bin/true: median {:?} (min {:?}); unshare -m chroot R /bin/true: median {:?}",
-            median(&mut fly).unwrap(),
-            fly.first().unwrap(),
-            median(&mut peer)
-        );
     }
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use rkt_engine::pod::{PodState, PodsDir};
+use rkt_engine::pod::layout;
+use rkt_engine::pod::{PodInfo, PodState, PodsDir};
 use uuid::Uuid;
 
 use crate::flags::{Format, GlobalFlags, Wait, parse_wait, print_json};
@@ -44,14 +45,23 @@ pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
     let runtime = global.runtime()?;
     let uuid = resolve_uuid(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_ref())?;
     if args.wait_ready != Wait::No {
-        wait_until(&runtime.pods, &uuid, args.wait_ready, |s| {
-            !matches!(s, PodState::Embryo | PodState::Preparing | PodState::Prepared)
-        })?;
+        // Ready: the apps run, which a stage1 records with the pid before exec.
+        wait_until(
+            &runtime.pods,
+            &uuid,
+            args.wait_ready,
+            Until::Ready,
+            |info| match info.state {
+                PodState::Embryo | PodState::Preparing | PodState::Prepared => false,
+                PodState::Running => info.path.join(layout::PID).exists(),
+                _ => true,
+            },
+        )?;
     }
     if args.wait != Wait::No {
-        wait_until(&runtime.pods, &uuid, args.wait, |s| {
+        wait_until(&runtime.pods, &uuid, args.wait, Until::Exited, |info| {
             !matches!(
-                s,
+                info.state,
                 PodState::Embryo | PodState::Preparing | PodState::Prepared | PodState::Running
             )
         })?;
@@ -91,24 +101,38 @@ pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Waits until the pod's state satisfies `done`. While it runs, the wait is a
+/// What a wait is for: an exit can be awaited on the pod's lock; readiness is a
+/// file appearing while the lock is held, so it is re-read.
+#[derive(PartialEq, Eq)]
+enum Until {
+    Ready,
+    Exited,
+}
+
+/// Waits until the pod satisfies `done`. Waiting for a running pod to exit is a
 /// blocking shared flock on the pod directory: it returns the moment the stage1
 /// lock holder ends, with no polling. Other states are re-read at a short interval.
-fn wait_until(pods: &PodsDir, uuid: &Uuid, wait: Wait, done: impl Fn(PodState) -> bool) -> Result<()> {
+fn wait_until(
+    pods: &PodsDir,
+    uuid: &Uuid,
+    wait: Wait,
+    until: Until,
+    done: impl Fn(&PodInfo) -> bool,
+) -> Result<()> {
     let deadline = match wait {
         Wait::For(d) => Some(Instant::now() + d),
         _ => None,
     };
     loop {
         let info = pods.info(uuid)?;
-        if done(info.state) {
+        if done(&info) {
             return Ok(());
         }
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining == Some(Duration::ZERO) {
             bail!("timed out waiting for pod {uuid} (still {})", info.state);
         }
-        if info.state == PodState::Running {
+        if info.state == PodState::Running && until == Until::Exited {
             wait_for_unlock(&info.path, remaining)?;
         } else {
             std::thread::sleep(remaining.unwrap_or(Duration::MAX).min(Duration::from_millis(20)));
