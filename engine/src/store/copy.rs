@@ -138,15 +138,7 @@ impl Copier {
             libc::S_IFLNK => {
                 let target = readlinkat(src, name)?;
                 symlinkat(target.as_os_str(), dst, name)?;
-                if self.chown {
-                    fchownat(
-                        dst,
-                        name,
-                        Some(uid(st)),
-                        Some(gid(st)),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )?;
-                }
+                self.owner_of_name(dst, name, st)?;
                 utimensat(dst, name, &atime(st), &mtime(st), UtimensatFlags::NoFollowSymlink)?;
             }
             _ => {
@@ -154,20 +146,20 @@ impl Copier {
                 // device or a FIFO has side effects).
                 let sflag = SFlag::from_bits_truncate(kind);
                 mknodat(dst, name, sflag, Mode::from_bits_truncate(0o600), st.st_rdev)?;
-                if self.chown {
-                    fchownat(
-                        dst,
-                        name,
-                        Some(uid(st)),
-                        Some(gid(st)),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )?;
-                }
+                self.owner_of_name(dst, name, st)?;
                 // Following is harmless here: the name was just created as a node in a
                 // directory only this copy writes to.
                 fchmodat(dst, name, perms(st), FchmodatFlags::FollowSymlink)?;
                 utimensat(dst, name, &atime(st), &mtime(st), UtimensatFlags::NoFollowSymlink)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Owner of a name that must not be opened or followed (symlink, node).
+    fn owner_of_name(&self, dir: BorrowedFd<'_>, name: &CStr, st: &FileStat) -> io::Result<()> {
+        if self.chown {
+            fchownat(dir, name, Some(uid(st)), Some(gid(st)), AtFlags::AT_SYMLINK_NOFOLLOW)?;
         }
         Ok(())
     }
