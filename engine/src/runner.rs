@@ -110,6 +110,9 @@ pub struct Runtime {
 impl Runtime {
     pub fn open(dir: &Path) -> Result<Self, RunnerError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        // Pods record tree-store paths; they must not depend on the caller's cwd.
+        let dir = std::fs::canonicalize(dir).map_err(io_err(format!("cannot resolve {}", dir.display())))?;
+        let dir = dir.as_path();
         Ok(Runtime {
             dir: dir.to_path_buf(),
             store: Store::open(dir)?,
@@ -132,6 +135,11 @@ impl Runtime {
         }
         let finders = registry::all::<dyn ImageFinder>()?;
         let finder = finders.iter().find(|f| f.handles(&parsed)).ok_or_else(|| {
+            if let ImageRef::Name(name) = &parsed {
+                return RunnerError::Invalid(format!(
+                    "image {name:?} is not in the store, and no image source in this build can fetch it by name"
+                ));
+            }
             RunnerError::Invalid(format!(
                 "no image source handles {reference:?} (registered: {})",
                 finders.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")

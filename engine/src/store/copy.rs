@@ -159,7 +159,13 @@ impl Copier {
     /// Owner of a name that must not be opened or followed (symlink, node).
     fn owner_of_name(&self, dir: BorrowedFd<'_>, name: &CStr, st: &FileStat) -> io::Result<()> {
         if self.chown {
-            fchownat(dir, name, Some(uid(st)), Some(gid(st)), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            fchownat(
+                dir,
+                name,
+                Some(uid(st)),
+                Some(gid(st)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
         }
         Ok(())
     }
