@@ -35,6 +35,11 @@ impl GlobalFlags {
     pub fn runtime(&self) -> Result<Runtime> {
         Ok(Runtime::open(&self.dir)?)
     }
+
+    /// For commands that only read: creates nothing under `--dir`.
+    pub fn runtime_read_only(&self) -> Result<Runtime> {
+        Ok(Runtime::existing(&self.dir)?)
+    }
 }
 
 pub fn parse_insecure_options(value: &str) -> Result<InsecureOptions, String> {

@@ -73,11 +73,32 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // One line: the whole cause chain, joined.
-            eprintln!("{name}: {e:#}");
+            eprintln!("{name}: {}", one_line(&e));
             ExitCode::from(EXIT_RKT_ERROR)
         }
     }
+}
+
+/// The error and its causes on one line, each said once. Library errors often
+/// carry their cause both in their text and as `source()`, and a caller's context
+/// may repeat what the error already names: a cause already in the message is
+/// skipped, and a cause that contains the message so far replaces it.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if line.contains(text) {
+            continue;
+        }
+        if text.contains(line.as_str()) {
+            line = text.to_string();
+        } else {
+            line.push_str(": ");
+            line.push_str(text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 fn command_name(command: &Command) -> &'static str {
@@ -99,6 +120,7 @@ fn init_tracing(debug: bool) {
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
@@ -110,4 +132,30 @@ pub const DEFAULT_DIR: &str = "/var/lib/rkt";
 
 pub fn default_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot create /x: {source}")]
+    struct WithSource {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::from_raw_os_error(30);
+        let e = anyhow::Error::new(WithSource { source: io });
+        let line = one_line(&e);
+        assert_eq!(line.matches("Read-only file system").count(), 1, "{line}");
+
+        let e = anyhow::anyhow!("x.aci: manifest: name: bad").context("x.aci");
+        assert_eq!(one_line(&e), "x.aci: manifest: name: bad");
+
+        let e = anyhow::anyhow!("disk full").context("cannot write blob");
+        assert_eq!(one_line(&e), "cannot write blob: disk full");
+    }
 }

@@ -120,6 +120,16 @@ impl Runtime {
         })
     }
 
+    /// The runtime of a `--dir` as it is, creating nothing (see `PodsDir::existing`).
+    pub fn existing(dir: &Path) -> Result<Self, RunnerError> {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Ok(Runtime {
+            store: Store::open(&dir)?,
+            pods: PodsDir::existing(&dir),
+            dir,
+        })
+    }
+
     /// Resolves an image reference to an image in the store, fetching it through
     /// the first registered ImageFinder that handles it.
     pub fn find_image(&self, reference: &str, policy: &FetchPolicy) -> Result<ImageId, RunnerError> {

@@ -21,7 +21,7 @@ pub struct ListArgs {
 }
 
 pub fn list(global: &GlobalFlags, args: ListArgs) -> Result<u8> {
-    let runtime = global.runtime()?;
+    let runtime = global.runtime_read_only()?;
     let views: Vec<PodView> = runtime.pods.list()?.iter().map(podview::view).collect();
     if let Some(format) = args.format {
         print_json(&views, format)?;

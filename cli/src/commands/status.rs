@@ -42,7 +42,7 @@ pub fn resolve_uuid(pods: &PodsDir, uuid: Option<&str>, uuid_file: Option<&PathB
 }
 
 pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
-    let runtime = global.runtime()?;
+    let runtime = global.runtime_read_only()?;
     let uuid = resolve_uuid(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_ref())?;
     if args.wait_ready != Wait::No {
         // Ready: the apps run, which a stage1 records with the pid before exec.

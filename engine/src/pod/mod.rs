@@ -285,6 +285,15 @@ impl AnyPod {
 impl PodsDir {
     /// Opens `$data_dir/pods`, creating it and the state directories if missing.
     /// Runs on every rkt command: when they exist this is seven mkdir calls.
+    /// The pods directory as it is, creating nothing: for commands that only read
+    /// (`list`, `status`), which must work on a read-only or not yet used `--dir`.
+    /// A missing state directory reads as empty.
+    pub fn existing(data_dir: &Path) -> Self {
+        PodsDir {
+            root: data_dir.join("pods"),
+        }
+    }
+
     pub fn open(data_dir: &Path) -> Result<Self, PodError> {
         let root = data_dir.join("pods");
         let mut builder = DirBuilder::new();
@@ -463,7 +472,12 @@ impl PodsDir {
         let path = self.state_dir(dir);
         let ctx = || format!("cannot read {}", path.display());
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(&path).map_err(|e| PodError::io(ctx(), e))? {
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(PodError::io(ctx(), e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(|e| PodError::io(ctx(), e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
