@@ -74,6 +74,10 @@ pub fn all_checks() -> Vec<Check> {
             run: no_overlay,
         },
         Check {
+            name: "dependencies-and-path-whitelist",
+            run: dependencies_and_path_whitelist,
+        },
+        Check {
             name: "no-mounts-leak-to-host",
             run: no_mounts_leak_to_host,
         },
@@ -544,5 +548,63 @@ fn missing_image_is_an_error(rkt: &Rkt) -> Outcome {
         out.describe()
     );
     ensure!(pods_on_disk(&rkt.dir) == 0, "a failed run left a pod behind");
+    Outcome::Passed
+}
+
+/// An image that is only a layer over a dependency runs with the dependency's
+/// files below its own (its own win), and `pathWhitelist` keeps only what it names.
+fn dependencies_and_path_whitelist(rkt: &Rkt) -> Outcome {
+    let mut base = AciSpec::busybox("example.com/base");
+    base.files = vec![
+        ("/etc/base-file".into(), b"base\n".to_vec(), 0o644),
+        ("/etc/shared".into(), b"from base\n".to_vec(), 0o644),
+    ];
+    let base_image = image!(rkt, base.clone());
+    let fetched = rkt.rkt(&["fetch", "--insecure-options=image", &base_image]);
+    ensure!(fetched.code == 0, "fetch of the base: {}", fetched.describe());
+
+    let mut layer = AciSpec::layer("example.com/layer", &base);
+    layer.files = vec![
+        ("/etc/layer-file".into(), b"layer\n".to_vec(), 0o644),
+        ("/etc/shared".into(), b"from layer\n".to_vec(), 0o644),
+    ];
+    layer.exec = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "cat /etc/base-file /etc/layer-file /etc/shared".into(),
+    ];
+    let layer_image = image!(rkt, layer.clone());
+    let out = rkt.run(&[&layer_image]);
+    ensure!(out.code == 0, "run of the layer: {}", out.describe());
+    ensure!(
+        out.stdout == "base\nlayer\nfrom layer\n",
+        "layered rootfs: {}",
+        out.describe()
+    );
+
+    let mut narrow = layer;
+    narrow.name = "example.com/narrow".into();
+    narrow.path_whitelist = [
+        "/bin/busybox",
+        "/bin/sh",
+        "/bin/test",
+        "/etc/layer-file",
+        "/etc/passwd",
+        "/etc/group",
+    ]
+    .map(String::from)
+    .to_vec();
+    narrow.exec = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "test -e /etc/layer-file && test ! -e /etc/base-file && test ! -e /bin/cat".into(),
+    ];
+    let narrow_image = image!(rkt, narrow);
+    let out = rkt.run(&[&narrow_image]);
+    ensure!(
+        out.code == 0,
+        "pathWhitelist kept something it does not name: {}",
+        out.describe()
+    );
     Outcome::Passed
 }

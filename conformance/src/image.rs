@@ -20,6 +20,12 @@ pub struct AciSpec {
     pub labels: Vec<(String, String)>,
     /// Extra regular files: (path inside rootfs, contents, mode).
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Whether the rootfs carries busybox, passwd and group (a layer on top of a
+    /// dependency need not).
+    pub busybox: bool,
+    /// appc dependencies: (image name, labels).
+    pub dependencies: Vec<(String, Vec<(String, String)>)>,
+    pub path_whitelist: Vec<String>,
 }
 
 impl AciSpec {
@@ -38,6 +44,24 @@ impl AciSpec {
                 ("arch".into(), "amd64".into()),
             ],
             files: Vec::new(),
+            busybox: true,
+            dependencies: Vec::new(),
+            path_whitelist: Vec::new(),
+        }
+    }
+
+    /// A layer over `base`: only its own files, the rest comes from the dependency.
+    pub fn layer(name: &str, base: &AciSpec) -> Self {
+        let version = base
+            .labels
+            .iter()
+            .filter(|(n, _)| n == "version")
+            .cloned()
+            .collect();
+        AciSpec {
+            busybox: false,
+            dependencies: vec![(base.name.clone(), version)],
+            ..AciSpec::busybox(name)
         }
     }
 
@@ -53,68 +77,77 @@ impl AciSpec {
         if let Some(wd) = &self.working_directory {
             app["workingDirectory"] = json!(wd);
         }
-        json!({
+        let labels = |l: &[(String, String)]| {
+            l.iter()
+                .map(|(n, v)| json!({"name": n, "value": v}))
+                .collect::<Vec<_>>()
+        };
+        let mut manifest = json!({
             "acKind": "ImageManifest",
             "acVersion": "0.8.11",
             "name": self.name,
-            "labels": self.labels.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+            "labels": labels(&self.labels),
             "app": app,
-        })
+        });
+        if !self.dependencies.is_empty() {
+            manifest["dependencies"] = self
+                .dependencies
+                .iter()
+                .map(|(name, l)| json!({"imageName": name, "labels": labels(l)}))
+                .collect();
+        }
+        if !self.path_whitelist.is_empty() {
+            manifest["pathWhitelist"] = json!(self.path_whitelist);
+        }
+        manifest
     }
 
     /// Writes the ACI (uncompressed tar) to `out`.
     pub fn write(&self, out: &Path) -> io::Result<()> {
-        let busybox = busybox_path().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "no static busybox (apt-get install busybox-static)",
-            )
-        })?;
         let file = std::fs::File::create(out)?;
         let mut tar = tar::Builder::new(io::BufWriter::new(file));
         let manifest = serde_json::to_vec_pretty(&self.manifest()).map_err(io::Error::other)?;
         append_file(&mut tar, "manifest", &manifest, 0o644)?;
-        for dir in [
-            "rootfs",
-            "rootfs/bin",
-            "rootfs/etc",
-            "rootfs/tmp",
-            "rootfs/root",
-            "rootfs/home",
-            "rootfs/home/app",
-        ] {
-            append_dir(&mut tar, dir, if dir == "rootfs/tmp" { 0o1777 } else { 0o755 })?;
+        append_dir(&mut tar, "rootfs", 0o755)?;
+        if self.busybox {
+            append_busybox(&mut tar)?;
         }
-        append_file(&mut tar, "rootfs/bin/busybox", &std::fs::read(&busybox)?, 0o755)?;
-        for applet in APPLETS {
-            let mut link = header(tar::EntryType::Symlink, 0, 0o777);
-            tar.append_link(&mut link, format!("rootfs/bin/{applet}"), "busybox")?;
-        }
-        append_file(
-            &mut tar,
-            "rootfs/etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app user:/home/app:/bin/sh\n",
-            0o644,
-        )?;
-        append_file(
-            &mut tar,
-            "rootfs/etc/group",
-            b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
-            0o644,
-        )?;
         for (path, contents, mode) in &self.files {
-            append_file(
-                &mut tar,
-                &format!("rootfs/{}", path.trim_start_matches('/')),
-                contents,
-                *mode,
-            )?;
+            let path = format!("rootfs/{}", path.trim_start_matches('/'));
+            append_file(&mut tar, &path, contents, *mode)?;
         }
         tar.into_inner()?
             .into_inner()
             .map_err(|e| e.into_error())?
             .sync_all()
     }
+}
+
+/// busybox with its applets, /etc/passwd and /etc/group, and the usual dirs.
+fn append_busybox<W: io::Write>(tar: &mut tar::Builder<W>) -> io::Result<()> {
+    let busybox = busybox_path().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "no static busybox (apt-get install busybox-static)",
+        )
+    })?;
+    for dir in ["bin", "etc", "tmp", "root", "home", "home/app"] {
+        let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
+        append_dir(tar, &format!("rootfs/{dir}"), mode)?;
+    }
+    append_file(tar, "rootfs/bin/busybox", &std::fs::read(&busybox)?, 0o755)?;
+    for applet in APPLETS {
+        let mut link = header(tar::EntryType::Symlink, 0, 0o777);
+        tar.append_link(&mut link, format!("rootfs/bin/{applet}"), "busybox")?;
+    }
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app user:/home/app:/bin/sh\n";
+    append_file(tar, "rootfs/etc/passwd", passwd, 0o644)?;
+    append_file(
+        tar,
+        "rootfs/etc/group",
+        b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+        0o644,
+    )
 }
 
 /// The applets the checks call.
