@@ -22,7 +22,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
-use super::dirfd;
+use super::{dirfd, xattr};
 
 /// Copies a rendered tree (for --no-overlay), keeping modes, owners, times,
 /// symlinks and device nodes, never following a symlink.
@@ -89,6 +89,7 @@ impl Copier {
         }
         let st = fstat(&src).map_err(|e| at(shown, e.into()))?;
         self.owner_mode(dst.as_fd(), &st)?;
+        xattr::apply(dst.as_fd(), &xattr::read(src.as_fd())?)?;
         futimens(&dst, &atime(&st), &mtime(&st))?;
         Ok(())
     }
@@ -133,6 +134,7 @@ impl Copier {
                 // the filesystem can.
                 io::copy(&mut from, &mut to)?;
                 self.owner_mode(to.as_fd(), st)?;
+                xattr::apply(to.as_fd(), &xattr::read(from.as_fd())?)?;
                 futimens(&to, &atime(st), &mtime(st))?;
             }
             libc::S_IFLNK => {

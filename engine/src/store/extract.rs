@@ -26,6 +26,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 use tar::EntryType;
 
+use super::xattr::{self, Xattrs};
 use super::{IoContext, StoreError, dirfd};
 use crate::fsutil::{mkdir_all_in_root, open_in_root};
 
@@ -169,11 +170,12 @@ impl Extractor<'_> {
             tracing::warn!(path = %shown, "skipping device node in image");
             return Ok(());
         }
+        let xattrs = xattr::of_entry(&mut entry, &shown)?;
         let parent = self.take_parent(parent_rel, &shown)?;
         let result = match kind {
-            EntryType::Directory => self.directory(parent.as_fd(), &name, &rel, &meta, &shown),
+            EntryType::Directory => self.directory(parent.as_fd(), &name, &rel, &meta, &xattrs, &shown),
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(parent.as_fd(), &name, &mut entry, &meta, &shown)
+                self.file(parent.as_fd(), &name, &mut entry, &meta, &xattrs, &shown)
             }
             EntryType::Symlink => match entry.link_name_bytes() {
                 Some(target) => self.symlink(parent.as_fd(), &name, &target, &meta, &shown),
@@ -254,6 +256,7 @@ impl Extractor<'_> {
         name: &OsStr,
         rel: &Path,
         meta: &Meta,
+        xattrs: &Xattrs,
         shown: &str,
     ) -> Result<(), StoreError> {
         match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -275,6 +278,7 @@ impl Extractor<'_> {
         )
         .ctx(|| format!("extract {shown}"))?;
         self.owner_and_mode(fd.as_fd(), meta, shown)?;
+        xattr::apply(fd.as_fd(), xattrs).ctx(|| format!("extract {shown}: extended attributes"))?;
         self.dir_times.push((rel.to_path_buf(), meta.mtime));
         Ok(())
     }
@@ -285,6 +289,7 @@ impl Extractor<'_> {
         name: &OsStr,
         data: &mut R,
         meta: &Meta,
+        xattrs: &Xattrs,
         shown: &str,
     ) -> Result<(), StoreError> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -303,6 +308,7 @@ impl Extractor<'_> {
                 .ctx(|| format!("extract {shown}"))?;
         }
         self.owner_and_mode(file.as_fd(), meta, shown)?;
+        xattr::apply(file.as_fd(), xattrs).ctx(|| format!("extract {shown}: extended attributes"))?;
         futimens(&file, &meta.mtime, &meta.mtime).ctx(|| format!("extract {shown}: mtime"))
     }
 
@@ -766,5 +772,61 @@ mod tests {
         assert_eq!(p(b"rootfsx/a").expect("ok"), None);
         assert!(p(b"/rootfs/a").is_err());
         assert!(p(b"rootfs/a/..").is_err());
+    }
+
+    fn raw_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let fd = std::fs::File::open(path).expect("open");
+        let name = std::ffi::CString::new(name).expect("name");
+        let mut buf = vec![0u8; 256];
+        // SAFETY: `buf` is writable for its length, `name` NUL-terminated, `fd` open.
+        let n = unsafe {
+            libc::fgetxattr(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        usize::try_from(n).ok().map(|n| buf[..n].to_vec())
+    }
+
+    #[test]
+    fn allowed_xattrs_are_kept_through_render_and_copy_and_trusted_ones_refused() {
+        // A v2 file capability: effective, permitted CAP_NET_RAW (13).
+        let cap: &[u8] = &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let f = Fixture::new();
+        let archive = aci()
+            .xattrs(&[
+                ("user.origin", b"image"),
+                ("security.capability", cap),
+                ("trusted.overlay.opaque", b"y"),
+            ])
+            .file("rootfs/ping", b"#!/bin/true\n")
+            .xattrs(&[("user.dir", b"d")])
+            .dir("rootfs/etc", 0o755);
+        f.unpack(archive).expect("unpack");
+        let ping = f.root.join("ping");
+        assert_eq!(raw_xattr(&ping, "user.origin").as_deref(), Some(&b"image"[..]));
+        assert_eq!(raw_xattr(&ping, "security.capability").as_deref(), Some(cap));
+        assert_eq!(
+            raw_xattr(&ping, "trusted.overlay.opaque"),
+            None,
+            "trusted.* is the host's"
+        );
+        assert_eq!(
+            raw_xattr(&f.root.join("etc"), "user.dir").as_deref(),
+            Some(&b"d"[..])
+        );
+
+        let copy = f.root.parent().expect("parent").join("copy");
+        crate::store::copy_tree(&f.root, &copy).expect("copy");
+        assert_eq!(
+            raw_xattr(&copy.join("ping"), "security.capability").as_deref(),
+            Some(cap)
+        );
+        assert_eq!(
+            raw_xattr(&copy.join("etc"), "user.dir").as_deref(),
+            Some(&b"d"[..])
+        );
     }
 }

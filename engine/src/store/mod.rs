@@ -18,6 +18,7 @@ mod layout;
 mod resolve;
 mod tree;
 mod whitelist;
+mod xattr;
 
 #[cfg(test)]
 mod testutil;

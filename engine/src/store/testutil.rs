@@ -72,6 +72,18 @@ impl Aci {
         self
     }
 
+    /// A PAX record of extended attributes for the entry appended next.
+    pub(super) fn xattrs(mut self, xattrs: &[(&str, &[u8])]) -> Self {
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(name, value)| (format!("SCHILY.xattr.{name}"), *value))
+            .collect();
+        self.b
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .expect("append pax");
+        self
+    }
+
     pub(super) fn dir(self, path: &str, mode: u32) -> Self {
         self.entry(path, EntryType::Directory, mode, b"")
     }
