@@ -161,7 +161,9 @@ impl Runtime {
                 finder.name()
             )));
         }
-        Ok(block_on(finder.find(&self.store, &parsed, policy))?)
+        let id = block_on(finder.find(&self.store, &parsed, policy))?;
+        tracing::debug!(image = reference, %id, source = finder.name(), "image found");
+        Ok(id)
     }
 
     /// `rkt prepare`: a pod in state prepared, ready for `run-prepared`.
@@ -179,6 +181,7 @@ impl Runtime {
         let net = effective_net(stage1.as_ref(), request)?;
         let pod = self.prepare_pod(stage1.as_ref(), &request.prepare)?;
         let pod = pod.run()?;
+        tracing::debug!(pod = %pod.uuid(), stage1 = stage1.name(), "pod running");
         self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
     }
 
@@ -199,6 +202,7 @@ impl Runtime {
             info: net_info.clone(),
         };
         write_json(&pod.path().join(layout::NET_INFO), &record)?;
+        tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
         let labels = select_labeler()?.labels(&info)?;
         let cfg = RunConfig {
             interactive,
@@ -258,7 +262,10 @@ impl Runtime {
         }
         let pod = embryo.prepare()?;
         match self.fill_pod(&pod, stage1, &manifest, request.no_overlay) {
-            Ok(()) => Ok(pod),
+            Ok(()) => {
+                tracing::debug!(pod = %pod.uuid(), path = %pod.path().display(), "pod prepared");
+                Ok(pod)
+            }
             Err(e) => {
                 let uuid = pod.uuid();
                 if let Err(cleanup) = pod.abort().and_then(|garbage| garbage.destroy()) {
@@ -300,6 +307,7 @@ impl Runtime {
         let name = app.name.as_str();
         let image_manifest = self.store.manifest(&app.image.id)?;
         let tree = self.store.render(&app.image.id)?;
+        tracing::debug!(app = name, tree = %tree.tree_id, "rootfs rendered");
         let info_dir = layout::appsinfo(pod_dir, name);
         mkdirs(&info_dir)?;
         fsutil::replace_file(
