@@ -473,6 +473,41 @@ mod launch {
         assert!(!mount_points().iter().any(|p| Path::new(p).starts_with(&host_dir)));
     }
 
+    /// Mount targets come from the image (its mountPoints, its symlinks). None may
+    /// be resolved through the host's /dev, /proc or /sys bound into the app:
+    /// creating a target there writes to the host's kernel filesystems (a
+    /// directory in the host's devtmpfs, a cgroup in its cgroupfs).
+    #[test]
+    fn launch_mount_targets_never_create_anything_in_the_hosts_dev() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        let tag = format!("rkt-review-{}", std::process::id());
+        let direct = Path::new("/dev").join(format!("{tag}-direct"));
+        let via_link = Path::new("/dev").join(format!("{tag}-link"));
+        std::os::unix::fs::symlink("/dev", tp.image.join("hostdev")).unwrap();
+        tp.manifest(
+            sh("exit 0"),
+            vec![],
+            vec![
+                json!({"volume": "out", "path": direct.join("x").to_str().unwrap()}),
+                json!({"volume": "out", "path": format!("/hostdev/{tag}-link/y")}),
+            ],
+        );
+        let result = checked(&tp, || launch(&tp.pod));
+        let created: Vec<&Path> = [&direct, &via_link]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .filter(|p| p.exists())
+            .collect();
+        for p in &created {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        assert!(created.is_empty(), "created in the host's /dev: {created:?}");
+        assert_eq!(result.unwrap().code, 0);
+    }
+
     /// A FIFO in the pod's /out volume that any app user may open.
     fn fifo(dir: &Path, name: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
