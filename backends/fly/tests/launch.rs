@@ -346,6 +346,30 @@ mod launch {
         assert!(tp.image.join("etc/hostfile").is_file());
     }
 
+    /// A mountPoint path with `..` (image data) must name one directory for the
+    /// bind and for the read-only remount that follows it.
+    #[test]
+    fn launch_read_only_volume_at_a_dotdot_target_stays_read_only() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        let ro = tp.tmp.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        tp.manifest(
+            // Wherever the volume ended up, try writing into it.
+            sh("touch /tmp/new /tmp/x/new 2>/dev/null; exit 0"),
+            vec![json!({"name": "ro", "kind": "host", "source": ro.to_str().unwrap(), "readOnly": true})],
+            vec![json!({"volume": "ro", "path": "/tmp/x/.."})],
+        );
+        // Refusing the target is as good as keeping it read-only; writable is not.
+        match checked(&tp, || launch(&tp.pod)) {
+            Ok(exit) => assert_eq!(exit.code, 0),
+            Err(e) => assert!(e.to_string().contains("volume \"ro\""), "{e}"),
+        }
+        assert!(!ro.join("new").exists(), "the read-only host volume was written");
+    }
+
     #[test]
     fn launch_overlay_writes_stay_in_the_upper_dir() {
         if !root_or_skip() {
