@@ -224,6 +224,18 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
         file_in_root(root, target)
     }
     .map_err(|e| ChildError::io(format_args!("creating the target of {}", what()), e))?;
+    // Over the root, the volume would replace the whole image, and the read-only
+    // remount below (resolved from the root fd, under the bind) would miss it.
+    let id = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let same = id(root)
+        .and_then(|r| id(target_fd.as_fd()).map(|t| r == t))
+        .map_err(|e| ChildError::new(format_args!("checking the target of {}", what()), e.desc()))?;
+    if same {
+        return Err(ChildError::new(
+            what(),
+            "the target resolves to the app's root directory",
+        ));
+    }
 
     let mut flags = MsFlags::MS_BIND;
     if bind.recursive {
@@ -666,6 +678,38 @@ mod launch_sequence_tests {
             r#"fly: app "web": user "nobody" not found in the image's /etc/passwd"#
         );
         assert_eq!(sys.calls.borrow().len(), 3, "unshare, rslave, rootfs only");
+    }
+
+    /// A volume bound over the app's root replaces the whole image, and the
+    /// read-only remount (which re-resolves the target from the root fd, i.e. the
+    /// directory *under* the bind) would hit the image instead of the volume: a
+    /// read-only host volume would become the app's writable root.
+    #[test]
+    fn a_volume_target_resolving_to_the_root_is_refused() {
+        let f = fixture();
+        std::os::unix::fs::symlink("/", f.rootfs_dir.join("up")).unwrap();
+        for target in ["/", "/srv/..", "/up"] {
+            let mut m = manifest(&f);
+            m.apps[0].mounts =
+                vec![serde_json::from_value(serde_json::json!({"volume": "ro", "path": target})).unwrap()];
+            let sys = Recording::default();
+            let spec = RootSpec {
+                pod_dir: &f.pod,
+                manifest: &m,
+                app: "web",
+                rootfs_dir: &f.rootfs_dir,
+                rootfs: &AppRootfs::Copy,
+            };
+            let err = prepare_root(&sys, &spec).unwrap_err();
+            assert!(err.0.contains("the app's root directory"), "{target}: {}", err.0);
+            assert!(
+                !sys.calls.borrow().iter().any(|c| matches!(
+                    c,
+                    Call::Mount { source: Some(s), .. } if *s == show(&f.host_ro)
+                )),
+                "{target}: nothing bound"
+            );
+        }
     }
 
     #[test]
