@@ -298,8 +298,10 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: Mode) -> io::R
             Component::Normal(n) => n,
             Component::CurDir => continue,
             // `..` is resolved inside the root by openat2; keep it in the prefix.
+            // The fd of the last name made is no longer what the path names.
             Component::ParentDir => {
                 prefix.push("..");
+                last = None;
                 continue;
             }
             _ => continue,
@@ -328,12 +330,13 @@ pub fn mkdir_all_in_root(root: BorrowedFd<'_>, path: &Path, mode: Mode) -> io::R
     }
     match last {
         Some(fd) => Ok(fd),
-        None => open_in_root(
+        None if prefix.as_os_str().is_empty() => open_in_root(
             root,
             Path::new("."),
             OFlag::O_PATH | OFlag::O_DIRECTORY,
             Mode::empty(),
         ),
+        None => open_in_root(root, &prefix, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()),
     }
 }
 
@@ -439,6 +442,22 @@ mod tests {
             open_in_root(rootfd.as_fd(), Path::new("up/etc"), OFlag::O_PATH, Mode::empty()).expect("open");
         let target = std::fs::read_link(proc_fd_path(up.as_fd())).expect("readlink");
         assert_eq!(target, root.join("etc"));
+    }
+
+    /// The fd must name what `open_in_root` of the same path names: callers mount
+    /// on it and later find the mount again by path (fly's read-only remount).
+    #[test]
+    fn mkdir_all_in_root_returns_the_directory_the_path_names() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfd = open_dir(dir.path()).expect("open root");
+        for (path, names) in [("a/b/..", "a"), ("a/b/../..", ""), ("a/b/../c", "a/c")] {
+            let fd = mkdir_all_in_root(rootfd.as_fd(), Path::new(path), Mode::from_bits_truncate(0o755))
+                .expect("mkdir");
+            let got = File::from(fd).metadata().expect("fstat").ino();
+            let want = std::fs::metadata(dir.path().join(names)).expect("stat").ino();
+            assert_eq!(got, want, "{path} should name {names:?}");
+        }
     }
 
     #[test]

@@ -63,8 +63,9 @@ const HOST_BINDS: [&str; 3] = ["/dev", "/proc", "/sys"];
 /// Builds the app's root and pivots into it; returns the app's launch plan.
 ///
 /// Order: unshare(NEWNS) -> / rslave -> app rootfs (overlay or self-bind) ->
-/// plan_app -> /dev, /proc, /sys rbinds -> tmpfs /tmp -> volume binds (each
-/// read-only one remounted right after its bind) -> chdir(root) ->
+/// plan_app -> /dev, /proc, /sys targets resolved -> tmpfs /tmp -> volume binds
+/// (each read-only one remounted right after its bind) -> /dev, /proc, /sys
+/// rbinds onto the targets resolved before -> chdir(root) ->
 /// pivot_root(".", ".") -> umount2(".", MNT_DETACH) -> chdir("/").
 ///
 /// No unmount is ever needed: every mount made here lives in the child's private
@@ -91,16 +92,17 @@ pub fn prepare_root(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<AppLaunch,
     let plan = plan_app(spec.pod_dir, spec.manifest, spec.app, root.as_fd())
         .map_err(|e| ChildError(format!("fly: {e}")))?;
 
+    // Every target is resolved (and created) while the root holds only the image,
+    // the app's tmpfs and the volumes bound so far: never through the host's
+    // /dev, /proc or /sys, where creating a missing directory would write to the
+    // host's kernel filesystems (devtmpfs, cgroupfs, ...). So the host binds'
+    // targets are resolved first and bound last.
+    let mut host_targets = Vec::with_capacity(HOST_BINDS.len());
     for dir in HOST_BINDS {
-        let target = dir_in_root(root.as_fd(), dir, Mode::from_bits_truncate(0o755))?;
-        sys.mount(
-            Some(Path::new(dir)),
-            &fsutil::proc_fd_path(target.as_fd()),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )
-        .map_err(|e| ChildError::new(format_args!("binding the host's {dir} into the app"), e.desc()))?;
+        host_targets.push((
+            dir,
+            dir_in_root(root.as_fd(), dir, Mode::from_bits_truncate(0o755))?,
+        ));
     }
     let tmp = dir_in_root(root.as_fd(), "/tmp", Mode::from_bits_truncate(0o1777))?;
     sys.mount(
@@ -115,6 +117,16 @@ pub fn prepare_root(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<AppLaunch,
 
     for bind in &plan.binds {
         bind_volume(sys, root.as_fd(), bind)?;
+    }
+    for (dir, target) in host_targets {
+        sys.mount(
+            Some(Path::new(dir)),
+            &fsutil::proc_fd_path(target.as_fd()),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| ChildError::new(format_args!("binding the host's {dir} into the app"), e.desc()))?;
     }
     drop(root);
 
@@ -212,6 +224,18 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
         file_in_root(root, target)
     }
     .map_err(|e| ChildError::io(format_args!("creating the target of {}", what()), e))?;
+    // Over the root, the volume would replace the whole image, and the read-only
+    // remount below (resolved from the root fd, under the bind) would miss it.
+    let id = |fd: BorrowedFd<'_>| nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let same = id(root)
+        .and_then(|r| id(target_fd.as_fd()).map(|t| r == t))
+        .map_err(|e| ChildError::new(format_args!("checking the target of {}", what()), e.desc()))?;
+    if same {
+        return Err(ChildError::new(
+            what(),
+            "the target resolves to the app's root directory",
+        ));
+    }
 
     let mut flags = MsFlags::MS_BIND;
     if bind.recursive {
@@ -502,10 +526,6 @@ mod launch_sequence_tests {
         let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         vec![
-            // /dev is a symlink to /etc in the image: resolved inside the rootfs.
-            mount(Some("/dev"), &r.join("etc"), None, rbind, None),
-            mount(Some("/proc"), &r.join("proc"), None, rbind, None),
-            mount(Some("/sys"), &r.join("sys"), None, rbind, None),
             mount(
                 Some("tmpfs"),
                 &r.join("tmp"),
@@ -524,6 +544,12 @@ mod launch_sequence_tests {
                 None,
             ),
             mount(None, &r.join("etc/app.conf"), None, ro, None),
+            // Bound last, onto targets resolved before any bind: nothing above was
+            // resolved through the host's /dev, /proc or /sys. /dev is a symlink to
+            // /etc in the image: resolved inside the rootfs.
+            mount(Some("/dev"), &r.join("etc"), None, rbind, None),
+            mount(Some("/proc"), &r.join("proc"), None, rbind, None),
+            mount(Some("/sys"), &r.join("sys"), None, rbind, None),
             Call::Chdir(show(r)),
             Call::PivotRoot(".".into(), ".".into()),
             Call::Umount2(".".into(), MntFlags::MNT_DETACH),
@@ -652,6 +678,38 @@ mod launch_sequence_tests {
             r#"fly: app "web": user "nobody" not found in the image's /etc/passwd"#
         );
         assert_eq!(sys.calls.borrow().len(), 3, "unshare, rslave, rootfs only");
+    }
+
+    /// A volume bound over the app's root replaces the whole image, and the
+    /// read-only remount (which re-resolves the target from the root fd, i.e. the
+    /// directory *under* the bind) would hit the image instead of the volume: a
+    /// read-only host volume would become the app's writable root.
+    #[test]
+    fn a_volume_target_resolving_to_the_root_is_refused() {
+        let f = fixture();
+        std::os::unix::fs::symlink("/", f.rootfs_dir.join("up")).unwrap();
+        for target in ["/", "/srv/..", "/up"] {
+            let mut m = manifest(&f);
+            m.apps[0].mounts =
+                vec![serde_json::from_value(serde_json::json!({"volume": "ro", "path": target})).unwrap()];
+            let sys = Recording::default();
+            let spec = RootSpec {
+                pod_dir: &f.pod,
+                manifest: &m,
+                app: "web",
+                rootfs_dir: &f.rootfs_dir,
+                rootfs: &AppRootfs::Copy,
+            };
+            let err = prepare_root(&sys, &spec).unwrap_err();
+            assert!(err.0.contains("the app's root directory"), "{target}: {}", err.0);
+            assert!(
+                !sys.calls.borrow().iter().any(|c| matches!(
+                    c,
+                    Call::Mount { source: Some(s), .. } if *s == show(&f.host_ro)
+                )),
+                "{target}: nothing bound"
+            );
+        }
     }
 
     #[test]

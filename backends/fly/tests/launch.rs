@@ -346,6 +346,30 @@ mod launch {
         assert!(tp.image.join("etc/hostfile").is_file());
     }
 
+    /// A mountPoint path with `..` (image data) must name one directory for the
+    /// bind and for the read-only remount that follows it.
+    #[test]
+    fn launch_read_only_volume_at_a_dotdot_target_stays_read_only() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        let ro = tp.tmp.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        tp.manifest(
+            // Wherever the volume ended up, try writing into it.
+            sh("touch /tmp/new /tmp/x/new 2>/dev/null; exit 0"),
+            vec![json!({"name": "ro", "kind": "host", "source": ro.to_str().unwrap(), "readOnly": true})],
+            vec![json!({"volume": "ro", "path": "/tmp/x/.."})],
+        );
+        // Refusing the target is as good as keeping it read-only; writable is not.
+        match checked(&tp, || launch(&tp.pod)) {
+            Ok(exit) => assert_eq!(exit.code, 0),
+            Err(e) => assert!(e.to_string().contains("volume \"ro\""), "{e}"),
+        }
+        assert!(!ro.join("new").exists(), "the read-only host volume was written");
+    }
+
     #[test]
     fn launch_overlay_writes_stay_in_the_upper_dir() {
         if !root_or_skip() {
@@ -471,6 +495,41 @@ mod launch {
         assert_eq!(std::fs::read_dir(&host_dir).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(&inside).unwrap().count(), 0);
         assert!(!mount_points().iter().any(|p| Path::new(p).starts_with(&host_dir)));
+    }
+
+    /// Mount targets come from the image (its mountPoints, its symlinks). None may
+    /// be resolved through the host's /dev, /proc or /sys bound into the app:
+    /// creating a target there writes to the host's kernel filesystems (a
+    /// directory in the host's devtmpfs, a cgroup in its cgroupfs).
+    #[test]
+    fn launch_mount_targets_never_create_anything_in_the_hosts_dev() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        let tag = format!("rkt-review-{}", std::process::id());
+        let direct = Path::new("/dev").join(format!("{tag}-direct"));
+        let via_link = Path::new("/dev").join(format!("{tag}-link"));
+        std::os::unix::fs::symlink("/dev", tp.image.join("hostdev")).unwrap();
+        tp.manifest(
+            sh("exit 0"),
+            vec![],
+            vec![
+                json!({"volume": "out", "path": direct.join("x").to_str().unwrap()}),
+                json!({"volume": "out", "path": format!("/hostdev/{tag}-link/y")}),
+            ],
+        );
+        let result = checked(&tp, || launch(&tp.pod));
+        let created: Vec<&Path> = [&direct, &via_link]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .filter(|p| p.exists())
+            .collect();
+        for p in &created {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        assert!(created.is_empty(), "created in the host's /dev: {created:?}");
+        assert_eq!(result.unwrap().code, 0);
     }
 
     /// A FIFO in the pod's /out volume that any app user may open.

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::io::{self, BufReader};
 use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -84,7 +85,13 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
     }
     let scratch = Scratch::new(store, &format!("render-{tree_id}"));
     let rootfs = scratch.path().join(ROOTFS);
-    std::fs::create_dir(scratch.path()).ctx(|| format!("create {}", scratch.path().display()))?;
+    // Owner-only, from creation in tmp/ to its published name: an image may carry
+    // setuid-root programs and world-writable directories, which no other host
+    // user may reach (run as root, or plant files under a tree pods use).
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(scratch.path())
+        .ctx(|| format!("create {}", scratch.path().display()))?;
     std::fs::create_dir(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
     let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
     for layer in layers {
@@ -378,6 +385,32 @@ mod tests {
             let id = testutil::import(&store, &aci);
             assert_eq!(read(&store.render(&id).expect("render"), "v"), want);
         }
+    }
+
+    /// An image may carry setuid-root programs and world-writable directories; in
+    /// the shared tree store they must not be reachable by other host users (who
+    /// could run the program as root, or plant files under a tree later pods use),
+    /// neither while rendering in `tmp/` nor once published.
+    #[test]
+    fn a_rendered_tree_is_reachable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/suid", &[], json!({})))
+                .file_owned("rootfs/bin/rootshell", b"#!", 0o4755, 0, 0, 1)
+                .dir("rootfs/shared", 0o1777)
+                .finish(),
+        );
+        let tree = store.render(&id).expect("render");
+        let tree_dir = tree.rootfs.parent().expect("tree dir");
+        let mode = std::fs::metadata(tree_dir).expect("stat").permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} has mode {mode:o}: other users reach the image's setuid programs",
+            tree_dir.display()
+        );
     }
 
     #[test]
