@@ -618,6 +618,21 @@ mod launch {
         }
     }
 
+    fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+        unsafe { std::os::fd::FromRawFd::from_raw_fd(i32::try_from(fd).unwrap()) }
+    }
+
+    fn readable_within(fd: &std::os::fd::OwnedFd, bound: Duration) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(bound.as_millis()).unwrap_or(u16::MAX);
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)), Ok(n) if n > 0)
+    }
+
     fn alive(pid: i32) -> bool {
         // Gone, or a zombie nobody reaped yet: either way it runs no more.
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -664,12 +679,17 @@ mod launch {
                 .unwrap()
                 .parse()
                 .unwrap();
+            let exited = pidfd(app);
             rkt.kill().unwrap();
             rkt.wait().unwrap();
-            closed
-                .recv_timeout(BOUND)
-                .expect("the orphaned app is still alive");
+            // A pidfd turns readable once the process has exited, not merely closed
+            // its files (which is when the FIFO reports EOF).
+            assert!(
+                readable_within(&exited, BOUND),
+                "the orphaned app {app} is still alive"
+            );
             assert!(!alive(app), "pid {app} still runs");
+            drop(closed);
         });
     }
 }
