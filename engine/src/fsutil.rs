@@ -197,65 +197,117 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
         Mode::empty(),
     )
     .map_err(io::Error::from)?;
-    remove_children(fd.as_fd(), dev, root)?;
-    drop(fd);
+    remove_children(fd, dev, root)?;
     match std::fs::remove_dir(root) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-fn remove_children(dir: BorrowedFd<'_>, dev: u64, shown: &Path) -> io::Result<()> {
+/// Empties the directory `root_fd` (on device `dev`) depth first, holding at most
+/// two descriptors whatever the depth: a tree an image or an app made arbitrarily
+/// deep must neither exhaust descriptors nor the stack, or gc could never delete it.
+/// Going back up re-opens `..` and checks it is the directory we came from (device
+/// and inode): if the tree is moved under us, we stop rather than delete elsewhere.
+fn remove_children(root_fd: OwnedFd, dev: u64, shown: &Path) -> io::Result<()> {
+    // The way down: for each level, the name we entered it by and its parent's id.
+    let mut path: Vec<(CString, (u64, u64))> = Vec::new();
+    let mut dir = root_fd;
+    loop {
+        match remove_plain_children(dir.as_fd(), dev, shown, &path)? {
+            Some(subdir) => {
+                let here = dir_id(dir.as_fd())?;
+                let child = match nix::fcntl::openat(
+                    dir.as_fd(),
+                    subdir.as_c_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => fd,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                path.push((subdir, here));
+                dir = child;
+            }
+            None => {
+                let Some((name, parent_id)) = path.pop() else {
+                    return Ok(());
+                };
+                let parent = nix::fcntl::openat(
+                    dir.as_fd(),
+                    "..",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io::Error::from)?;
+                if dir_id(parent.as_fd())? != parent_id {
+                    return Err(io::Error::other(format!(
+                        "{} changed while it was being deleted; stopping",
+                        shown.display()
+                    )));
+                }
+                dir = parent;
+                match nix::unistd::unlinkat(dir.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// Deletes everything in `dir` but subdirectories and returns the first of those
+/// (None: `dir` is empty). A subdirectory on another device is an error: something
+/// is mounted there, and deleting would wipe it.
+fn remove_plain_children(
+    dir: BorrowedFd<'_>,
+    dev: u64,
+    shown: &Path,
+    path: &[(CString, (u64, u64))],
+) -> io::Result<Option<CString>> {
     let dup = nix::unistd::dup(dir).map_err(io::Error::from)?;
     let mut listing = nix::dir::Dir::from_fd(dup).map_err(io::Error::from)?;
     let mut names: Vec<CString> = Vec::new();
     for entry in listing.iter() {
         let entry = entry.map_err(io::Error::from)?;
         let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
         }
-        names.push(name.to_owned());
     }
     drop(listing);
+    let mut first_subdir = None;
     for name in names {
         let st = match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(e.into()),
         };
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if is_dir {
-            let child_path = shown.join(OsStr::from_bytes(name.to_bytes()));
-            if st.st_dev != dev {
-                return Err(io::Error::other(format!(
-                    "refusing to delete across a mount point at {}",
-                    child_path.display()
-                )));
-            }
-            let child = match nix::fcntl::openat(
-                dir,
-                name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            remove_children(child.as_fd(), dev, &child_path)?;
-            match nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::RemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        } else {
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             match nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e.into()),
             }
+            continue;
         }
+        if st.st_dev != dev {
+            let mut at = shown.to_path_buf();
+            at.extend(path.iter().map(|(n, _)| OsStr::from_bytes(n.to_bytes())));
+            at.push(OsStr::from_bytes(name.to_bytes()));
+            return Err(io::Error::other(format!(
+                "refusing to delete across a mount point at {}",
+                at.display()
+            )));
+        }
+        first_subdir.get_or_insert(name);
     }
-    Ok(())
+    Ok(first_subdir)
+}
+
+fn dir_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd).map_err(io::Error::from)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Opens `path` as seen from inside `root`: `..`, absolute names and symlinks are
@@ -458,6 +510,42 @@ mod tests {
             let want = std::fs::metadata(dir.path().join(names)).expect("stat").ino();
             assert_eq!(got, want, "{path} should name {names:?}");
         }
+    }
+
+    #[test]
+    fn remove_tree_handles_trees_deeper_than_the_descriptor_limit() {
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+        let depth = soft + 64;
+        if depth > 200_000 {
+            eprintln!("skipped: the descriptor limit ({soft}) is too high to exceed cheaply");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("deep");
+        std::fs::create_dir(&root).expect("mkdir");
+        // Built holding one descriptor at a time: the path is far beyond PATH_MAX.
+        let mut fd = open_dir(&root).expect("open");
+        for _ in 0..depth {
+            nix::sys::stat::mkdirat(fd.as_fd(), "d", Mode::from_bits_truncate(0o755)).expect("mkdirat");
+            fd = nix::fcntl::openat(
+                fd.as_fd(),
+                "d",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .expect("openat");
+        }
+        nix::fcntl::openat(
+            fd.as_fd(),
+            "leaf",
+            OFlag::O_CREAT | OFlag::O_WRONLY,
+            Mode::from_bits_truncate(0o644),
+        )
+        .expect("leaf");
+        drop(fd);
+        remove_tree(&root).expect("remove a tree deeper than the fd limit");
+        assert!(!root.exists());
     }
 
     #[test]
