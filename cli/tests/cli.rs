@@ -1,48 +1,17 @@
 //! The `rkt` command line as a user meets it: the walk-through, the
 //! registry, and bad input (one-line error, exit 254, nothing changed).
 
+mod common;
+use common::{bin, harness, one_line_254};
 use std::path::{Path, PathBuf};
 
-use rkt_conformance::harness::RunOutput;
-use rkt_conformance::{AciSpec, Rkt, busybox_path};
+use rkt_conformance::AciSpec;
 use rkt_engine::stage::{Stage1, registry};
 
 use rkt_backend_cni as _;
 use rkt_backend_finders as _;
 use rkt_backend_fly as _;
 use rkt_backend_selinux as _;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rkt"))
-}
-
-/// A harness, or None (with a "skipped" line) when root or busybox is missing.
-fn harness(test: &str) -> Option<Rkt> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped: needs root");
-        return None;
-    }
-    if busybox_path().is_none() {
-        eprintln!("{test}: skipped: needs busybox-static");
-        return None;
-    }
-    Some(Rkt::new(bin(), "fly").expect("harness"))
-}
-
-fn one_line_254(out: &RunOutput, mentions: &str) {
-    assert_eq!(out.code, 254, "{}", out.describe());
-    assert_eq!(
-        out.stderr.trim().lines().count(),
-        1,
-        "want one line: {}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains(mentions),
-        "want {mentions:?} in {}",
-        out.describe()
-    );
-}
 
 /// Everything below `dir` (names only), to prove a failed command changed nothing.
 fn snapshot(dir: &Path) -> Vec<PathBuf> {

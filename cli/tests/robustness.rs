@@ -8,6 +8,8 @@
 //! leaves nothing mounted. Concurrency is synchronised by waiting on processes and
 //! channels with deadlines, never by sleeping.
 
+mod common;
+use common::{bin, harness, one_line_254};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -19,39 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rkt_conformance::harness::RunOutput;
-use rkt_conformance::{AciSpec, Rkt, busybox_path};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_rkt"))
-}
-
-/// A harness, or None (with a "skipped" line) when root or busybox is missing.
-fn harness(test: &str) -> Option<Rkt> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped: needs root");
-        return None;
-    }
-    if busybox_path().is_none() {
-        eprintln!("{test}: skipped: needs busybox-static");
-        return None;
-    }
-    Some(Rkt::new(bin(), "fly").expect("harness"))
-}
-
-fn one_line_254(out: &RunOutput, mentions: &str) {
-    assert_eq!(out.code, 254, "{}", out.describe());
-    assert_eq!(
-        out.stderr.trim().lines().count(),
-        1,
-        "want one line: {}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains(mentions),
-        "want {mentions:?} in {}",
-        out.describe()
-    );
-}
+use rkt_conformance::{AciSpec, Rkt};
 
 /// Everything below `dir` (names only), to prove a failed command changed nothing.
 fn snapshot(dir: &Path) -> Vec<PathBuf> {
