@@ -164,11 +164,33 @@ pub fn unmount_all_under(root: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for point in mounts_under(&root)? {
-        match nix::mount::umount2(&point, nix::mount::MntFlags::empty()) {
+    unmount_points(&mounts_under(&root)?)
+}
+
+/// Unmounts `points` (deepest first, as `mounts_under` lists them).
+fn unmount_points(points: &[PathBuf]) -> io::Result<()> {
+    for point in points {
+        // Unmount exactly the directory mountinfo names: resolved without following
+        // any symlink (one swapped into a path component could otherwise point the
+        // unmount at a host mount), then unmounted through its fd.
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(nix::fcntl::AT_FDCWD, point.as_path(), how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "cannot open mount point {} without following symlinks: {e}",
+                    point.display()
+                )));
+            }
+        };
+        let target = proc_fd_path(fd.as_fd());
+        match nix::mount::umount2(&target, nix::mount::MntFlags::empty()) {
             Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
             Err(Errno::EBUSY) => {
-                nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+                nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)?;
             }
             Err(e) => return Err(io::Error::other(format!("unmount {}: {e}", point.display()))),
         }
@@ -546,6 +568,48 @@ mod tests {
         drop(fd);
         remove_tree(&root).expect("remove a tree deeper than the fd limit");
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_listed_mount_point_behind_a_symlink_is_refused_not_followed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host_mount = dir.path().join("host-mount");
+        std::fs::create_dir(&host_mount).expect("mkdir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &host_mount,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount tmpfs");
+        let _cleanup = Unmount(host_mount.clone());
+        std::fs::write(host_mount.join("keep"), b"x").expect("write");
+        // What a path read from mountinfo becomes if a component is swapped for a
+        // symlink before it is unmounted: it now leads to another mount.
+        let tree = dir.path().join("tree");
+        std::os::unix::fs::symlink(dir.path(), &tree).expect("symlink");
+        let listed = tree.join("host-mount");
+
+        let result = unmount_points(&[listed]);
+        assert!(result.is_err(), "a symlinked mount point must be refused");
+        assert!(
+            host_mount.join("keep").exists(),
+            "the mount behind the symlink is untouched"
+        );
+    }
+
+    /// Detaches a test mount even when an assertion fails.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 
     #[test]
