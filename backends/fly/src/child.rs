@@ -237,6 +237,11 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
         ));
     }
 
+    if bind.read_only {
+        return sys
+            .bind_read_only(&bind.source, target_fd.as_fd(), bind.recursive)
+            .map_err(|e| ChildError::new(format_args!("binding {} read-only", what()), e.desc()));
+    }
     let mut flags = MsFlags::MS_BIND;
     if bind.recursive {
         flags |= MsFlags::MS_REC;
@@ -248,29 +253,7 @@ fn bind_volume(sys: &dyn Syscall, root: BorrowedFd<'_>, bind: &VolumeBind) -> Re
         flags,
         None,
     )
-    .map_err(|e| ChildError::new(format_args!("binding {}", what()), e.desc()))?;
-    drop(target_fd);
-
-    if bind.read_only {
-        // A bind ignores MS_RDONLY; it takes a remount of the new mount. The fd used
-        // for the bind names the directory *under* it, so resolve the target again:
-        // the lookup now crosses into the bind.
-        let top = fsutil::open_in_root(root, target, OFlag::O_PATH, Mode::empty())
-            .map_err(|e| ChildError::io(format_args!("reopening {}", what()), e))?;
-        let top = fsutil::proc_fd_path(top.as_fd());
-        let keep = sys
-            .mount_flags(&top)
-            .map_err(|e| ChildError::new(format_args!("reading the flags of {}", what()), e.desc()))?;
-        sys.mount(
-            None,
-            &top,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep,
-            None,
-        )
-        .map_err(|e| ChildError::new(format_args!("making {} read-only", what()), e.desc()))?;
-    }
-    Ok(())
+    .map_err(|e| ChildError::new(format_args!("binding {}", what()), e.desc()))
 }
 
 /// A file to bind a file volume onto, created empty (with its parents) inside the
@@ -522,9 +505,7 @@ mod launch_sequence_tests {
 
     fn expected_after_rootfs(f: &Fixture) -> Vec<Call> {
         let r = &f.rootfs_dir;
-        let bind = MsFlags::MS_BIND;
         let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         vec![
             mount(
                 Some("tmpfs"),
@@ -534,16 +515,18 @@ mod launch_sequence_tests {
                 Some("mode=1777"),
             ),
             mount(Some(&show(&f.host_rw)), &r.join("srv/rw"), None, rbind, None),
-            mount(Some(&show(&f.host_ro)), &r.join("srv/ro"), None, bind, None),
-            mount(None, &r.join("srv/ro"), None, ro, None),
-            mount(
-                Some(&show(&f.host_file)),
-                &r.join("etc/app.conf"),
-                None,
-                rbind,
-                None,
-            ),
-            mount(None, &r.join("etc/app.conf"), None, ro, None),
+            // Read-only volumes: cloned, made read-only while detached, then moved
+            // onto the target; recursive ones with every submount.
+            Call::BindReadOnly {
+                source: show(&f.host_ro),
+                target: show(&r.join("srv/ro")),
+                recursive: false,
+            },
+            Call::BindReadOnly {
+                source: show(&f.host_file),
+                target: show(&r.join("etc/app.conf")),
+                recursive: true,
+            },
             // Bound last, onto targets resolved before any bind: nothing above was
             // resolved through the host's /dev, /proc or /sys. /dev is a symlink to
             // /etc in the image: resolved inside the rootfs.
@@ -705,7 +688,8 @@ mod launch_sequence_tests {
             assert!(
                 !sys.calls.borrow().iter().any(|c| matches!(
                     c,
-                    Call::Mount { source: Some(s), .. } if *s == show(&f.host_ro)
+                    Call::Mount { source: Some(s), .. } | Call::BindReadOnly { source: s, .. }
+                        if *s == show(&f.host_ro)
                 )),
                 "{target}: nothing bound"
             );

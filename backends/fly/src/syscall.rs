@@ -21,9 +21,12 @@ pub trait Syscall {
         flags: MsFlags,
         data: Option<&str>,
     ) -> nix::Result<()>;
-    /// The per-mount flags (nosuid, nodev, noexec, atime) of the mount at `target`,
-    /// which a bind remount must repeat or it would clear them.
-    fn mount_flags(&self, target: &Path) -> nix::Result<MsFlags>;
+    /// Binds `source` onto `target` read-only (with every submount when
+    /// `recursive`) without looking anything up by path after the bind: the source
+    /// tree is cloned detached, made read-only while detached, then moved onto the
+    /// target fd. A bind plus `MS_REMOUNT|MS_RDONLY` would cover only the top mount
+    /// and would have to find it again by path.
+    fn bind_read_only(&self, source: &Path, target: BorrowedFd<'_>, recursive: bool) -> nix::Result<()>;
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
     fn chdir(&self, path: &Path) -> nix::Result<()>;
@@ -57,24 +60,8 @@ impl Syscall for Nix {
         nix::mount::mount(source, target, fstype, flags, data)
     }
 
-    fn mount_flags(&self, target: &Path) -> nix::Result<MsFlags> {
-        use nix::sys::statvfs::FsFlags;
-        let st = nix::sys::statvfs::statvfs(target)?;
-        let have = st.flags();
-        let mut flags = MsFlags::empty();
-        for (fs, ms) in [
-            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-        ] {
-            if have.contains(fs) {
-                flags |= ms;
-            }
-        }
-        Ok(flags)
+    fn bind_read_only(&self, source: &Path, target: BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+        new_mount_api::bind_read_only(source, target, recursive)
     }
 
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
@@ -121,6 +108,11 @@ pub enum Call {
         fstype: Option<String>,
         flags: MsFlags,
         data: Option<String>,
+    },
+    BindReadOnly {
+        source: String,
+        target: String,
+        recursive: bool,
     },
     Umount2(String, MntFlags),
     PivotRoot(String, String),
@@ -180,8 +172,12 @@ impl Syscall for Recording {
             data: data.map(str::to_string),
         })
     }
-    fn mount_flags(&self, _target: &Path) -> nix::Result<MsFlags> {
-        Ok(MsFlags::empty())
+    fn bind_read_only(&self, source: &Path, target: BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+        self.push(Call::BindReadOnly {
+            source: Self::show(source),
+            target: Self::show(&rkt_engine::fsutil::proc_fd_path(target)),
+            recursive,
+        })
     }
     fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
         self.push(Call::Umount2(Self::show(target), flags))
@@ -203,5 +199,82 @@ impl Syscall for Recording {
     }
     fn setresuid(&self, uid: u32) -> nix::Result<()> {
         self.push(Call::Setresuid(uid))
+    }
+}
+
+/// The mount API of Linux 5.12+ (open_tree, mount_setattr, move_mount), which nix
+/// does not wrap yet.
+mod new_mount_api {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use nix::errno::Errno;
+
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+    /// `struct mount_attr` (linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+
+    fn check(rc: libc::c_long) -> nix::Result<libc::c_long> {
+        if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
+    }
+
+    pub fn bind_read_only(source: &Path, target: BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+        let source = CString::new(source.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        let empty = c"";
+        let recursive_flag = if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+        let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive_flag;
+        // SAFETY: open_tree reads the NUL-terminated `source` and returns a new fd.
+        let fd =
+            check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, source.as_ptr(), flags) })?;
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: the kernel just returned this fd; nobody else owns it.
+        let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let at_flags = libc::AT_EMPTY_PATH as libc::c_uint | recursive_flag;
+        // SAFETY: `attr` is a live `struct mount_attr` of the size passed; `empty`
+        // is NUL-terminated; `tree` is an open fd.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                at_flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        })?;
+        // SAFETY: both fds are open; both paths are the NUL-terminated empty string.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                target.as_raw_fd(),
+                empty.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        })?;
+        Ok(())
     }
 }

@@ -346,6 +346,49 @@ mod launch {
         assert!(tp.image.join("etc/hostfile").is_file());
     }
 
+    /// `readOnly` means the whole volume: a submount inside a recursive host volume
+    /// is read-only in the pod too (a bind plus remount covered only the top).
+    #[test]
+    fn launch_read_only_recursive_volume_is_read_only_all_the_way_down() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(false);
+        let ro = tp.tmp.path().join("ro");
+        let sub = ro.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        struct Detach(PathBuf);
+        impl Drop for Detach {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _detach = Detach(sub.clone());
+        tp.manifest(
+            sh("for d in /ro /ro/sub; do if touch $d/new 2>/dev/null; then echo writable; else echo readonly; fi; done > /out/states"),
+            vec![json!({"name": "ro", "kind": "host", "source": ro.to_str().unwrap(), "readOnly": true, "recursive": true})],
+            vec![json!({"volume": "ro", "path": "/ro"})],
+        );
+        let exit = checked(&tp, || launch(&tp.pod)).unwrap();
+        assert_eq!(exit.code, 0);
+        assert_eq!(
+            tp.out("states"),
+            "readonly\nreadonly\n",
+            "top and submount both read-only"
+        );
+        assert!(!sub.join("new").exists() && !ro.join("new").exists());
+        // The host's own view of the submount is untouched: still writable there.
+        std::fs::write(sub.join("host-can-write"), b"x").unwrap();
+    }
+
     /// A mountPoint path with `..` (image data) must name one directory for the
     /// bind and for the read-only remount that follows it.
     #[test]
