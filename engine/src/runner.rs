@@ -261,7 +261,7 @@ impl Runtime {
                 .map_err(io_err(format!("cannot save the pod UUID to {}", path.display())))?;
         }
         let pod = embryo.prepare()?;
-        match self.fill_pod(&pod, stage1, &manifest, request.no_overlay) {
+        match self.fill_pod(&pod, stage1, &manifest, &images, request.no_overlay) {
             Ok(()) => {
                 tracing::debug!(pod = %pod.uuid(), path = %pod.path().display(), "pod prepared");
                 Ok(pod)
@@ -282,6 +282,7 @@ impl Runtime {
         pod: &Pod<Preparing>,
         stage1: &dyn Stage1,
         manifest: &PodManifest,
+        images: &[(ImageId, ImageManifest)],
         no_overlay: bool,
     ) -> Result<(), RunnerError> {
         let dir = pod.path();
@@ -293,7 +294,12 @@ impl Runtime {
             tracing::warn!("overlayfs is not available; copying each app's rootfs instead");
         }
         for app in &manifest.apps {
-            self.prepare_app(dir, app, use_overlay)?;
+            // Already read while resolving the images, except for --pod-manifest.
+            let image_manifest = match images.iter().find(|(id, _)| *id == app.image.id) {
+                Some((_, m)) => std::borrow::Cow::Borrowed(m),
+                None => std::borrow::Cow::Owned(self.store.manifest(&app.image.id)?),
+            };
+            self.prepare_app(dir, app, &image_manifest, use_overlay)?;
         }
         layout::create_host_dirs(dir, manifest).map_err(io_err("cannot create the pod's directories"))?;
         // Written without fsyncs: the pod becomes durable as a whole when (and if)
@@ -303,9 +309,14 @@ impl Runtime {
         Ok(())
     }
 
-    fn prepare_app(&self, pod_dir: &Path, app: &RuntimeApp, use_overlay: bool) -> Result<(), RunnerError> {
+    fn prepare_app(
+        &self,
+        pod_dir: &Path,
+        app: &RuntimeApp,
+        image_manifest: &ImageManifest,
+        use_overlay: bool,
+    ) -> Result<(), RunnerError> {
         let name = app.name.as_str();
-        let image_manifest = self.store.manifest(&app.image.id)?;
         let tree = self.store.render(&app.image.id)?;
         tracing::debug!(app = name, tree = %tree.tree_id, "rootfs rendered");
         let info_dir = layout::appsinfo(pod_dir, name);
