@@ -342,7 +342,6 @@ impl Runtime {
             AppRootfs::Copy
         };
         write_json(&layout::app_rootfs_spec(pod_dir, name), &spec)?;
-        mkdirs(&layout::status_dir(pod_dir))?;
         Ok(())
     }
 }

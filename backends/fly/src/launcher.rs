@@ -53,15 +53,12 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = held.install(child.pid);
-    // The status is on the path between the app's exit and rkt's: it costs a
-    // rename, not two disk flushes (a crash ends the pod either way).
     let status = child.wait_exec().and_then(|()| wait_exit(child.pid));
     drop(forwarding);
     let code = status?;
 
-    let status_dir = layout::status_dir(pod_dir);
-    std::fs::create_dir_all(&status_dir)
-        .map_err(|e| FlyError::io(format!("creating {}", status_dir.display()), e))?;
+    // The status is on the path between the app's exit and rkt's: it costs a
+    // rename, not two disk flushes (a crash ends the pod either way).
     fsutil::replace_file(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
         .map_err(|e| FlyError::io(format!("writing the exit status of app {app:?}"), e))?;
     Ok(AppExit { app, code })

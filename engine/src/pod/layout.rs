@@ -103,11 +103,12 @@ pub fn read_app_rootfs(pod: &Path, app: &str) -> io::Result<AppRootfs> {
 }
 
 /// Creates the host-side directories a pod's apps mount on or from: each overlay
-/// app's mount point and upper/work dirs (as `rootfs.json` says), and every empty
-/// volume with its mode and owner. stage0 does this once, at prepare; a stage1
+/// app's mount point and upper/work dirs (as `rootfs.json` says), every empty
+/// volume with its mode and owner, and the status directory stage1 reports into. stage0 does this once, at prepare; a stage1
 /// only uses what is there, so a pod that moved on is never recreated behind it.
 pub fn create_host_dirs(pod: &Path, manifest: &PodManifest) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(status_dir(pod))?;
     for app in &manifest.apps {
         let name = app.name.as_str();
         if let AppRootfs::Overlay { .. } = read_app_rootfs(pod, name)? {
