@@ -1,12 +1,14 @@
 //! Flags shared by several commands, and the value parsers rkt's flags need.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use rkt_engine::pod::PodsDir;
 use rkt_engine::runner::Runtime;
 use rkt_engine::stage::InsecureOptions;
+use uuid::Uuid;
 
 #[derive(Debug, Args)]
 pub struct GlobalFlags {
@@ -160,10 +162,50 @@ pub enum Format {
 pub fn print_json<T: serde::Serialize>(value: &T, format: Format) -> Result<()> {
     let text = match format {
         Format::Json => serde_json::to_string(value)?,
-        Format::JsonPretty => serde_json::to_string_pretty(value)?,
+        // rkt indents with tabs (Go's json.MarshalIndent(v, "", "\t")).
+        Format::JsonPretty => {
+            let mut out = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))?;
+            String::from_utf8(out)?
+        }
     };
     println!("{text}");
     Ok(())
+}
+
+/// The pod a command acts on: a UUID (or unambiguous prefix) on the command line,
+/// or `--uuid-file` (the file `--uuid-file-save` wrote).
+pub fn resolve_pod(pods: &PodsDir, uuid: Option<&str>, uuid_file: Option<&Path>) -> Result<Uuid> {
+    match (uuid, uuid_file) {
+        (_, Some(file)) => Ok(rkt_engine::runner::read_uuid_file(file)?),
+        (Some(prefix), None) => Ok(pods.resolve(prefix)?),
+        (None, None) => bail!("a pod UUID is required (or --uuid-file)"),
+    }
+}
+
+/// Runs `act` on every pod named by `uuids` (or `--uuid-file`), going on after a
+/// failure: each failure is one line on stderr, prefixed with `command`, and the
+/// exit code is 254 if any failed.
+pub fn for_each_pod(
+    command: &str,
+    pods: &PodsDir,
+    uuids: &[String],
+    uuid_file: Option<&Path>,
+    mut act: impl FnMut(Uuid) -> Result<()>,
+) -> u8 {
+    let named: Vec<Option<&str>> = match uuid_file {
+        Some(_) => vec![None],
+        None => uuids.iter().map(|u| Some(u.as_str())).collect(),
+    };
+    let mut failed = false;
+    for uuid in named {
+        if let Err(e) = resolve_pod(pods, uuid, uuid_file).and_then(&mut act) {
+            eprintln!("{command}: {}", crate::one_line(&e));
+            failed = true;
+        }
+    }
+    if failed { crate::EXIT_RKT_ERROR } else { 0 }
 }
 
 pub fn refuse(condition: bool, message: &str) -> Result<()> {

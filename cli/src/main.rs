@@ -40,6 +40,18 @@ pub struct Cli {
 pub enum Command {
     /// Run image(s) in a pod
     Run(Box<commands::run::RunArgs>),
+    /// Prepare a pod from image(s) and print its UUID, to run later with run-prepared
+    Prepare(Box<commands::prepare::PrepareArgs>),
+    /// Run a prepared pod
+    RunPrepared(commands::run_prepared::RunPreparedArgs),
+    /// Stop running pods
+    Stop(commands::stop::StopArgs),
+    /// Remove exited or prepared pods and everything they hold
+    Rm(commands::rm::RmArgs),
+    /// Run a command inside a running pod's app
+    Enter(commands::enter::EnterArgs),
+    /// Print a pod's manifest
+    CatManifest(commands::cat_manifest::CatManifestArgs),
     /// Fetch image(s) and store them in the local store
     Fetch(commands::fetch::FetchArgs),
     /// List pods
@@ -83,7 +95,7 @@ fn main() -> ExitCode {
 /// carry their cause both in their text and as `source()`, and a caller's context
 /// may repeat what the error already names: a cause already in the message is
 /// skipped, and a cause that contains the message so far replaces it.
-fn one_line(error: &anyhow::Error) -> String {
+pub fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -104,6 +116,12 @@ fn one_line(error: &anyhow::Error) -> String {
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Run(_) => "run",
+        Command::Prepare(_) => "prepare",
+        Command::RunPrepared(_) => "run-prepared",
+        Command::Stop(_) => "stop",
+        Command::Rm(_) => "rm",
+        Command::Enter(_) => "enter",
+        Command::CatManifest(_) => "cat-manifest",
         Command::Fetch(_) => "fetch",
         Command::List(_) => "list",
         Command::Status(_) => "status",

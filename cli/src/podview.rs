@@ -1,6 +1,11 @@
 //! A pod as `rkt list` and `rkt status` show it, read from the pod directory.
-//! The JSON shape follows rkt's (`name`, `state`, `networks`, `app_names`, `apps`
-//! with per-app `exit_code`, times in Unix nanoseconds).
+//!
+//! The JSON shape is rkt's (`api/v1` `Pod` and `App`, as `lib.NewPodFromInternalPod`
+//! fills them): a pod's `created_at`/`started_at` are Unix seconds, an app's times
+//! are Unix nanoseconds; empty lists and unknown values are left out. Apps of a
+//! pod whose stage1 cannot add or remove apps take their state from the pod's,
+//! as rkt does for such pods; an app's `finished_at` is when its exit status was
+//! written, or failing that when the pod was marked garbage.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -15,20 +20,30 @@ use serde::Serialize;
 pub struct PodView {
     pub name: String,
     pub state: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub app_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<i64>,
     #[serde(skip)]
+    pub created: Option<SystemTime>,
+    #[serde(skip)]
+    pub started: Option<SystemTime>,
+    #[serde(skip)]
     pub pid: Option<i32>,
 }
 
+/// rkt's `netinfo.NetInfo`, with the fields this runtime records.
 #[derive(Debug, Clone, Serialize)]
 pub struct NetworkView {
+    #[serde(rename = "netName")]
     pub name: String,
+    #[serde(rename = "ifName")]
     pub ifname: String,
     pub ip: String,
 }
@@ -36,24 +51,56 @@ pub struct NetworkView {
 #[derive(Debug, Clone, Serialize)]
 pub struct AppView {
     pub name: String,
+    /// `created`, `running`, `exited` or `unknown`.
     pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     pub image_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountView>,
+    /// For `rkt list`'s table; not part of rkt's JSON.
+    #[serde(skip)]
     pub image_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MountView {
+    pub name: String,
+    pub container_path: String,
+    pub host_path: String,
+    pub read_only: bool,
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+fn since_epoch(t: SystemTime) -> Option<std::time::Duration> {
+    t.duration_since(SystemTime::UNIX_EPOCH).ok()
+}
+
 fn nanos(t: SystemTime) -> Option<i64> {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+    since_epoch(t).and_then(|d| i64::try_from(d.as_nanos()).ok())
+}
+
+fn seconds(t: SystemTime) -> Option<i64> {
+    since_epoch(t).and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
+/// rkt's app state in a pod whose apps live and die with it.
+fn app_state_of(pod: PodState) -> &'static str {
+    match pod {
+        PodState::Embryo | PodState::Preparing | PodState::AbortedPrepare => "unknown",
+        PodState::Prepared => "created",
+        PodState::Running => "running",
+        PodState::Exited | PodState::ExitedGarbage | PodState::Garbage => "exited",
+    }
 }
 
 /// Reads what is there; a pod being created or deleted may lack any file, and
@@ -63,28 +110,47 @@ pub fn view(info: &PodInfo) -> PodView {
     let manifest = std::fs::read(layout::manifest(dir))
         .ok()
         .and_then(|b| PodManifest::from_json(&b).ok());
-    let running = info.state == PodState::Running;
+    let created = mtime(&dir.join(layout::POD_CREATED));
+    let started = mtime(&dir.join(layout::PID));
+    let gc_marked = rkt_engine::pod::gc_marked_at(info);
     let apps: Vec<AppView> = manifest
         .iter()
-        .flat_map(|m| m.apps.iter())
-        .map(|app| {
+        .flat_map(|m| m.apps.iter().map(move |app| (m, app)))
+        .map(|(manifest, app)| {
             let status = layout::app_status(dir, app.name.as_str());
             let exit_code = std::fs::read_to_string(&status)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok());
-            let state = match (exit_code, info.state) {
-                (Some(_), _) => "exited",
-                (None, _) if running => "running",
-                (None, PodState::Prepared | PodState::Preparing) => "created",
-                _ => "unknown",
+            let state = match exit_code {
+                Some(_) => "exited",
+                None => app_state_of(info.state),
+            };
+            let finished = match exit_code {
+                Some(_) => mtime(&status).or(gc_marked),
+                None => gc_marked,
             };
             AppView {
                 name: app.name.to_string(),
                 state,
+                created_at: created.and_then(nanos),
+                started_at: started.and_then(nanos),
+                finished_at: finished.and_then(nanos),
                 exit_code,
                 image_id: app.image.id.to_string(),
+                mounts: app
+                    .mounts
+                    .iter()
+                    .map(|m| {
+                        let volume = manifest.volumes.iter().find(|v| v.name == m.volume);
+                        MountView {
+                            name: m.volume.to_string(),
+                            container_path: m.path.clone(),
+                            host_path: volume.and_then(|v| v.source.clone()).unwrap_or_default(),
+                            read_only: volume.and_then(|v| v.read_only).unwrap_or(false),
+                        }
+                    })
+                    .collect(),
                 image_name: app.image.name.as_ref().map(|n| n.to_string()),
-                finished_at: exit_code.and(mtime(&status)).and_then(nanos),
             }
         })
         .collect();
@@ -112,29 +178,29 @@ pub fn view(info: &PodInfo) -> PodView {
         networks,
         app_names: apps.iter().map(|a| a.name.clone()).collect(),
         apps,
-        created_at: mtime(&dir.join(layout::POD_CREATED)).and_then(nanos),
-        started_at: mtime(&dir.join(layout::PID)).and_then(nanos),
+        created_at: created.and_then(seconds),
+        started_at: started.and_then(seconds),
+        created,
+        started,
         pid,
     }
 }
 
 /// `2026-11-29 10:00:01.123 +0000 UTC`, rkt's absolute time format.
-pub fn absolute(nanos: Option<i64>) -> String {
-    let Some(n) = nanos else {
+pub fn absolute(time: Option<SystemTime>) -> String {
+    let Some(t) = time else {
         return String::new();
     };
-    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(n).unwrap_or(0));
     let text = humantime::format_rfc3339_millis(t).to_string();
     // 2026-11-29T10:00:01.123Z -> 2026-11-29 10:00:01.123 +0000 UTC
     format!("{} +0000 UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 /// `3 minutes ago`, rkt's relative format for tables.
-pub fn relative(nanos: Option<i64>) -> String {
-    let Some(n) = nanos else {
+pub fn relative(time: Option<SystemTime>) -> String {
+    let Some(then) = time else {
         return String::new();
     };
-    let then = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(n).unwrap_or(0));
     let secs = SystemTime::now()
         .duration_since(then)
         .map(|d| d.as_secs())
@@ -147,4 +213,93 @@ pub fn relative(nanos: Option<i64>) -> String {
     };
     let plural = if amount == 1 { "" } else { "s" };
     format!("{amount} {unit}{plural} ago")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "5f0d1c2e-3a4b-4c5d-8e6f-708192a3b4c5";
+
+    /// Replaces what differs between runs (times) with markers, line by line in
+    /// the pretty JSON, so field order is compared with the stored snapshot too.
+    fn normalise(pretty: &str) -> String {
+        let mut out = String::new();
+        for line in pretty.lines() {
+            let marked = line.split_once("_at\": ").and_then(|(key, rest)| {
+                let (number, comma) = match rest.strip_suffix(',') {
+                    Some(n) => (n, ","),
+                    None => (rest, ""),
+                };
+                let n: i64 = number.parse().ok()?;
+                // Seconds stay below 1e11 until the year 5138; nanoseconds are above 1e18.
+                let unit = match n {
+                    1_000_000_000..100_000_000_000 => "<seconds>",
+                    1_000_000_000_000_000_000.. => "<nanoseconds>",
+                    _ => "<not a time>",
+                };
+                Some(format!("{key}_at\": \"{unit}\"{comma}"))
+            });
+            out.push_str(marked.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn exited_pod(dir: &Path) -> PodInfo {
+        let id = format!("sha512-{}", "0123456789abcdef".repeat(8));
+        let manifest = serde_json::json!({
+            "acVersion": "0.8.11",
+            "acKind": "PodManifest",
+            "apps": [{
+                "name": "busybox",
+                "image": {"name": "example.com/busybox", "id": id},
+                "app": {"exec": ["/bin/sh"], "user": "0", "group": "0"},
+                "mounts": [{"volume": "data", "path": "/data"}]
+            }],
+            "volumes": [{"name": "data", "kind": "host", "source": "/srv/data", "readOnly": true}]
+        });
+        std::fs::write(layout::manifest(dir), manifest.to_string()).expect("manifest");
+        std::fs::write(dir.join(layout::POD_CREATED), b"").expect("pod-created");
+        std::fs::write(dir.join(layout::PID), b"4242").expect("pid");
+        std::fs::create_dir_all(layout::status_dir(dir)).expect("status dir");
+        std::fs::write(layout::app_status(dir, "busybox"), b"7").expect("status");
+        let net = serde_json::json!({"networker": "host", "netns": null,
+            "networks": [{"name": "default", "ifname": "eth0", "ip": "172.16.28.2"}]});
+        std::fs::write(dir.join(layout::NET_INFO), net.to_string()).expect("net-info");
+        PodInfo {
+            uuid: UUID.parse().expect("uuid"),
+            state: PodState::Exited,
+            path: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn json_matches_rkts_shape_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let view = view(&exited_pod(dir.path()));
+        let got = normalise(&serde_json::to_string_pretty(&view).expect("json"));
+        let want = include_str!("testdata/pod-view.json");
+        assert_eq!(got.trim(), want.trim(), "got:\n{got}");
+    }
+
+    #[test]
+    fn a_pod_without_files_shows_only_name_and_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let info = PodInfo {
+            uuid: UUID.parse().expect("uuid"),
+            state: PodState::Embryo,
+            path: dir.path().join("gone"),
+        };
+        let json = serde_json::to_value(view(&info)).expect("json");
+        assert_eq!(json, serde_json::json!({"name": UUID, "state": "embryo"}));
+    }
+
+    #[test]
+    fn app_states_follow_the_pod() {
+        assert_eq!(app_state_of(PodState::Prepared), "created");
+        assert_eq!(app_state_of(PodState::Running), "running");
+        assert_eq!(app_state_of(PodState::ExitedGarbage), "exited");
+        assert_eq!(app_state_of(PodState::Preparing), "unknown");
+    }
 }

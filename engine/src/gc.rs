@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
 use crate::pod::layout;
-use crate::pod::{AnyPod, Garbage, Pod, PodState, PodsDir};
+use crate::pod::{AnyPod, Garbage, Pod, PodError, PodState, PodsDir};
 use crate::runner::{NetRecord, pod_stage1};
 use crate::stage::Networker;
 use crate::stage::block_on::block_on;
@@ -109,6 +109,37 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
         }
     }
     Ok(report)
+}
+
+/// Why `rkt rm` left a pod alone.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("pod {0} is running; stop it first (rkt stop)")]
+    Running(Uuid),
+    #[error("pod {0} is being prepared")]
+    Preparing(Uuid),
+    #[error("pod {0} is being deleted by another rkt process")]
+    Deleting(Uuid),
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error("pod {uuid}: {message}")]
+    Sweep { uuid: Uuid, message: String },
+}
+
+/// `rkt rm`: moves an exited, prepared or aborted pod to garbage and sweeps it at
+/// once, the same way gc does (network, stage1 gc, unmount, delete without
+/// crossing a mount point). A running or preparing pod is refused, untouched.
+pub fn remove(pods: &PodsDir, uuid: &Uuid) -> Result<(), RemoveError> {
+    let garbage = match pods.load(uuid)? {
+        AnyPod::Running(_) => return Err(RemoveError::Running(*uuid)),
+        AnyPod::Embryo(_) | AnyPod::Preparing(_) => return Err(RemoveError::Preparing(*uuid)),
+        AnyPod::Deleting(_) => return Err(RemoveError::Deleting(*uuid)),
+        AnyPod::AbortedPrepare(pod) => pod.abort()?,
+        AnyPod::Prepared(pod) => pod.expire()?,
+        AnyPod::Exited(pod) => pod.mark_garbage()?,
+        AnyPod::Garbage(pod) => pod,
+    };
+    sweep(garbage).map_err(|message| RemoveError::Sweep { uuid: *uuid, message })
 }
 
 fn age(now: SystemTime, then: SystemTime) -> Duration {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::fsutil;
 use crate::pod::layout::{self, AppRootfs};
-use crate::pod::{Pod, PodError, PodsDir, Prepared, Preparing, Running};
+use crate::pod::{AnyPod, Pod, PodError, PodsDir, Prepared, Preparing, Running};
 use crate::schema::{
     ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp, RuntimeImage,
     SchemaError, Volume, VolumeKind,
@@ -99,6 +99,16 @@ pub struct RunRequest {
     pub debug: bool,
 }
 
+/// `rkt run-prepared`: which prepared pod, and the run-time flags it takes.
+#[derive(Debug, Clone)]
+pub struct RunPreparedRequest {
+    pub uuid: Uuid,
+    pub net: NetRequest,
+    pub net_explicit: bool,
+    pub interactive: bool,
+    pub debug: bool,
+}
+
 /// The engine's view of one `--dir`.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -178,10 +188,53 @@ impl Runtime {
     pub fn run(&self, request: &RunRequest) -> Result<PodExit, RunnerError> {
         let stage1 = select_stage1(&request.prepare.stage1)?;
         check_capabilities(stage1.as_ref(), &request.prepare, request.interactive)?;
-        let net = effective_net(stage1.as_ref(), request)?;
+        let net = effective_net(stage1.as_ref(), &request.net, request.net_explicit)?;
         let pod = self.prepare_pod(stage1.as_ref(), &request.prepare)?;
         let pod = pod.run()?;
         tracing::debug!(pod = %pod.uuid(), stage1 = stage1.name(), "pod running");
+        self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
+    }
+
+    /// `rkt run-prepared`: runs a pod that `prepare` left in state prepared, with
+    /// the stage1 it was prepared for. Any process may do this, any time later.
+    pub fn run_prepared(&self, request: &RunPreparedRequest) -> Result<PodExit, RunnerError> {
+        let uuid = request.uuid;
+        let pod = match self.pods.load(&uuid)? {
+            AnyPod::Prepared(pod) => pod,
+            other => {
+                return Err(RunnerError::Invalid(format!(
+                    "pod {uuid} is {}, not prepared; only a prepared pod can be run",
+                    other.info().state
+                )));
+            }
+        };
+        let stage1 = pod_stage1(pod.path())?;
+        if let Availability::Unavailable(why) = stage1.availability() {
+            return Err(RunnerError::Invalid(format!(
+                "pod {uuid} was prepared for stage1 {}, which cannot run on this machine: {why}",
+                stage1.name()
+            )));
+        }
+        if request.interactive {
+            let path = layout::manifest(pod.path());
+            let bytes = std::fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
+            let manifest = PodManifest::from_json(&bytes)
+                .map_err(|e| RunnerError::Invalid(format!("pod {uuid}: manifest: {e}")))?;
+            if manifest.apps.len() > 1 {
+                return Err(RunnerError::Invalid(
+                    "interactive option only supports pods with one app".into(),
+                ));
+            }
+            if !stage1.capabilities().interactive {
+                return Err(RunnerError::Invalid(format!(
+                    "stage1 {} does not support --interactive",
+                    stage1.name()
+                )));
+            }
+        }
+        let net = effective_net(stage1.as_ref(), &request.net, request.net_explicit)?;
+        let pod = pod.run()?;
+        tracing::debug!(pod = %uuid, stage1 = stage1.name(), "prepared pod running");
         self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
     }
 
@@ -421,15 +474,15 @@ fn check_capabilities(
 
 /// A stage1 without network namespaces runs every pod on the host's network; that
 /// is only an error when the user explicitly asked for something else.
-fn effective_net(stage1: &dyn Stage1, request: &RunRequest) -> Result<NetRequest, RunnerError> {
-    if stage1.capabilities().network_namespace || request.net.is_host() {
-        return Ok(if request.net.networks.is_empty() {
+fn effective_net(stage1: &dyn Stage1, net: &NetRequest, explicit: bool) -> Result<NetRequest, RunnerError> {
+    if stage1.capabilities().network_namespace || net.is_host() {
+        return Ok(if net.networks.is_empty() {
             NetRequest::host()
         } else {
-            request.net.clone()
+            net.clone()
         });
     }
-    if request.net_explicit {
+    if explicit {
         return Err(RunnerError::Invalid(format!(
             "stage1 {} only supports the host's network (--net=host)",
             stage1.name()

@@ -7,6 +7,7 @@
 
 mod child;
 mod launcher;
+mod stop;
 pub mod syscall;
 
 use std::path::Path;
@@ -150,10 +151,16 @@ impl Stage1 for FlyStage1 {
         } else {
             nix::sys::signal::Signal::SIGTERM
         };
-        match nix::sys::signal::kill(pid, sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(BackendError::io(format!("fly: signalling pid {pid}"), e.into())),
+        // Pin the process first, then make sure the pod still runs: the pid file
+        // names the app only while the pod's lock is held, and once pinned a pid
+        // that is reused afterwards can no longer be hit.
+        let Some(process) = stop::Pinned::open(pid)? else {
+            return Ok(());
+        };
+        if !stop::lock_held(&pod.path)? {
+            return Ok(());
         }
+        process.signal(sig)
     }
 
     /// Every fly mount lives in the app's own mount namespace and died with it.

@@ -644,6 +644,12 @@ mod launch {
                     fly.enter(&tp.info(PodState::Exited), APP, &argv(&["true"]))
                         .is_err()
                 );
+                // stop signals only a pod whose lock is held, as stage0's would be.
+                let _lock = nix::fcntl::Flock::lock(
+                    std::fs::File::open(&tp.pod).unwrap(),
+                    nix::fcntl::FlockArg::LockExclusiveNonblock,
+                )
+                .unwrap();
                 fly.stop(&info, false).unwrap();
                 running.join().unwrap()
             })

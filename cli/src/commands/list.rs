@@ -73,8 +73,8 @@ pub fn list(global: &GlobalFlags, args: ListArgs) -> Result<u8> {
                 app.and_then(|a| a.exit_code)
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
-                time(pod.created_at),
-                time(pod.started_at),
+                time(pod.created),
+                time(pod.started),
                 networks.clone(),
             ]);
             table.push(row);

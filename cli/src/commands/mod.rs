@@ -1,10 +1,16 @@
 //! One module per `rkt` subcommand; each returns the process exit code.
 
+pub mod cat_manifest;
+pub mod enter;
 pub mod fetch;
 pub mod gc;
 pub mod list;
+pub mod prepare;
+pub mod rm;
 pub mod run;
+pub mod run_prepared;
 pub mod status;
+pub mod stop;
 pub mod version;
 
 use anyhow::Result;
@@ -15,6 +21,12 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
     let global = &cli.global;
     match cli.command {
         Command::Run(args) => run::run(global, *args),
+        Command::Prepare(args) => prepare::prepare(global, *args),
+        Command::RunPrepared(args) => run_prepared::run_prepared(global, args),
+        Command::Stop(args) => stop::stop(global, args),
+        Command::Rm(args) => rm::rm(global, args),
+        Command::Enter(args) => enter::enter(global, args),
+        Command::CatManifest(args) => cat_manifest::cat_manifest(global, args),
         Command::Fetch(args) => fetch::fetch(global, args),
         Command::List(args) => list::list(global, args),
         Command::Status(args) => status::status(global, args),

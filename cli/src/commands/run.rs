@@ -107,6 +107,7 @@ pub struct PodFlags {
     #[arg(long)]
     pub pull_policy: Option<String>,
     /// A pod manifest to run; only --net, --no-overlay and --interactive may go with it
+    /// (and the stage1 and --uuid-file-save flags)
     #[arg(long)]
     pub pod_manifest: Option<PathBuf>,
     /// Write the pod's UUID to this file
@@ -121,6 +122,27 @@ pub struct PodFlags {
 }
 
 impl PodFlags {
+    /// rkt's list: flags that shape apps, volumes or fetching, which a pod manifest
+    /// already decides. Stage1 selection, --net, --no-overlay, --interactive and
+    /// --uuid-file-save may go with it.
+    fn conflicts_with_pod_manifest(&self, images: usize) -> Vec<&'static str> {
+        let fetching = self.store_only
+            || self.no_store
+            || matches!(self.pull_policy.as_deref(), Some("never" | "update"));
+        [
+            (images > 0, "IMAGE"),
+            (!self.volumes.is_empty(), "--volume"),
+            (!self.mounts.is_empty(), "--mount"),
+            (!self.ports.is_empty(), "--port"),
+            (fetching, "--pull-policy/--store-only/--no-store"),
+            (self.inherit_env, "--inherit-env"),
+            (!self.set_env.is_empty(), "--set-env"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+
     pub fn request(
         &self,
         stage1: String,
@@ -137,18 +159,13 @@ impl PodFlags {
         )?;
         let apps = parse_apps(images)?;
         if self.pod_manifest.is_some() {
-            let conflicting = !self.ports.is_empty()
-                || self.inherit_env
-                || !self.set_env.is_empty()
-                || !apps.is_empty()
-                || self.store_only
-                || self.no_store
-                || !self.volumes.is_empty()
-                || !self.mounts.is_empty();
-            refuse(
-                conflicting,
-                "conflicting flags set with --pod-manifest (only --net, --no-overlay and --interactive may go with it)",
-            )?;
+            let conflicting = self.conflicts_with_pod_manifest(apps.len());
+            if !conflicting.is_empty() {
+                bail!(
+                    "conflicting flags set with --pod-manifest: {} (only --net, --no-overlay and --interactive may go with it)",
+                    conflicting.join(", ")
+                );
+            }
         } else {
             refuse(
                 apps.is_empty(),

@@ -9,7 +9,7 @@ use rkt_engine::pod::layout;
 use rkt_engine::pod::{PodInfo, PodState, PodsDir};
 use uuid::Uuid;
 
-use crate::flags::{Format, GlobalFlags, Wait, parse_wait, print_json};
+use crate::flags::{Format, GlobalFlags, Wait, parse_wait, print_json, resolve_pod};
 use crate::podview;
 
 #[derive(Debug, Args)]
@@ -33,17 +33,9 @@ pub struct StatusArgs {
     pub uuid: Option<String>,
 }
 
-pub fn resolve_uuid(pods: &PodsDir, uuid: Option<&str>, uuid_file: Option<&PathBuf>) -> Result<Uuid> {
-    match (uuid, uuid_file) {
-        (_, Some(file)) => Ok(rkt_engine::runner::read_uuid_file(file)?),
-        (Some(prefix), None) => Ok(pods.resolve(prefix)?),
-        (None, None) => bail!("a pod UUID is required"),
-    }
-}
-
 pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
     let runtime = global.runtime_read_only()?;
-    let uuid = resolve_uuid(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_ref())?;
+    let uuid = resolve_pod(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_deref())?;
     if args.wait_ready != Wait::No {
         // Ready: the apps run, which a stage1 records with the pid before exec.
         wait_until(
@@ -73,9 +65,9 @@ pub fn status(global: &GlobalFlags, args: StatusArgs) -> Result<u8> {
         return Ok(0);
     }
     println!("state={}", view.state);
-    println!("created={}", podview::absolute(view.created_at));
+    println!("created={}", podview::absolute(view.created));
     if view.started_at.is_some() {
-        println!("started={}", podview::absolute(view.started_at));
+        println!("started={}", podview::absolute(view.started));
     }
     if !view.networks.is_empty() {
         let nets: Vec<String> = view
