@@ -53,7 +53,10 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = held.install(child.pid);
-    let status = child.wait_exec().and_then(|()| wait_exit(child.pid));
+    let status = child.wait_exec().and_then(|()| {
+        rkt_engine::failpoint::failpoint("run.stage1-started");
+        wait_exit(child.pid)
+    });
     drop(forwarding);
     let code = status?;
 
@@ -61,6 +64,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     // rename, not two disk flushes (a crash ends the pod either way).
     fsutil::replace_file(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
         .map_err(|e| FlyError::io(format!("writing the exit status of app {app:?}"), e))?;
+    rkt_engine::failpoint::failpoint("run.exit-status-written");
     Ok(AppExit { app, code })
 }
 
