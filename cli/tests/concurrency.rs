@@ -111,7 +111,12 @@ fn runs_with_list_and_gc_racing(test: &str, stage1: &str) {
     let (lists, gcs) = racers;
     for (kind, outs) in [("list", &lists), ("gc", &gcs)] {
         for out in outs {
-            assert_eq!(out.out.code, 0, "a racing rkt {kind} failed: {}", out.out.describe());
+            assert_eq!(
+                out.out.code,
+                0,
+                "a racing rkt {kind} failed: {}",
+                out.out.describe()
+            );
         }
     }
     for line in lists.iter().flat_map(|l| l.out.stdout.lines()) {
@@ -184,7 +189,12 @@ fn fetches_racing_runs_of_a_new_image_store_it_once() {
             assert_eq!(done.out.code, 0, "{what}: {}", done.out.describe());
             ids.push(done.out.stdout.trim().to_string());
         } else {
-            assert_eq!(done.out.code, 10 + (i as i32 - 8), "{what}: {}", done.out.describe());
+            assert_eq!(
+                done.out.code,
+                10 + (i as i32 - 8),
+                "{what}: {}",
+                done.out.describe()
+            );
         }
     }
     ids.sort();

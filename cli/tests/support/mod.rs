@@ -136,7 +136,11 @@ pub fn list_pods(rkt: &Rkt) -> Result<Vec<(String, String)>, String> {
 /// Pod directories under `$dir/pods/<state>/`.
 pub fn pod_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for state in std::fs::read_dir(dir.join("pods")).into_iter().flatten().flatten() {
+    for state in std::fs::read_dir(dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for pod in std::fs::read_dir(state.path()).into_iter().flatten().flatten() {
             out.push(pod.path());
         }
@@ -159,7 +163,11 @@ pub fn processes_under(root: &Path) -> Vec<String> {
                 && target.starts_with(root)
             {
                 let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                found.push(format!("pid {pid} ({}) {link} -> {}", comm.trim(), target.display()));
+                found.push(format!(
+                    "pid {pid} ({}) {link} -> {}",
+                    comm.trim(),
+                    target.display()
+                ));
                 break;
             }
         }
