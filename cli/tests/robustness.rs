@@ -16,7 +16,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -1036,5 +1035,38 @@ fn errors_say_each_thing_once_and_carry_no_terminal_codes() {
         )
     });
 
+    problems.assert_none();
+}
+
+// ---------------------------------------------------------------------------------
+// 6. Every command with a wrong flag, a missing argument or an unknown UUID.
+
+#[test]
+fn every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids() {
+    let Some(rkt) = harness("every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids") else {
+        return;
+    };
+    let image = s(&rkt.image(&AciSpec::busybox("example.com/bad-input")).expect("image"));
+    let run = rkt.run(&[&image, "--exec", "/bin/true"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let before = snapshot(&rkt.dir);
+    let mut problems = Problems::default();
+    // Commands of this build; a command added later joins by being listed here.
+    for cmd in ["run", "fetch", "list", "status", "gc", "version"] {
+        let out = rkt.rkt(&[cmd, "--no-such-flag"]);
+        problems.one_line_254(&format!("{cmd} --no-such-flag"), &out, "--no-such-flag");
+    }
+    for (cmd, mentions) in [("run", "image"), ("fetch", "<IMAGE>"), ("status", "<UUID")] {
+        let out = rkt.rkt(&[cmd]);
+        problems.one_line_254(&format!("{cmd} without arguments"), &out, mentions);
+    }
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let out = rkt.rkt(&["status", unknown]);
+    problems.one_line_254("status of an unknown UUID", &out, "00000000");
+    let out = rkt.rkt(&["status", "not-a-uuid!"]);
+    problems.one_line_254("status of a malformed UUID", &out, "not-a-uuid!");
+    problems.check(snapshot(&rkt.dir) == before, || {
+        "a refused command changed the data dir".into()
+    });
     problems.assert_none();
 }
