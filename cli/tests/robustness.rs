@@ -1046,7 +1046,9 @@ fn every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids() {
     let Some(rkt) = harness("every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids") else {
         return;
     };
-    let image = s(&rkt.image(&AciSpec::busybox("example.com/bad-input")).expect("image"));
+    let image = s(&rkt
+        .image(&AciSpec::busybox("example.com/bad-input"))
+        .expect("image"));
     let run = rkt.run(&[&image, "--exec", "/bin/true"]);
     assert_eq!(run.code, 0, "{}", run.describe());
     let before = snapshot(&rkt.dir);

@@ -307,7 +307,7 @@ trait FreeSpace {
 impl FreeSpace for BufWriter<File> {
     fn free_space(&self) -> Option<u64> {
         let stat = nix::sys::statvfs::fstatvfs(self.get_ref()).ok()?;
-        Some(u64::from(stat.blocks_available()).saturating_mul(stat.fragment_size()))
+        Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 }
 
