@@ -75,7 +75,12 @@ fn main() -> ExitCode {
         // A usage error is one line, like every other rkt error; --help has the rest.
         Err(e) => {
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            // "...were not provided:" names the arguments on the next line.
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+            if first.ends_with(':') {
+                first = format!("{first} {}", lines.next().unwrap_or(""));
+            }
             eprintln!("rkt: {}", first.trim_start_matches("error: "));
             return ExitCode::from(EXIT_RKT_ERROR);
         }

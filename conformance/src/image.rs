@@ -212,3 +212,127 @@ fn is_static_elf(path: &Path) -> bool {
             .unwrap_or(false)
     })
 }
+
+/// One tar entry exactly as written: raw name and link bytes (`..`, absolute and
+/// over-long names included, through GNU long-name records), and a header size
+/// that may lie about the data that follows.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub kind: tar::EntryType,
+    pub name: Vec<u8>,
+    pub link: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    /// The size the header claims, when it is not `data.len()`.
+    pub claimed_size: Option<u64>,
+}
+
+impl RawEntry {
+    pub fn file(name: impl AsRef<[u8]>, data: &[u8], mode: u32) -> Self {
+        RawEntry {
+            kind: tar::EntryType::Regular,
+            name: name.as_ref().to_vec(),
+            link: None,
+            data: data.to_vec(),
+            mode,
+            claimed_size: None,
+        }
+    }
+    pub fn dir(name: impl AsRef<[u8]>) -> Self {
+        RawEntry {
+            kind: tar::EntryType::Directory,
+            ..RawEntry::file(name, b"", 0o755)
+        }
+    }
+    pub fn symlink(name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
+        RawEntry {
+            kind: tar::EntryType::Symlink,
+            link: Some(target.as_ref().to_vec()),
+            ..RawEntry::file(name, b"", 0o777)
+        }
+    }
+    pub fn hardlink(name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
+        RawEntry {
+            kind: tar::EntryType::Link,
+            link: Some(target.as_ref().to_vec()),
+            ..RawEntry::file(name, b"", 0o644)
+        }
+    }
+}
+
+/// A tar of `entries` exactly as given, with or without the end-of-archive marker.
+pub fn raw_tar(entries: &[RawEntry], end_marker: bool) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in entries {
+        if entry.name.len() >= 100 {
+            long_record(&mut out, tar::EntryType::GNULongName, &entry.name)?;
+        }
+        if let Some(link) = entry.link.as_ref().filter(|l| l.len() >= 100) {
+            long_record(&mut out, tar::EntryType::GNULongLink, link)?;
+        }
+        let size = entry.claimed_size.unwrap_or(entry.data.len() as u64);
+        let mut h = header(entry.kind, size, entry.mode);
+        put(&mut h.as_old_mut().name, &entry.name);
+        if let Some(link) = &entry.link {
+            put(&mut h.as_old_mut().linkname, link);
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&entry.data);
+        pad(&mut out);
+    }
+    if end_marker {
+        out.extend_from_slice(&[0u8; 1024]);
+    }
+    Ok(out)
+}
+
+/// The busybox image of `spec` (its manifest replaced by `manifest` when given),
+/// as raw entries that `raw_tar` writes back, so hostile entries can be appended.
+pub fn raw_entries_of(spec: &AciSpec, manifest: Option<&[u8]>) -> io::Result<Vec<RawEntry>> {
+    let mut bytes = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("base.aci");
+    spec.write(&path)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(&path)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path_bytes().into_owned();
+        let mut raw = RawEntry {
+            kind: entry.header().entry_type(),
+            link: entry.link_name_bytes().map(|l| l.into_owned()),
+            mode: entry.header().mode()?,
+            ..RawEntry::file(&name, b"", 0)
+        };
+        io::Read::read_to_end(&mut entry, &mut raw.data)?;
+        if name == b"manifest"
+            && let Some(m) = manifest
+        {
+            raw.data = m.to_vec();
+        }
+        bytes.push(raw);
+    }
+    Ok(bytes)
+}
+
+fn long_record(out: &mut Vec<u8>, kind: tar::EntryType, bytes: &[u8]) -> io::Result<()> {
+    let mut data = bytes.to_vec();
+    data.push(0);
+    let mut h = header(kind, data.len() as u64, 0o644);
+    put(&mut h.as_old_mut().name, b"././@LongLink");
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&data);
+    pad(out);
+    Ok(())
+}
+
+fn put(field: &mut [u8], bytes: &[u8]) {
+    field.fill(0);
+    let n = bytes.len().min(field.len());
+    field[..n].copy_from_slice(&bytes[..n]);
+}
+
+fn pad(out: &mut Vec<u8>) {
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}

@@ -11,4 +11,4 @@ pub mod image;
 
 pub use checks::{Check, Outcome, all_checks};
 pub use harness::Rkt;
-pub use image::{AciSpec, busybox_path};
+pub use image::{AciSpec, RawEntry, busybox_path, raw_entries_of, raw_tar};

@@ -251,6 +251,7 @@ fn remove_children(root_fd: OwnedFd, dev: u64, shown: &Path) -> io::Result<()> {
                 };
                 path.push((subdir, here));
                 dir = child;
+                crate::failpoint::failpoint("gc.deleting");
             }
             None => {
                 let Some((name, parent_id)) = path.pop() else {

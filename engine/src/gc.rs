@@ -82,6 +82,7 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
             Err(e) => report.errors.push(format!("pod {}: {e}", info.uuid)),
         }
     }
+    crate::failpoint::failpoint("gc.marked");
     if options.mark_only {
         return Ok(report);
     }
@@ -104,7 +105,10 @@ pub fn collect(pods: &PodsDir, options: &GcOptions) -> Result<GcReport, crate::p
             }
         }
         match sweep(pod) {
-            Ok(()) => report.removed.push(info.uuid),
+            Ok(()) => {
+                report.removed.push(info.uuid);
+                crate::failpoint::failpoint("gc.swept-one");
+            }
             Err(e) => report.errors.push(format!("pod {}: {e}", info.uuid)),
         }
     }
@@ -157,6 +161,7 @@ fn sweep(pod: Pod<Garbage>) -> Result<(), String> {
             Err(e) => tracing::warn!("pod {}: {e}; skipping stage1 gc", pod.uuid()),
         }
     }
+    crate::failpoint::failpoint("gc.unmounted");
     pod.destroy().map_err(|e| e.to_string())
 }
 

@@ -4,6 +4,7 @@
 //! (`stage::ImageFinder`), rendered by the `store`, prepared into a `pod`, and run
 //! by a `stage::Stage1`. Backends only ever see the types defined here.
 
+pub mod failpoint;
 pub mod fsutil;
 pub mod gc;
 pub mod pod;

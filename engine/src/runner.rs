@@ -181,7 +181,10 @@ impl Runtime {
         let stage1 = select_stage1(&request.stage1)?;
         check_capabilities(stage1.as_ref(), request, false)?;
         let pod = self.prepare_pod(stage1.as_ref(), request)?;
-        Ok(pod.prepared()?)
+        crate::failpoint::failpoint("prepare.before-prepared-rename");
+        let pod = pod.prepared()?;
+        crate::failpoint::failpoint("prepare.after-prepared-rename");
+        Ok(pod)
     }
 
     /// `rkt run`: prepare, then run the pod in this process's lifetime.
@@ -191,6 +194,7 @@ impl Runtime {
         let net = effective_net(stage1.as_ref(), &request.net, request.net_explicit)?;
         let pod = self.prepare_pod(stage1.as_ref(), &request.prepare)?;
         let pod = pod.run()?;
+        crate::failpoint::failpoint("run.running");
         tracing::debug!(pod = %pod.uuid(), stage1 = stage1.name(), "pod running");
         self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
     }
@@ -255,6 +259,7 @@ impl Runtime {
             info: net_info.clone(),
         };
         write_json(&pod.path().join(layout::NET_INFO), &record)?;
+        crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
         let labels = select_labeler()?.labels(&info)?;
         let cfg = RunConfig {
@@ -263,6 +268,7 @@ impl Runtime {
             net: net_info,
             labels,
         };
+        crate::failpoint::failpoint("run.stage1-starting");
         Ok(stage1.run(pod, &cfg)?)
     }
 
@@ -308,12 +314,14 @@ impl Runtime {
         }
 
         let embryo = self.pods.create()?;
+        crate::failpoint::failpoint("prepare.embryo-created");
         if let Some(path) = &request.uuid_file_save {
             let text = embryo.uuid().to_string();
             fsutil::atomic_write(path, text.as_bytes())
                 .map_err(io_err(format!("cannot save the pod UUID to {}", path.display())))?;
         }
         let pod = embryo.prepare()?;
+        crate::failpoint::failpoint("prepare.preparing");
         match self.fill_pod(&pod, stage1, &manifest, &images, request.no_overlay) {
             Ok(()) => {
                 tracing::debug!(pod = %pod.uuid(), path = %pod.path().display(), "pod prepared");
@@ -359,6 +367,7 @@ impl Runtime {
         // it moves to prepared; a crash before that leaves an aborted prepare for gc.
         fsutil::replace_file(&layout::manifest(dir), &manifest.to_json())
             .map_err(io_err("cannot write the pod manifest"))?;
+        crate::failpoint::failpoint("prepare.manifest-written");
         Ok(())
     }
 
@@ -372,6 +381,7 @@ impl Runtime {
         let name = app.name.as_str();
         let tree = self.store.render(&app.image.id)?;
         tracing::debug!(app = name, tree = %tree.tree_id, "rootfs rendered");
+        crate::failpoint::failpoint("prepare.app-rendered");
         let info_dir = layout::appsinfo(pod_dir, name);
         mkdirs(&info_dir)?;
         fsutil::replace_file(
@@ -395,6 +405,7 @@ impl Runtime {
             AppRootfs::Copy
         };
         write_json(&layout::app_rootfs_spec(pod_dir, name), &spec)?;
+        crate::failpoint::failpoint("prepare.app-ready");
         Ok(())
     }
 }

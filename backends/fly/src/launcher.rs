@@ -53,7 +53,10 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = held.install(child.pid);
-    let status = child.wait_exec().and_then(|()| wait_exit(child.pid));
+    let status = child.wait_exec().and_then(|()| {
+        rkt_engine::failpoint::failpoint("run.stage1-started");
+        wait_exit(child.pid)
+    });
     drop(forwarding);
     let code = status?;
 
@@ -61,6 +64,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     // rename, not two disk flushes (a crash ends the pod either way).
     fsutil::replace_file(&layout::app_status(pod_dir, &app), code.to_string().as_bytes())
         .map_err(|e| FlyError::io(format!("writing the exit status of app {app:?}"), e))?;
+    rkt_engine::failpoint::failpoint("run.exit-status-written");
     Ok(AppExit { app, code })
 }
 
@@ -75,7 +79,26 @@ fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
     if plan.uid != 0 || plan.gid != 0 {
         arm_parent_death_signal(parent)?;
     }
+    close_inherited_fds_at_exec()?;
     Err(child::exec(&args))
+}
+
+/// The app gets stdin, stdout and stderr, nothing else: any descriptor rkt itself
+/// inherited without O_CLOEXEC (from its caller's shell, a supervisor, a leaky
+/// library) would otherwise reach the app, the way CVE-2019-5736 reached runc.
+fn close_inherited_fds_at_exec() -> Result<(), ChildError> {
+    // SAFETY: close_range only changes descriptor flags of this process; with
+    // CLOSE_RANGE_CLOEXEC nothing is closed before exec, so no fd in use here
+    // (the launch pipe, the rootfs handles) goes away early.
+    let rc = unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ChildError::io(
+            "marking inherited descriptors close-on-exec",
+            std::io::Error::last_os_error(),
+        ))
+    }
 }
 
 /// The app's process records its own pid (and process group) before it can exec,

@@ -31,6 +31,7 @@ pub fn gc(global: &GlobalFlags, args: GcArgs) -> Result<u8> {
             mark_only: args.mark_only,
         },
     )?;
+    let temps = runtime.store.remove_abandoned_temps();
     for uuid in &report.marked {
         println!("Moving pod {uuid} to garbage");
     }
@@ -40,7 +41,10 @@ pub fn gc(global: &GlobalFlags, args: GcArgs) -> Result<u8> {
     for error in &report.errors {
         eprintln!("gc: {error}");
     }
-    Ok(if report.errors.is_empty() {
+    if let Err(e) = &temps {
+        eprintln!("gc: {e}");
+    }
+    Ok(if report.errors.is_empty() && temps.is_ok() {
         0
     } else {
         crate::EXIT_RKT_ERROR

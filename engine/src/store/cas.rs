@@ -35,6 +35,15 @@ struct Found {
 }
 
 pub(super) fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Result<ImageId, StoreError> {
+    import_limited(store, archive, origin, size_limit()?)
+}
+
+fn import_limited(
+    store: &Store,
+    archive: &mut dyn Read,
+    origin: &str,
+    limit: u64,
+) -> Result<ImageId, StoreError> {
     #[cfg(test)]
     HASHED.with(|n| n.set(n.get() + 1));
 
@@ -46,10 +55,15 @@ pub(super) fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Res
         .create_new(true)
         .open(scratch.path())
         .ctx(|| format!("create {tmp_shown}"))?;
+    crate::failpoint::failpoint("fetch.temp-created");
 
     let stream = decompress::uncompressed(archive).ctx(|| "read image archive".to_string())?;
     let mut tee = HashingTee::new(stream, BufWriter::with_capacity(256 << 10, file));
+    tee.limit = limit;
     let scanned = scan(&mut tee);
+    if let Some(reason) = tee.too_large.take() {
+        return Err(StoreError::TooLarge(reason));
+    }
     // A failed write to our temp file surfaces to the tar reader as a read error;
     // report it as what it is (disk full, ...), not as a corrupt archive.
     if let Some(e) = tee.write_error.take() {
@@ -63,18 +77,59 @@ pub(super) fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Res
         .out
         .into_inner()
         .map_err(|e| StoreError::io(format!("write {tmp_shown}"), e.into_error()))?;
+    crate::failpoint::failpoint("fetch.temp-written");
     file.sync_all().ctx(|| format!("fsync {tmp_shown}"))?;
     drop(file);
+    crate::failpoint::failpoint("fetch.temp-synced");
 
     let id = ImageId::from_sha512_hex(&hex::encode(digest));
     publish(store, scratch, &id, &found, size, origin)?;
+    crate::failpoint::failpoint("fetch.index-written");
     tracing::debug!(%id, size, origin, "imported image");
     Ok(id)
 }
 
+/// The largest uncompressed image an import accepts, in bytes: `RKT_MAX_IMAGE_SIZE`
+/// (a number with an optional K, M, G or T suffix, powers of 1024), else 16 GiB.
+pub const MAX_IMAGE_SIZE_ENV: &str = "RKT_MAX_IMAGE_SIZE";
+const DEFAULT_MAX_IMAGE_SIZE: u64 = 16 << 30;
+/// Whatever the limit, an import stops before it leaves less than this free on the
+/// store's filesystem: a bomb must not fill the disk the host runs on.
+const FREE_SPACE_RESERVE: u64 = 256 << 20;
+/// How often (in bytes written) the free space is looked at.
+const FREE_SPACE_CHECK_EVERY: u64 = 64 << 20;
+
+fn size_limit() -> Result<u64, StoreError> {
+    let Some(raw) = std::env::var_os(MAX_IMAGE_SIZE_ENV) else {
+        return Ok(DEFAULT_MAX_IMAGE_SIZE);
+    };
+    let text = raw.to_string_lossy();
+    parse_size(&text).ok_or_else(|| {
+        StoreError::io(
+            format!("{MAX_IMAGE_SIZE_ENV}={text}"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "want a size in bytes, optionally with K, M, G or T",
+            ),
+        )
+    })
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 30),
+        b'T' | b't' => (&text[..text.len() - 1], 40),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
 /// Walks the tar to its end, keeping the manifest, then drains whatever follows the
 /// end-of-archive marker so the hash covers every byte of the uncompressed stream.
-fn scan<R: Read, W: Write>(tee: &mut HashingTee<R, W>) -> Result<Found, StoreError> {
+fn scan<R: Read, W: Write + FreeSpace>(tee: &mut HashingTee<R, W>) -> Result<Found, StoreError> {
     let corrupt = |e: io::Error| StoreError::Corrupt(e.to_string());
     let mut found: Option<Found> = None;
     {
@@ -155,6 +210,7 @@ fn publish(
     if std::fs::symlink_metadata(&blob).is_err() {
         std::fs::rename(scratch.path(), &blob).ctx(|| format!("store blob {}", blob.display()))?;
         scratch.keep();
+        crate::failpoint::failpoint("fetch.blob-renamed");
         crate::fsutil::fsync_dir(fanout).ctx(|| format!("fsync {}", fanout.display()))?;
     }
     // Otherwise the blob is already there (same content, by its name): the scratch
@@ -171,9 +227,13 @@ struct HashingTee<R, W> {
     total: u64,
     tail: [u8; BLOCK],
     write_error: Option<io::Error>,
+    /// Uncompressed bytes accepted at most.
+    limit: u64,
+    /// Why the import was stopped for its size, if it was.
+    too_large: Option<String>,
 }
 
-impl<R: Read, W: Write> HashingTee<R, W> {
+impl<R: Read, W: Write + FreeSpace> HashingTee<R, W> {
     fn new(inner: R, out: W) -> Self {
         Self {
             inner,
@@ -182,7 +242,30 @@ impl<R: Read, W: Write> HashingTee<R, W> {
             total: 0,
             tail: [0xff; BLOCK],
             write_error: None,
+            limit: u64::MAX,
+            too_large: None,
         }
+    }
+
+    /// Why `more` bytes may not be added, if they may not.
+    fn oversize(&self, more: u64) -> Option<String> {
+        let total = self.total.saturating_add(more);
+        if total > self.limit {
+            return Some(format!(
+                "its uncompressed archive is larger than the {} byte limit ({MAX_IMAGE_SIZE_ENV})",
+                self.limit
+            ));
+        }
+        if total / FREE_SPACE_CHECK_EVERY == self.total / FREE_SPACE_CHECK_EVERY {
+            return None;
+        }
+        let free = self.out.free_space()?;
+        (free < FREE_SPACE_RESERVE + more).then(|| {
+            format!(
+                "importing it would leave less than {} MiB free in the store ({total} bytes so far)",
+                FREE_SPACE_RESERVE >> 20
+            )
+        })
     }
 
     fn last_block_is_zero(&self) -> bool {
@@ -192,9 +275,13 @@ impl<R: Read, W: Write> HashingTee<R, W> {
     }
 }
 
-impl<R: Read, W: Write> Read for HashingTee<R, W> {
+impl<R: Read, W: Write + FreeSpace> Read for HashingTee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if let Some(reason) = self.oversize(n as u64) {
+            self.too_large = Some(reason);
+            return Err(io::Error::other("the image is too large"));
+        }
         let chunk = &buf[..n];
         self.hasher.update(chunk);
         if let Err(e) = self.out.write_all(chunk) {
@@ -209,6 +296,18 @@ impl<R: Read, W: Write> Read for HashingTee<R, W> {
             self.tail[BLOCK - n..].copy_from_slice(chunk);
         }
         Ok(n)
+    }
+}
+
+/// Free bytes on the filesystem a sink writes to (None when it cannot tell).
+trait FreeSpace {
+    fn free_space(&self) -> Option<u64>;
+}
+
+impl FreeSpace for BufWriter<File> {
+    fn free_space(&self) -> Option<u64> {
+        let stat = nix::sys::statvfs::fstatvfs(self.get_ref()).ok()?;
+        Some(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 }
 
@@ -400,6 +499,37 @@ mod tests {
         let mut garbage = plain.clone();
         garbage[1100] ^= 0xff; // in the header of `rootfs/`: checksum mismatch
         assert_fails_cleanly(&garbage, "corrupt image archive");
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit_and_leaves_nothing() {
+        // 64 MiB of zeros in one file: ~64 KiB of gzip.
+        let aci = Aci::new(&manifest("example.com/bomb", &[], json!({})))
+            .file("rootfs/zeros", &vec![0u8; 64 << 20])
+            .finish();
+        let gz = testutil::gzip(&aci);
+        assert!(gz.len() < 1 << 20, "{} bytes", gz.len());
+        let (_dir, store) = testutil::store();
+        let err = import_limited(&store, &mut &gz[..], "t", 1 << 20).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("image too large: ") && msg.contains("1048576 byte limit"),
+            "{msg}"
+        );
+        assert_eq!(residue(&store), Vec::<std::path::PathBuf>::new());
+        // The same archive under the default limit is fine.
+        import_limited(&store, &mut &gz[..], "t", DEFAULT_MAX_IMAGE_SIZE).expect("import");
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        for bad in ["", "M", "-1", "1.5G", "99999999999999T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(super) fn write_record(
         .map_err(|e| StoreError::io(format!("encode index record of {id}"), io::Error::other(e)))?;
     let manifest_path = store.index_path(key, MANIFEST);
     atomic_write(&manifest_path, manifest_bytes).ctx(|| format!("write {}", manifest_path.display()))?;
+    crate::failpoint::failpoint("fetch.manifest-written");
     let record_path = store.index_path(key, RECORD);
     atomic_write(&record_path, &record).ctx(|| format!("write {}", record_path.display()))?;
     stamp_used(store, key, now)

@@ -16,6 +16,7 @@ mod filecache;
 mod index;
 mod layout;
 mod resolve;
+mod sweep;
 mod tree;
 mod whitelist;
 mod xattr;
@@ -57,6 +58,10 @@ pub enum StoreError {
     Dependency { image: String, reason: String },
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
+    /// The uncompressed archive outgrows the size limit or the store's free space
+    /// (a decompression bomb, or a disk about to fill up).
+    #[error("image too large: {0}")]
+    TooLarge(String),
     #[error("tree {0} is not in the tree store")]
     TreeNotFound(String),
 }
@@ -186,6 +191,11 @@ impl Store {
     /// Writes the stored (uncompressed) archive; returns the number of bytes written.
     pub fn export(&self, id: &ImageId, out: &mut dyn Write) -> Result<u64, StoreError> {
         cas::export(self, id, out)
+    }
+    /// Deletes the temp files and directories of `rkt` processes that died (killed
+    /// mid-import or mid-render); returns how many it removed.
+    pub fn remove_abandoned_temps(&self) -> Result<usize, StoreError> {
+        sweep::remove_abandoned(self)
     }
     /// Re-hashes every blob against its ID and checks every tree's completion record.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {

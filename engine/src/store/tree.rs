@@ -114,8 +114,10 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
         serde_json::to_vec_pretty(&record).map_err(|e| StoreError::io("encode tree record", e.into()))?;
     let record_path = scratch.path().join(COMPLETE);
     crate::fsutil::atomic_write(&record_path, &bytes).ctx(|| format!("write {}", record_path.display()))?;
+    crate::failpoint::failpoint("render.tree-built");
     std::fs::rename(scratch.path(), dir).ctx(|| format!("publish {}", dir.display()))?;
     scratch.keep();
+    crate::failpoint::failpoint("render.tree-published");
     let root_dir = store.tree_root();
     crate::fsutil::fsync_dir(&root_dir).ctx(|| format!("fsync {}", root_dir.display()))?;
     tracing::debug!(tree_id, layers = layers.len(), "rendered tree");
