@@ -48,6 +48,8 @@ pub enum Command {
     Status(commands::status::StatusArgs),
     /// Garbage-collect pods no longer in use
     Gc(commands::gc::GcArgs),
+    /// Operate on image(s) in the local store
+    Image(commands::image::ImageArgs),
     /// Print the version and the backends this build can use
     Version,
 }
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
 /// carry their cause both in their text and as `source()`, and a caller's context
 /// may repeat what the error already names: a cause already in the message is
 /// skipped, and a cause that contains the message so far replaces it.
-fn one_line(error: &anyhow::Error) -> String {
+pub(crate) fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -108,6 +110,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::List(_) => "list",
         Command::Status(_) => "status",
         Command::Gc(_) => "gc",
+        Command::Image(args) => args.name(),
         Command::Version => "version",
     }
 }

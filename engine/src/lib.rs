@@ -6,6 +6,7 @@
 
 pub mod fsutil;
 pub mod gc;
+pub mod image_gc;
 pub mod pod;
 pub mod runner;
 pub mod schema;
