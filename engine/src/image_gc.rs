@@ -218,3 +218,101 @@ pub fn collect(store: &Store, pods: &PodsDir, grace_period: Duration) -> Result<
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aci(name: &str) -> Vec<u8> {
+        let manifest = format!(r#"{{"acKind":"ImageManifest","acVersion":"0.8.11","name":"{name}"}}"#);
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8], kind: tar::EntryType| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_mtime(1_500_000_000);
+            h.set_uid(0);
+            h.set_gid(0);
+            tar.append_data(&mut h, path, data).expect("append");
+        };
+        add("manifest", manifest.as_bytes(), tar::EntryType::Regular);
+        add("rootfs", b"", tar::EntryType::Directory);
+        add("rootfs/file", name.as_bytes(), tar::EntryType::Regular);
+        tar.into_inner().expect("tar")
+    }
+
+    /// A pod in `prepare/` that records `tree` for its app and `image` in its manifest.
+    fn pod_using(pods: &PodsDir, image: &ImageId, tree: &str) -> crate::pod::Pod<crate::pod::Preparing> {
+        let pod = pods.create().expect("create").prepare().expect("prepare");
+        let dir = pod.path().to_path_buf();
+        std::fs::create_dir_all(layout::appsinfo(&dir, "app")).expect("appsinfo");
+        std::fs::write(layout::app_tree_id(&dir, "app"), tree).expect("tree id");
+        let manifest = format!(
+            r#"{{"acKind":"PodManifest","acVersion":"0.8.11","apps":[{{"name":"app","image":{{"id":"{image}"}}}}]}}"#
+        );
+        std::fs::write(layout::manifest(&dir), manifest).expect("manifest");
+        pod
+    }
+
+    #[test]
+    fn rm_and_gc_never_take_what_a_pod_uses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let pods = PodsDir::open(dir.path()).expect("pods");
+        let used = store
+            .import(&mut &aci("example.com/used")[..], "t")
+            .expect("import");
+        let unused = store
+            .import(&mut &aci("example.com/unused")[..], "t")
+            .expect("import");
+        let used_tree = store.render(&used).expect("render");
+        let unused_tree = store.render(&unused).expect("render");
+        let pod = pod_using(&pods, &used, &used_tree.tree_id);
+
+        let found = in_use(&pods).expect("in use");
+        assert!(found.trees.contains(&used_tree.tree_id) && found.images.contains(&used));
+        assert_eq!((found.trees.len(), found.images.len()), (1, 1));
+
+        // gc with no grace: the unused tree and image go, what the pod uses stays.
+        let report = collect(&store, &pods, Duration::ZERO).expect("gc");
+        assert_eq!(report.trees_removed, vec![unused_tree.tree_id.clone()]);
+        assert_eq!(report.images_removed.len(), 1);
+        assert_eq!(report.images_removed[0].0, unused);
+        assert!(used_tree.rootfs.join("file").exists());
+        assert!(store.info(&used).is_ok());
+
+        // rm takes the image but keeps the tree the pod runs from.
+        let results = remove_images(&store, &pods, std::slice::from_ref(&used)).expect("rm");
+        let removed = results.into_iter().next().expect("one").expect("removed");
+        assert_eq!(removed.trees_kept, vec![used_tree.tree_id.clone()]);
+        assert!(removed.trees_removed.is_empty());
+        assert!(store.info(&used).is_err());
+        assert!(used_tree.rootfs.join("file").exists());
+        assert!(
+            collect(&store, &pods, Duration::ZERO)
+                .expect("gc")
+                .trees_removed
+                .is_empty()
+        );
+
+        // Once the pod is gone, so is its tree.
+        pod.abort().expect("abort").destroy().expect("destroy");
+        let report = collect(&store, &pods, Duration::ZERO).expect("gc");
+        assert_eq!(report.trees_removed, vec![used_tree.tree_id]);
+        assert!(store.trees().expect("trees").is_empty());
+    }
+
+    #[test]
+    fn images_within_the_grace_period_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let pods = PodsDir::open(dir.path()).expect("pods");
+        let id = store
+            .import(&mut &aci("example.com/fresh")[..], "t")
+            .expect("import");
+        let report = collect(&store, &pods, Duration::from_secs(3600)).expect("gc");
+        assert!(report.images_removed.is_empty());
+        assert!(store.info(&id).is_ok());
+    }
+}

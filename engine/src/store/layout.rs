@@ -227,3 +227,23 @@ impl Drop for Scratch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testutil;
+
+    #[test]
+    fn the_trees_lock_is_shared_by_users_and_exclusive_for_removal() {
+        let (_dir, store) = testutil::store();
+        let first = store.lock_trees_shared().expect("shared");
+        let second = store.lock_trees_shared().expect("shared again");
+        let path = store.dir().join("prepare.lock");
+        let probe = std::fs::File::open(&path).expect("open");
+        assert!(probe.try_lock().is_err(), "exclusive while shared is held");
+        drop((first, second));
+        let exclusive = store.lock_trees_exclusive().expect("exclusive");
+        assert!(probe.try_lock_shared().is_err(), "shared while exclusive is held");
+        drop(exclusive);
+        assert!(probe.try_lock().is_ok());
+    }
+}

@@ -249,3 +249,130 @@ fn make_staging_dir(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testutil::{self, Aci, manifest, simple};
+
+    /// Names in `dir` other than `keep`: what an operation left behind.
+    fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| !keep.contains(&n.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn export_writes_the_uncompressed_archive_and_replaces_only_when_asked() {
+        let (dir, store) = testutil::store();
+        let plain = simple("example.com/app", "1", "f", b"x");
+        let id = store
+            .import(&mut &testutil::gzip(&plain)[..], "t")
+            .expect("import");
+        let out = dir.path().join("out").join("app.aci");
+        assert_eq!(
+            store.export_to(&id, &out, false).expect("export"),
+            plain.len() as u64
+        );
+        assert_eq!(std::fs::read(&out).expect("read"), plain);
+        std::fs::write(&out, b"mine").expect("write");
+        let err = store.export_to(&id, &out, false).expect_err("exists");
+        assert!(matches!(err, StoreError::Exists(_)), "{err}");
+        assert_eq!(std::fs::read(&out).expect("read"), b"mine");
+        store.export_to(&id, &out, true).expect("overwrite");
+        assert_eq!(std::fs::read(&out).expect("read"), plain);
+        assert_eq!(
+            others(out.parent().expect("parent"), &["app.aci"]),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn extract_writes_the_image_alone_and_render_applies_dependencies() {
+        let (dir, store) = testutil::store();
+        testutil::import(&store, &simple("example.com/base", "1", "base-file", b"b"));
+        let app_manifest = manifest(
+            "example.com/app",
+            &[],
+            json!({ "dependencies": [{ "imageName": "example.com/base" }] }),
+        );
+        let app = testutil::import(
+            &store,
+            &Aci::new(&app_manifest).file("rootfs/app-file", b"a").finish(),
+        );
+        let out = dir.path().join("x");
+        store
+            .extract_to(&app, &out, DirContent::Image, false)
+            .expect("extract");
+        assert_eq!(
+            std::fs::read(out.join("manifest")).expect("manifest"),
+            app_manifest
+        );
+        assert!(out.join("rootfs/app-file").exists());
+        assert!(
+            !out.join("rootfs/base-file").exists(),
+            "extract is the image alone"
+        );
+
+        let err = store
+            .extract_to(&app, &out, DirContent::RootfsOnly, false)
+            .expect_err("exists");
+        assert!(matches!(err, StoreError::Exists(_)), "{err}");
+        store
+            .extract_to(&app, &out, DirContent::RootfsOnly, true)
+            .expect("overwrite");
+        assert!(out.join("app-file").exists() && !out.join("manifest").exists());
+
+        let rendered = dir.path().join("r");
+        store
+            .render_to(&app, &rendered, DirContent::Image, false)
+            .expect("render");
+        assert!(rendered.join("rootfs/app-file").exists());
+        assert!(rendered.join("rootfs/base-file").exists(), "with its dependency");
+        store
+            .render_to(&app, &rendered, DirContent::RootfsOnly, true)
+            .expect("render");
+        assert!(rendered.join("base-file").exists() && !rendered.join("rootfs").exists());
+        assert_eq!(others(dir.path(), &["x", "r", "cas"]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_refused_extraction_leaves_nothing_and_writes_nothing_outside() {
+        let (dir, store) = testutil::store();
+        let id = testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/evil", &[], json!({})))
+                .file("rootfs/ok", b"x")
+                .raw(b"rootfs/../../escape", tar::EntryType::Regular, b"", b"x")
+                .finish(),
+        );
+        let out = dir.path().join("sub").join("out");
+        let err = store
+            .extract_to(&id, &out, DirContent::Image, false)
+            .expect_err("refused");
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        assert!(!out.exists());
+        assert_eq!(others(&dir.path().join("sub"), &[]), Vec::<String>::new());
+        assert!(!dir.path().join("escape").exists());
+        assert!(!dir.path().join("sub").join("escape").exists());
+    }
+
+    #[test]
+    fn the_root_directory_is_never_replaced() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let err = store
+            .extract_to(&id, Path::new("/"), DirContent::RootfsOnly, true)
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("root directory") || err.to_string().contains("file name"),
+            "{err}"
+        );
+    }
+}
