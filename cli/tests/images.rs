@@ -755,3 +755,108 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Waits until `pid` is queued for an flock on the file with inode `ino`, as
+/// /proc/locks shows blocked requests (`-> FLOCK ...`). False if `child` ends first.
+fn blocked_on_lock(child: &mut std::process::Child, ino: u64) -> bool {
+    let pid = child.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        let waiting = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->")
+                && f.get(2) == Some(&"FLOCK")
+                && f.get(5) == Some(&pid.as_str())
+                && f.get(6)
+                    .is_some_and(|id| id.rsplit(':').next() == Some(&ino.to_string()))
+        });
+        if waiting {
+            return true;
+        }
+        if child.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+fn finish(child: std::process::Child) -> RunOutput {
+    let out = child.wait_with_output().expect("wait");
+    RunOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn prepare_and_tree_removal_exclude_each_other() {
+    let Some(rkt) = harness("prepare_and_tree_removal_exclude_each_other") else {
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    let (id, _) = fetch(&rkt, &AciSpec::busybox("example.com/locks"));
+    ok(&rkt.rkt(&[
+        "image",
+        "render",
+        &id,
+        &rkt.work().join("r").display().to_string(),
+    ]));
+    let lock_path = rkt.dir.join("cas/prepare.lock");
+    let lock = std::fs::File::open(&lock_path).expect("the trees lock exists after a render");
+    let ino = lock.metadata().expect("stat").ino();
+    let trees = || std::fs::read_dir(rkt.dir.join("cas/tree")).expect("ls").count();
+    assert_eq!(trees(), 1);
+
+    // A prepare between rendering a tree and recording it holds the lock shared:
+    // image gc waits for it instead of deleting the tree under it.
+    lock.lock_shared().expect("shared");
+    let mut gc = rkt
+        .command(&["image", "gc", "--grace-period=1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gc");
+    assert!(
+        blocked_on_lock(&mut gc, ino),
+        "image gc did not wait: {}",
+        finish(gc).describe()
+    );
+    assert_eq!(trees(), 1, "nothing removed while a prepare may be using it");
+    lock.unlock().expect("unlock");
+    let out = finish(gc);
+    assert!(
+        out.code == 0 && out.stderr.contains("removed treestore"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(trees(), 0);
+
+    // And a prepare waits while trees are being removed.
+    lock.lock().expect("exclusive");
+    let stage1 = format!("--stage1={}", rkt.stage1);
+    let mut run = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            &stage1,
+            &id,
+            "--exec",
+            "/bin/true",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    assert!(
+        blocked_on_lock(&mut run, ino),
+        "run did not wait: {}",
+        finish(run).describe()
+    );
+    lock.unlock().expect("unlock");
+    let out = finish(run);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert_eq!(trees(), 1);
+}
