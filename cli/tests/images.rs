@@ -168,7 +168,7 @@ fn image_references_resolve_as_rkt() {
     arm_spec.labels[1].1 = "aarch64".into();
     let (arm, _) = fetch(&rkt, &arm_spec);
 
-    let name_of = |reference: &str| -> String {
+    let labels_of = |reference: &str| -> String {
         let out = rkt.rkt(&["image", "cat-manifest", "--pretty-print=false", reference]);
         let m: serde_json::Value = serde_json::from_str(ok(&out)).expect("manifest json");
         let labels = m["labels"].as_array().expect("labels");
@@ -184,14 +184,17 @@ fn image_references_resolve_as_rkt() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(name_of(&ids[3]), "version=3.0,arch=amd64", "full ID");
-    assert_eq!(name_of(&ids[3][..7 + 14]), "version=3.0,arch=amd64", "short ID");
+    assert_eq!(labels_of(&ids[3]), "version=3.0,arch=amd64", "full ID");
+    assert_eq!(labels_of(&ids[3][..7 + 14]), "version=3.0,arch=amd64", "short ID");
     assert_eq!(
-        name_of("example.com/many:5.0"),
+        labels_of("example.com/many:5.0"),
         "version=5.0,arch=amd64",
         "name:version"
     );
-    assert_eq!(name_of("example.com/multi,arch=amd64"), "version=1.0,arch=amd64");
+    assert_eq!(
+        labels_of("example.com/multi,arch=amd64"),
+        "version=1.0,arch=amd64"
+    );
     // A bare name is the newest import.
     assert_eq!(
         rkt.rkt(&[
@@ -725,7 +728,7 @@ fn image_verify_reports_damage() {
     assert!(out.stderr.contains("content changed"), "{}", out.describe());
     let out = rkt.rkt(&["image", "verify", "example.com/verify"]);
     assert_eq!(out.code, 254, "{}", out.describe());
-    assert!(ok_or_damage(&rkt, &other), "the other image is fine");
+    assert!(verifies_clean(&rkt, &other), "the other image is fine");
 
     // A stored blob changes.
     let blob = walk_files(&rkt.dir.join("cas/blob"))
@@ -740,7 +743,7 @@ fn image_verify_reports_damage() {
     assert!(out.stderr.contains("hashes to"), "{}", out.describe());
 }
 
-fn ok_or_damage(rkt: &Rkt, id: &str) -> bool {
+fn verifies_clean(rkt: &Rkt, id: &str) -> bool {
     rkt.rkt(&["image", "verify", id]).code == 0
 }
 
