@@ -216,6 +216,7 @@ pub(super) fn export(store: &Store, id: &ImageId, out: &mut dyn Write) -> Result
     let info = index::info(store, id)?;
     let blob = store.blob_path(layout::key(&info.id)?);
     let mut file = File::open(&blob).ctx(|| format!("open {}", blob.display()))?;
+    super::touch_on_read(store, &info.id);
     io::copy(&mut file, out).ctx(|| format!("export {}", info.id))
 }
 

@@ -82,6 +82,15 @@ impl StoreError {
     }
 }
 
+/// rkt's "last used": stamped whenever an image's archive is read (a first render,
+/// extract, export), not on runs that reuse a rendered tree, which read no archive.
+/// A failure (a read-only store) only makes `image gc` see the image as older.
+fn touch_on_read(store: &Store, id: &ImageId) {
+    if let Err(e) = index::touch(store, id) {
+        tracing::debug!(%id, error = %e, "could not record the image's use");
+    }
+}
+
 /// Attaches "what we were doing, to which path" to an I/O error.
 trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, StoreError>;

@@ -182,6 +182,7 @@ pub(super) fn extract_to(
     let rootfs = make_staging_dir(store, id, &staging, content)?;
     let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
     let file = File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), info.id))?;
+    super::touch_on_read(store, &info.id);
     extract::unpack(BufReader::with_capacity(256 << 10, file), root.as_fd())?;
     nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
     drop(root);
@@ -291,6 +292,17 @@ mod tests {
             others(out.parent().expect("parent"), &["app.aci"]),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn reading_an_archive_counts_as_a_use() {
+        let (dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let before = store.info(&id).expect("info").last_used;
+        store
+            .export_to(&id, &dir.path().join("a.aci"), false)
+            .expect("export");
+        assert!(store.info(&id).expect("info").last_used > before);
     }
 
     #[test]

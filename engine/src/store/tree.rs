@@ -107,6 +107,7 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
     for layer in layers {
         let blob = store.blob_path(layout::key(&layer.id)?);
         let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
+        super::touch_on_read(store, &layer.id);
         extract::unpack(BufReader::with_capacity(256 << 10, file), root.as_fd())?;
     }
     if let Some(top) = layers.last() {
