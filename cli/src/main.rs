@@ -60,6 +60,8 @@ pub enum Command {
     Status(commands::status::StatusArgs),
     /// Garbage-collect pods no longer in use
     Gc(commands::gc::GcArgs),
+    /// Operate on image(s) in the local store
+    Image(commands::image::ImageArgs),
     /// Print the version and the backends this build can use
     Version,
 }
@@ -131,6 +133,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::List(_) => "list",
         Command::Status(_) => "status",
         Command::Gc(_) => "gc",
+        Command::Image(args) => args.name(),
         Command::Version => "version",
     }
 }

@@ -7,6 +7,7 @@
 pub mod failpoint;
 pub mod fsutil;
 pub mod gc;
+pub mod image_gc;
 pub mod pod;
 pub mod runner;
 pub mod schema;

@@ -379,6 +379,9 @@ impl Runtime {
         use_overlay: bool,
     ) -> Result<(), RunnerError> {
         let name = app.name.as_str();
+        // Until the tree ID is recorded below, only this lock tells image gc the
+        // tree is in use (see crate::image_gc).
+        let _using_tree = self.store.lock_trees_shared()?;
         let tree = self.store.render(&app.image.id)?;
         tracing::debug!(app = name, tree = %tree.tree_id, "rootfs rendered");
         crate::failpoint::failpoint("prepare.app-rendered");

@@ -4,6 +4,7 @@ pub mod cat_manifest;
 pub mod enter;
 pub mod fetch;
 pub mod gc;
+pub mod image;
 pub mod list;
 pub mod prepare;
 pub mod rm;
@@ -31,6 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::List(args) => list::list(global, args),
         Command::Status(args) => status::status(global, args),
         Command::Gc(args) => gc::gc(global, args),
+        Command::Image(args) => image::image(global, args),
         Command::Version => version::version(),
     }
 }

@@ -315,6 +315,7 @@ pub(super) fn export(store: &Store, id: &ImageId, out: &mut dyn Write) -> Result
     let info = index::info(store, id)?;
     let blob = store.blob_path(layout::key(&info.id)?);
     let mut file = File::open(&blob).ctx(|| format!("open {}", blob.display()))?;
+    super::touch_on_read(store, &info.id);
     io::copy(&mut file, out).ctx(|| format!("export {}", info.id))
 }
 
@@ -342,10 +343,19 @@ fn hash_blob(path: &std::path::Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+/// Re-hashes the blob of every image (or of those in `only`); a full check also
+/// reports blobs that no record names.
+pub(super) fn verify(
+    store: &Store,
+    report: &mut VerifyReport,
+    only: Option<&std::collections::HashSet<ImageId>>,
+) -> Result<(), StoreError> {
     let images = index::list(store)?;
     let mut known = std::collections::HashSet::new();
     for info in &images {
+        if only.is_some_and(|only| !only.contains(&info.id)) {
+            continue;
+        }
         report.images_checked += 1;
         let key = match layout::key(&info.id) {
             Ok(key) => key,
@@ -370,6 +380,9 @@ pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), Sto
                 .problems
                 .push(format!("image {}: {}: {e}", info.id, blob.display())),
         }
+    }
+    if only.is_some() {
+        return Ok(());
     }
     // Blobs without a record are left by a crash between publishing the blob and
     // writing its record; they are harmless but take space.
@@ -554,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_deletes_blob_index_and_trees() {
+    fn remove_deletes_blob_and_index_and_leaves_trees_to_the_caller() {
         let (_dir, store) = testutil::store();
         let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
         let keep = testutil::import(&store, &simple("example.com/other", "1", "f", b"y"));
@@ -563,14 +576,27 @@ mod tests {
         store.remove(&id).expect("remove");
         assert!(matches!(store.info(&id), Err(StoreError::NotFound(_))));
         assert!(matches!(store.remove(&id), Err(StoreError::NotFound(_))));
+        assert!(tree.rootfs.join("f").exists(), "a pod may still use it");
+        assert!(
+            store.verify().expect("verify").is_ok(),
+            "a tree whose image is gone is not damage"
+        );
+        store.remove_tree(&tree.tree_id).expect("remove tree");
+        store
+            .remove_tree(&tree.tree_id)
+            .expect("removing it twice is fine");
         assert!(!tree.rootfs.exists());
         assert!(other_tree.rootfs.join("f").exists());
         let left: Vec<_> = residue(&store)
             .into_iter()
-            .filter(|p| p.to_string_lossy().contains(&id.as_str()[7..40]))
+            .filter(|p| p.to_string_lossy().contains(&id.as_str()[7..40]) || p.starts_with("tmp/"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert_eq!(store.list().expect("list").len(), 1);
+        let trees = store.trees().expect("trees");
+        assert_eq!(trees.len(), 1);
+        assert_eq!(trees[0].images, vec![keep]);
+        assert_eq!(trees[0].size, 1, "the one-byte file");
         assert!(store.verify().expect("verify").is_ok());
     }
 
@@ -589,5 +615,23 @@ mod tests {
         let report = store.verify().expect("verify");
         assert_eq!(report.problems.len(), 1, "{report:?}");
         assert!(report.problems[0].contains("hashes to"), "{report:?}");
+    }
+
+    #[test]
+    fn verify_finds_a_changed_tree_and_can_be_limited_to_some_images() {
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(&store, &simple("example.com/app", "1", "f", b"x"));
+        let other = testutil::import(&store, &simple("example.com/other", "1", "f", b"y"));
+        let tree = store.render(&id).expect("render");
+        store.render(&other).expect("render");
+        std::fs::write(tree.rootfs.join("planted"), b"").expect("plant");
+        let report = store.verify().expect("verify");
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(report.problems[0].contains("content changed"), "{report:?}");
+        assert!(report.problems[0].contains(&tree.tree_id), "{report:?}");
+        let only_other = store.verify_images(std::slice::from_ref(&other)).expect("verify");
+        assert!(only_other.is_ok(), "{only_other:?}");
+        assert_eq!((only_other.images_checked, only_other.trees_checked), (1, 1));
+        assert!(!store.verify_images(&[id]).expect("verify").is_ok());
     }
 }

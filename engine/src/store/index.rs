@@ -97,13 +97,18 @@ pub(super) fn has_image(store: &Store, id: &ImageId) -> bool {
     layout::key(id).is_ok_and(|key| store.index_path(key, RECORD).exists())
 }
 
-pub(super) fn manifest(store: &Store, id: &ImageId) -> Result<ImageManifest, StoreError> {
+/// The manifest exactly as the archive carried it.
+pub(super) fn manifest_bytes(store: &Store, id: &ImageId) -> Result<Vec<u8>, StoreError> {
     let path = store.index_path(layout::key(id)?, MANIFEST);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string())),
-        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
-    };
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(id.to_string())),
+        Err(e) => Err(StoreError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+pub(super) fn manifest(store: &Store, id: &ImageId) -> Result<ImageManifest, StoreError> {
+    let bytes = manifest_bytes(store, id)?;
     ImageManifest::from_json(&bytes).map_err(|e| StoreError::InvalidManifest(format!("{id}: {e}")))
 }
 

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! cas/lock                                  flock: publishing or removing an image
+//! cas/prepare.lock                          flock: shared while a tree is rendered and
+//!                                           recorded by a pod (or copied out),
+//!                                           exclusive while trees are removed
 //! cas/tmp/                                  imports and renders in progress (same
 //!                                           filesystem, so publishing is a rename)
 //! cas/blob/sha512/<2 hex>/<store key>       the uncompressed ACI tar
@@ -66,6 +69,52 @@ impl Store {
     pub(super) fn lock_store(&self) -> Result<File, StoreError> {
         self.ensure_dirs(std::slice::from_ref(&self.dir))?;
         lock_file(&self.dir.join("lock"))
+    }
+}
+
+/// Held while trees are in use by someone who has not yet recorded that use where
+/// tree removal looks (a pod's `treeStoreID`), or while trees are removed; see
+/// `Store::lock_trees_shared`. Released when dropped.
+#[derive(Debug)]
+pub struct TreesLock {
+    _file: File,
+}
+
+impl Store {
+    /// Shared: trees may be rendered and used, none removed. One open and one flock.
+    pub fn lock_trees_shared(&self) -> Result<TreesLock, StoreError> {
+        self.lock_trees(false)
+    }
+    /// Exclusive: no one is between rendering a tree and recording its use, so the
+    /// recorded uses are all there are. Held by `rkt image rm` and `rkt image gc`.
+    pub fn lock_trees_exclusive(&self) -> Result<TreesLock, StoreError> {
+        self.lock_trees(true)
+    }
+    fn lock_trees(&self, exclusive: bool) -> Result<TreesLock, StoreError> {
+        let path = self.dir.join("prepare.lock");
+        let open = || {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.ensure_dirs(std::slice::from_ref(&self.dir))?;
+                open()
+            }
+            other => other,
+        }
+        .ctx(|| format!("open lock {}", path.display()))?;
+        if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        }
+        .ctx(|| format!("lock {}", path.display()))?;
+        Ok(TreesLock { _file: file })
     }
 }
 
@@ -176,5 +225,25 @@ impl Drop for Scratch {
         if let Err(e) = result {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove store temp entry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::testutil;
+
+    #[test]
+    fn the_trees_lock_is_shared_by_users_and_exclusive_for_removal() {
+        let (_dir, store) = testutil::store();
+        let first = store.lock_trees_shared().expect("shared");
+        let second = store.lock_trees_shared().expect("shared again");
+        let path = store.dir().join("prepare.lock");
+        let probe = std::fs::File::open(&path).expect("open");
+        assert!(probe.try_lock().is_err(), "exclusive while shared is held");
+        drop((first, second));
+        let exclusive = store.lock_trees_exclusive().expect("exclusive");
+        assert!(probe.try_lock_shared().is_err(), "shared while exclusive is held");
+        drop(exclusive);
+        assert!(probe.try_lock().is_ok());
     }
 }

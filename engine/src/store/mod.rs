@@ -15,9 +15,11 @@ mod extract;
 mod filecache;
 mod index;
 mod layout;
+mod output;
 mod resolve;
 mod sweep;
 mod tree;
+mod treehash;
 mod whitelist;
 mod xattr;
 
@@ -31,13 +33,23 @@ use std::time::SystemTime;
 use crate::schema::{ACIdentifier, ImageId, ImageManifest, Label};
 
 pub use copy::copy_tree;
+pub use layout::TreesLock;
+pub use output::DirContent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("image {0} not found in the store")]
     NotFound(String),
-    #[error("image reference {reference:?} is ambiguous: matches {matches}")]
-    Ambiguous { reference: String, matches: String },
+    #[error(
+        "image reference {reference:?} is ambiguous: it matches {count} images ({matches}); give more of the ID"
+    )]
+    Ambiguous {
+        reference: String,
+        count: usize,
+        matches: String,
+    },
+    #[error("{0} exists (try --overwrite)")]
+    Exists(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -72,6 +84,15 @@ impl StoreError {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// rkt's "last used": stamped whenever an image's archive is read (a first render,
+/// extract, export), not on runs that reuse a rendered tree, which read no archive.
+/// A failure (a read-only store) only makes `image gc` see the image as older.
+fn touch_on_read(store: &Store, id: &ImageId) {
+    if let Err(e) = index::touch(store, id) {
+        tracing::debug!(%id, error = %e, "could not record the image's use");
     }
 }
 
@@ -111,6 +132,17 @@ pub struct ImageInfo {
 pub struct RenderedTree {
     pub tree_id: String,
     pub rootfs: PathBuf,
+}
+
+/// A rendered tree as the tree store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeInfo {
+    pub tree_id: String,
+    /// The images applied, deepest dependency first, the image itself last; empty
+    /// when the tree's record cannot be read.
+    pub images: Vec<ImageId>,
+    /// Bytes of file content in its rootfs.
+    pub size: u64,
 }
 
 /// What `Store::verify` found: how much it checked and every inconsistency, one
@@ -157,7 +189,8 @@ impl Store {
     pub fn info(&self, id: &ImageId) -> Result<ImageInfo, StoreError> {
         index::info(self, id)
     }
-    /// Full ID, unambiguous ID prefix (`sha512-abc...`), or `name[:version]`.
+    /// Full ID, unambiguous ID prefix (`sha512-abc...`), or a label query:
+    /// `name[:version][,label=value...]`.
     pub fn resolve(&self, reference: &str) -> Result<ImageId, StoreError> {
         resolve::resolve(self, reference)
     }
@@ -182,11 +215,19 @@ impl Store {
     pub fn touch(&self, id: &ImageId) -> Result<(), StoreError> {
         index::touch(self, id)
     }
-    /// Removes an image: its index record, manifest, blob, and every rendered tree
-    /// built from it.
+    /// Removes an image's index record, manifest and blob. Its rendered trees stay:
+    /// pods may use them (see `crate::image_gc`, which decides which trees go).
     pub fn remove(&self, id: &ImageId) -> Result<(), StoreError> {
-        cas::remove(self, id)?;
-        tree::remove_trees_of(self, id)
+        cas::remove(self, id)
+    }
+    /// Every rendered tree.
+    pub fn trees(&self) -> Result<Vec<TreeInfo>, StoreError> {
+        tree::list(self)
+    }
+    /// Deletes a rendered tree. The caller holds `lock_trees_exclusive` and knows
+    /// no pod uses it.
+    pub fn remove_tree(&self, tree_id: &str) -> Result<(), StoreError> {
+        tree::remove(self, tree_id)
     }
     /// Writes the stored (uncompressed) archive; returns the number of bytes written.
     pub fn export(&self, id: &ImageId, out: &mut dyn Write) -> Result<u64, StoreError> {
@@ -197,11 +238,44 @@ impl Store {
     pub fn remove_abandoned_temps(&self) -> Result<usize, StoreError> {
         sweep::remove_abandoned(self)
     }
-    /// Re-hashes every blob against its ID and checks every tree's completion record.
+    /// Writes the stored archive to the file `dest` (temp file, fsync, rename).
+    pub fn export_to(&self, id: &ImageId, dest: &Path, overwrite: bool) -> Result<u64, StoreError> {
+        output::export_to(self, id, dest, overwrite)
+    }
+    /// Unpacks the image (without its dependencies) into the directory `dest`.
+    pub fn extract_to(
+        &self,
+        id: &ImageId,
+        dest: &Path,
+        content: DirContent,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        output::extract_to(self, id, dest, content, overwrite)
+    }
+    /// Copies the image's rendered tree (dependencies applied) into `dest`.
+    pub fn render_to(
+        &self,
+        id: &ImageId,
+        dest: &Path,
+        content: DirContent,
+        overwrite: bool,
+    ) -> Result<(), StoreError> {
+        output::render_to(self, id, dest, content, overwrite)
+    }
+    /// Re-hashes every blob against its ID and every tree against the hash recorded
+    /// when it was rendered.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
-        cas::verify(self, &mut report)?;
-        tree::verify(self, &mut report)?;
+        cas::verify(self, &mut report, None)?;
+        tree::verify(self, &mut report, None)?;
+        Ok(report)
+    }
+    /// `verify` restricted to these images' blobs and the trees made with them.
+    pub fn verify_images(&self, ids: &[ImageId]) -> Result<VerifyReport, StoreError> {
+        let only: std::collections::HashSet<ImageId> = ids.iter().cloned().collect();
+        let mut report = VerifyReport::default();
+        cas::verify(self, &mut report, Some(&only))?;
+        tree::verify(self, &mut report, Some(&only))?;
         Ok(report)
     }
 }

@@ -1,4 +1,7 @@
-//! Turning what a user typed (`sha512-1e2f`, `example.com/app:1.0`) into an image ID.
+//! Turning what a user typed into an image ID, as rkt does: a full image ID, an
+//! unambiguous prefix of one (`sha512-1e2f`), or a label query, the image name
+//! with an optional version and more labels
+//! (`example.com/app:1.0,arch=amd64,os=linux`), matching the newest import.
 
 use super::{ImageInfo, Store, StoreError, index};
 use crate::schema::{ACIdentifier, ImageId, Label};
@@ -44,23 +47,47 @@ fn resolve_id(store: &Store, reference: &str, hex: &str) -> Result<ImageId, Stor
     match found.len() {
         0 => Err(not_found()),
         1 => Ok(found.remove(0)),
-        _ => Err(StoreError::Ambiguous {
+        count => Err(StoreError::Ambiguous {
             reference: reference.to_string(),
+            count,
             matches: found.iter().map(ImageId::as_str).collect::<Vec<_>>().join(", "),
         }),
     }
 }
 
-/// `name` or `name:version`, version being the `version` label. AC identifiers have
-/// no `:`, so the first one separates the version.
+/// `name[:version][,label=value...]`, version being the `version` label. AC
+/// identifiers have no `:` or `,`, so the first `:` separates the version and each
+/// `,` a label.
 fn resolve_name(store: &Store, reference: &str) -> Result<ImageId, StoreError> {
+    let (name, labels, version) = parse_query(reference)?;
+    let images = index::list(store)?;
+    newest_matching(&images, &name, &labels)
+        // `:latest` means the newest when no image carries that literal version.
+        .or_else(|| {
+            (version.as_deref() == Some("latest")).then(|| {
+                let others: Vec<Label> = labels
+                    .iter()
+                    .filter(|l| l.name.as_str() != "version")
+                    .cloned()
+                    .collect();
+                newest_matching(&images, &name, &others)
+            })?
+        })
+        .map(|info| info.id.clone())
+        .ok_or_else(|| StoreError::NotFound(reference.to_string()))
+}
+
+/// The name, every label asked for (the version included), and the version.
+fn parse_query(reference: &str) -> Result<(ACIdentifier, Vec<Label>, Option<String>), StoreError> {
     let invalid = |reason: String| StoreError::InvalidReference {
         reference: reference.to_string(),
         reason,
     };
-    let (name, version) = match reference.split_once(':') {
+    let mut parts = reference.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (name, version) = match head.split_once(':') {
         Some((name, version)) => (name, Some(version)),
-        None => (reference, None),
+        None => (head, None),
     };
     if name.is_empty() {
         return Err(invalid("empty image name".into()));
@@ -69,19 +96,28 @@ fn resolve_name(store: &Store, reference: &str) -> Result<ImageId, StoreError> {
         return Err(invalid("empty version after `:`".into()));
     }
     let name = ACIdentifier::new(name).map_err(|e| invalid(e.to_string()))?;
-    let mut labels = Vec::new();
-    if let Some(version) = version {
+    let mut labels: Vec<Label> = Vec::new();
+    let mut add = |label: &str, value: &str| -> Result<(), StoreError> {
+        let label = ACIdentifier::new(label).map_err(|e| invalid(format!("label {label:?}: {e}")))?;
+        if labels.iter().any(|l| l.name == label) {
+            return Err(invalid(format!("label {label} given twice")));
+        }
         labels.push(Label {
-            name: ACIdentifier::new("version").map_err(|e| invalid(e.to_string()))?,
-            value: version.to_string(),
+            name: label,
+            value: value.to_string(),
         });
+        Ok(())
+    };
+    if let Some(version) = version {
+        add("version", version)?;
     }
-    let images = index::list(store)?;
-    newest_matching(&images, &name, &labels)
-        // `:latest` means the newest when no image carries that literal version.
-        .or_else(|| (version == Some("latest")).then(|| newest_matching(&images, &name, &[]))?)
-        .map(|info| info.id.clone())
-        .ok_or_else(|| StoreError::NotFound(reference.to_string()))
+    for part in parts {
+        let Some((label, value)) = part.split_once('=') else {
+            return Err(invalid(format!("{part:?} is not label=value")));
+        };
+        add(label, value)?;
+    }
+    Ok((name, labels, version.map(str::to_string)))
 }
 
 /// The newest-imported image named `name` whose labels include every one of
@@ -146,8 +182,13 @@ mod tests {
             .find(|p| ids.iter().filter(|id| first(id) == *p).count() > 1)
             .expect("pigeonhole");
         match store.resolve(&prefix) {
-            Err(StoreError::Ambiguous { reference, matches }) => {
+            Err(StoreError::Ambiguous {
+                reference,
+                count,
+                matches,
+            }) => {
                 assert_eq!(reference, prefix);
+                assert_eq!(count, ids.iter().filter(|id| first(id) == prefix).count());
                 for id in ids.iter().filter(|id| first(id) == prefix) {
                     assert!(matches.contains(id.as_str()), "{matches}");
                 }
@@ -193,6 +234,53 @@ mod tests {
             store.resolve("example.com/app:"),
             Err(StoreError::InvalidReference { .. })
         ));
+    }
+
+    #[test]
+    fn label_queries_resolve_like_rkt() {
+        let (_dir, store) = testutil::store();
+        let m = |arch: &str, v: &str| {
+            Aci::new(&manifest(
+                "example.com/app",
+                &[("version", v), ("arch", arch)],
+                json!({}),
+            ))
+            .finish()
+        };
+        let amd = testutil::import(&store, &m("amd64", "1"));
+        let arm = testutil::import(&store, &m("aarch64", "1"));
+        let arm2 = testutil::import(&store, &m("aarch64", "2"));
+        assert_eq!(store.resolve("example.com/app,arch=amd64").expect("amd"), amd);
+        assert_eq!(
+            store.resolve("example.com/app:1,arch=aarch64").expect("arm 1"),
+            arm
+        );
+        assert_eq!(store.resolve("example.com/app,version=1").expect("newest 1"), arm);
+        assert_eq!(
+            store.resolve("example.com/app,arch=aarch64").expect("newest arm"),
+            arm2
+        );
+        assert_eq!(
+            store
+                .resolve("example.com/app:latest,arch=amd64")
+                .expect("latest amd"),
+            amd
+        );
+        assert!(matches!(
+            store.resolve("example.com/app,arch=s390x"),
+            Err(StoreError::NotFound(_))
+        ));
+        for bad in [
+            "example.com/app,arch",
+            "example.com/app:1,version=1",
+            "example.com/app,arch=a,arch=b",
+            "example.com/app,Bad_Label=x",
+        ] {
+            assert!(
+                matches!(store.resolve(bad), Err(StoreError::InvalidReference { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

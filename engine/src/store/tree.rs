@@ -16,7 +16,10 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha512};
 
 use super::layout::{self, Scratch, lock_file};
-use super::{ImageInfo, IoContext, RenderedTree, Store, StoreError, VerifyReport, extract, index, resolve};
+use super::{
+    ImageInfo, IoContext, RenderedTree, Store, StoreError, TreeInfo, VerifyReport, extract, index, resolve,
+    treehash,
+};
 use crate::schema::{Dependency, ImageId, ImageManifest};
 
 const COMPLETE: &str = "complete";
@@ -31,6 +34,13 @@ struct TreeRecord {
     /// The images applied, in order (deepest dependency first, the image last).
     images: Vec<ImageId>,
     rendered_at: SystemTime,
+    /// `treehash::digest` of the rootfs as published (absent in trees rendered by
+    /// versions that did not record it: those are checked for structure only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    /// Bytes of file content in the rootfs.
+    #[serde(default)]
+    size: u64,
 }
 
 pub(super) fn render(store: &Store, id: &ImageId) -> Result<RenderedTree, StoreError> {
@@ -97,11 +107,14 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
     for layer in layers {
         let blob = store.blob_path(layout::key(&layer.id)?);
         let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
+        super::touch_on_read(store, &layer.id);
         extract::unpack(BufReader::with_capacity(256 << 10, file), root.as_fd())?;
     }
     if let Some(top) = layers.last() {
         super::whitelist::prune(&rootfs, root.as_fd(), &top.manifest.path_whitelist)?;
     }
+    // Read back once, at build time only: runs that reuse the tree never hash.
+    let digest = treehash::digest(&rootfs).ctx(|| format!("hash {}", rootfs.display()))?;
     // One syncfs instead of an fsync per file: the rename below must not become
     // durable before the files it publishes.
     nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
@@ -109,6 +122,8 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
     let record = TreeRecord {
         images: layers.iter().map(|l| l.id.clone()).collect(),
         rendered_at: SystemTime::now(),
+        hash: Some(digest.hash),
+        size: digest.size,
     };
     let bytes =
         serde_json::to_vec_pretty(&record).map_err(|e| StoreError::io("encode tree record", e.into()))?;
@@ -247,49 +262,102 @@ fn tree_dirs(store: &Store) -> Result<Vec<(String, PathBuf)>, StoreError> {
     Ok(dirs)
 }
 
-/// Deletes every tree that `id` is part of.
-pub(super) fn remove_trees_of(store: &Store, id: &ImageId) -> Result<(), StoreError> {
+/// Every complete tree, by ID. A tree without a readable record (a crash, or damage)
+/// is listed with no images, so gc still sees it.
+pub(super) fn list(store: &Store) -> Result<Vec<TreeInfo>, StoreError> {
+    let mut trees = Vec::new();
     for (tree_id, dir) in tree_dirs(store)? {
-        let Ok(record) = read_record(&dir) else { continue };
-        if !record.images.contains(id) {
-            continue;
-        }
-        store.ensure_dirs(&[store.tree_lock_dir()])?;
-        let _lock = lock_file(&store.tree_lock_dir().join(&tree_id))?;
-        if std::fs::symlink_metadata(&dir).is_ok() {
-            discard(store, &dir)?;
-        }
+        let (images, size) = match read_record(&dir) {
+            Ok(record) => (record.images, record.size),
+            // Removed between the listing and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && std::fs::symlink_metadata(&dir).is_err() => {
+                continue;
+            }
+            Err(_) => (Vec::new(), 0),
+        };
+        trees.push(TreeInfo {
+            tree_id,
+            images,
+            size,
+        });
+    }
+    Ok(trees)
+}
+
+/// Deletes one tree under its render lock, so it is never pulled from under a
+/// render of the same tree; a tree already gone is not an error. Whether anyone
+/// still uses it is the caller's question (see `Store::lock_trees_exclusive`).
+pub(super) fn remove(store: &Store, tree_id: &str) -> Result<(), StoreError> {
+    if !layout::is_name_with_hash(TREE_PREFIX, tree_id) {
+        return Err(StoreError::TreeNotFound(tree_id.to_string()));
+    }
+    let dir = store.tree_root().join(tree_id);
+    if std::fs::symlink_metadata(&dir).is_err() {
+        return Ok(());
+    }
+    store.ensure_dirs(&[store.tree_lock_dir()])?;
+    // The lock file stays: deleting it could let two renders of this tree lock
+    // two different files.
+    let _lock = lock_file(&store.tree_lock_dir().join(tree_id))?;
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        discard(store, &dir)?;
     }
     Ok(())
 }
 
-pub(super) fn verify(store: &Store, report: &mut VerifyReport) -> Result<(), StoreError> {
+/// Checks every tree (or, with `only`, every tree made with one of those images):
+/// its record matches its name, its images are still stored, and its content
+/// still hashes to what was recorded when it was built.
+pub(super) fn verify(
+    store: &Store,
+    report: &mut VerifyReport,
+    only: Option<&HashSet<ImageId>>,
+) -> Result<(), StoreError> {
     for (tree_id, dir) in tree_dirs(store)? {
-        report.trees_checked += 1;
         let record = match read_record(&dir) {
             Ok(record) => record,
+            Err(_) if std::fs::symlink_metadata(&dir).is_err() => continue,
             Err(e) => {
-                report
-                    .problems
-                    .push(format!("tree {tree_id}: completion record: {e}"));
+                if only.is_none() {
+                    report.trees_checked += 1;
+                    report
+                        .problems
+                        .push(format!("tree {tree_id}: completion record: {e}"));
+                }
                 continue;
             }
         };
+        if only.is_some_and(|only| !record.images.iter().any(|i| only.contains(i))) {
+            continue;
+        }
+        report.trees_checked += 1;
         if tree_id_of(record.images.iter()) != tree_id {
             report
                 .problems
                 .push(format!("tree {tree_id}: completion record names other images"));
         }
-        if !dir.join(ROOTFS).is_dir() {
-            report.problems.push(format!("tree {tree_id}: rootfs missing"));
+        let rootfs = dir.join(ROOTFS);
+        let digest = treehash::digest(&rootfs);
+        if digest.is_err() && std::fs::symlink_metadata(&dir).is_err() {
+            // Removed by image gc while we read it: not damage.
+            report.trees_checked -= 1;
+            continue;
         }
-        for image in &record.images {
-            if !index::has_image(store, image) {
-                report
-                    .problems
-                    .push(format!("tree {tree_id}: image {image} is no longer in the store"));
+        match (&record.hash, digest) {
+            (_, Err(e)) if e.kind() == io::ErrorKind::NotFound && !rootfs.is_dir() => {
+                report.problems.push(format!("tree {tree_id}: rootfs missing"))
             }
+            (_, Err(e)) => report
+                .problems
+                .push(format!("tree {tree_id}: cannot read the rootfs: {e}")),
+            (Some(want), Ok(got)) if *want != got.hash => report.problems.push(format!(
+                "tree {tree_id}: content changed since it was rendered (hashes to {}, recorded {want})",
+                got.hash
+            )),
+            _ => {}
         }
+        // An image removed while a pod still uses its tree is normal (`rkt image
+        // rm` keeps such trees), so the images need not be in the store any more.
     }
     Ok(())
 }
