@@ -97,6 +97,8 @@ pub struct RunRequest {
     pub net_explicit: bool,
     pub interactive: bool,
     pub debug: bool,
+    /// `--hostname` (stage1s with a UTS namespace).
+    pub hostname: Option<String>,
 }
 
 /// The engine's view of one `--dir`.
@@ -182,7 +184,13 @@ impl Runtime {
         let pod = self.prepare_pod(stage1.as_ref(), &request.prepare)?;
         let pod = pod.run()?;
         tracing::debug!(pod = %pod.uuid(), stage1 = stage1.name(), "pod running");
-        self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
+        let cfg = RunConfig {
+            interactive: request.interactive,
+            debug: request.debug,
+            hostname: request.hostname.clone(),
+            ..RunConfig::default()
+        };
+        self.start_pod(stage1.as_ref(), pod, &net, cfg)
     }
 
     /// Sets up the network and hands a running pod to its stage1.
@@ -194,6 +202,22 @@ impl Runtime {
         interactive: bool,
         debug: bool,
     ) -> Result<PodExit, RunnerError> {
+        let cfg = RunConfig {
+            interactive,
+            debug,
+            ..RunConfig::default()
+        };
+        self.start_pod(stage1, pod, net, cfg)
+    }
+
+    /// `run_pod` with every run option: `cfg`'s network and labels are filled in here.
+    pub fn start_pod(
+        &self,
+        stage1: &dyn Stage1,
+        pod: Pod<Running>,
+        net: &NetRequest,
+        mut cfg: RunConfig,
+    ) -> Result<PodExit, RunnerError> {
         let info = pod.info();
         let networker = select_networker(net)?;
         let net_info = block_on(networker.setup(&info, net))?;
@@ -203,13 +227,8 @@ impl Runtime {
         };
         write_json(&pod.path().join(layout::NET_INFO), &record)?;
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
-        let labels = select_labeler()?.labels(&info)?;
-        let cfg = RunConfig {
-            interactive,
-            debug,
-            net: net_info,
-            labels,
-        };
+        cfg.labels = select_labeler()?.labels(&info)?;
+        cfg.net = net_info;
         Ok(stage1.run(pod, &cfg)?)
     }
 

@@ -3,6 +3,7 @@
 pub mod fetch;
 pub mod gc;
 pub mod list;
+pub mod logs;
 pub mod run;
 pub mod status;
 pub mod version;
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::List(args) => list::list(global, args),
         Command::Status(args) => status::status(global, args),
         Command::Gc(args) => gc::gc(global, args),
+        Command::Logs(args) => logs::logs(global, args),
         Command::Version => version::version(),
     }
 }

@@ -218,6 +218,9 @@ pub struct RunArgs {
     /// Register the pod with the metadata service
     #[arg(long)]
     pub mds_register: bool,
+    /// The pod's hostname (default: rkt-<uuid>; stage1s with their own UTS namespace)
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// IMAGE [per-app flags] [-- ARGS... [---]] ...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE")]
     pub images: Vec<String>,
@@ -273,6 +276,7 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         net_explicit: !args.net.is_empty(),
         interactive: args.interactive,
         debug: global.debug,
+        hostname: args.hostname,
     };
     let runtime = global.runtime()?;
     let exit = runtime.run(&request)?;

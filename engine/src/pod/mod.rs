@@ -29,6 +29,7 @@
 //! Nothing here ever waits without bound.
 
 pub mod layout;
+pub mod protocol;
 mod lock;
 
 #[cfg(test)]
