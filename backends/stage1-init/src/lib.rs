@@ -80,6 +80,8 @@ const STOP_SIGNALS: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGH
 
 /// The init role's entry point; returns the process exit code.
 pub fn main() -> i32 {
+    // The pod must not outlive nspawn (nor rkt, which nspawn dies with).
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Blocked from the first instant and read through a signalfd: a `rkt stop`
     // that arrives while apps are starting is acted on, not lost (PID 1 ignores
     // signals it has no handler for, but never blocked ones).
