@@ -57,7 +57,10 @@ pub enum Command {
 
 fn main() -> ExitCode {
     // The multi-call role: inside a pod this binary is the stage1 init.
-    if std::env::args_os().nth(1).is_some_and(|a| a == rkt_engine::pod::protocol::INIT_ROLE_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == rkt_engine::pod::protocol::INIT_ROLE_ARG)
+    {
         return ExitCode::from(commands::exit_byte(rkt_stage1_init::main()));
     }
     let cli = match Cli::try_parse() {

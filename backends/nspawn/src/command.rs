@@ -86,7 +86,9 @@ pub fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['-', '.'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -140,7 +142,12 @@ mod tests {
         assert!(a.contains(&"--console=interactive".to_string()));
         assert!(a.contains(&"--network-namespace-path=/run/netns/x".to_string()));
         let dashdash = a.iter().position(|s| s == "--").unwrap_or(0);
-        assert!(a.iter().position(|s| s.starts_with("--network")).unwrap_or(usize::MAX) < dashdash);
+        assert!(
+            a.iter()
+                .position(|s| s.starts_with("--network"))
+                .unwrap_or(usize::MAX)
+                < dashdash
+        );
     }
 
     #[test]

@@ -94,7 +94,9 @@ impl NspawnStage1 {
             return name.is_file().then(|| name.clone());
         }
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
     }
 }
 
@@ -165,7 +167,10 @@ impl Stage1 for NspawnStage1 {
         };
         match nix::sys::signal::kill(pid, sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(BackendError::io(format!("nspawn: signalling pid {pid}"), e.into())),
+            Err(e) => Err(BackendError::io(
+                format!("nspawn: signalling pid {pid}"),
+                e.into(),
+            )),
         }
     }
 
@@ -183,7 +188,9 @@ impl NspawnStage1 {
         let manifest = PodManifest::from_json(&manifest_bytes)
             .map_err(|e| NspawnError::Invalid(format!("{}: {e}", layout::manifest(dir).display())))?;
         if cfg.interactive && manifest.apps.len() != 1 {
-            return Err(NspawnError::Invalid("--interactive needs a pod of exactly one app".into()));
+            return Err(NspawnError::Invalid(
+                "--interactive needs a pod of exactly one app".into(),
+            ));
         }
         let machine = format!("rkt-{uuid}");
         let hostname = cfg.hostname.clone().unwrap_or_else(|| machine.clone());
@@ -192,9 +199,9 @@ impl NspawnStage1 {
                 "--hostname {hostname:?}: want at most 64 letters, digits, '-' and '.'"
             )));
         }
-        let nspawn = self.nspawn_path().ok_or_else(|| {
-            NspawnError::Invalid(format!("{} not found", self.config.nspawn.display()))
-        })?;
+        let nspawn = self
+            .nspawn_path()
+            .ok_or_else(|| NspawnError::Invalid(format!("{} not found", self.config.nspawn.display())))?;
         let registration = MachineRegistration::detect();
         let private_runtime = registration == MachineRegistration::None;
         if private_runtime {
@@ -239,7 +246,10 @@ impl NspawnStage1 {
         for app in &manifest.apps {
             let name = app.name.as_str();
             let status = layout::app_status(dir, name);
-            let code = match std::fs::read_to_string(&status).ok().and_then(|s| s.trim().parse().ok()) {
+            let code = match std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 Some(code) => code,
                 // The init was killed (`stop --force`) before the app ended.
                 None => {
@@ -262,7 +272,8 @@ fn write_pid_file(path: &Path, pid: nix::unistd::Pid) -> Result<(), NspawnError>
 
 fn read_manifest(dir: &Path) -> Result<PodManifest, NspawnError> {
     let path = layout::manifest(dir);
-    let bytes = std::fs::read(&path).map_err(|e| NspawnError::io(format!("reading {}", path.display()), e))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| NspawnError::io(format!("reading {}", path.display()), e))?;
     PodManifest::from_json(&bytes).map_err(|e| NspawnError::Invalid(format!("{}: {e}", path.display())))
 }
 

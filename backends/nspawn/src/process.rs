@@ -62,6 +62,13 @@ pub fn spawn_nspawn(program: &Path, argv: &[OsString], mounts: &PodMounts) -> Re
         cmd.pre_exec(move || {
             // nspawn, and with it the pod, must not outlive a killed rkt.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The forwarded signals are held (blocked) around the spawn; a mask
+            // survives exec, and nspawn must see SIGTERM.
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&SigSet::empty()),
+                None,
+            )?;
             if nix::unistd::getppid() != parent {
                 return Err(Errno::ESRCH.into());
             }
@@ -186,8 +193,8 @@ fn is_namespace_init(pid: i32) -> bool {
 /// The pod's init from its pid file; refuses anything that is not a plain pid.
 pub fn read_pid(pod_dir: &Path) -> Result<Pid, NspawnError> {
     let path = pod_dir.join(layout::PID);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| NspawnError::io(format!("reading {}", path.display()), e))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| NspawnError::io(format!("reading {}", path.display()), e))?;
     match text.trim().parse::<i32>() {
         Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
         _ => Err(NspawnError::Invalid(format!(
@@ -278,7 +285,8 @@ fn join_and_run(
     nix::unistd::fchdir(root).map_err(|e| format!("enter: fchdir to the pod's root: {}", e.desc()))?;
     nix::unistd::chroot(".").map_err(|e| format!("enter: chroot to the pod's root: {}", e.desc()))?;
     let app_root = protocol::app_rootfs(app).inside();
-    let app_fd = fsutil::open_dir(&app_root).map_err(|e| format!("enter: opening {}: {e}", app_root.display()))?;
+    let app_fd =
+        fsutil::open_dir(&app_root).map_err(|e| format!("enter: opening {}: {e}", app_root.display()))?;
     let plan = plan_app(Path::new("/"), manifest, app, app_fd.as_fd()).map_err(|e| format!("enter: {e}"))?;
     drop(app_fd);
     let mut cmd = Command::new(&argv[0]);
@@ -295,17 +303,23 @@ fn join_and_run(
         });
     }
     let status = cmd.status().map_err(|e| {
-        let why = e.raw_os_error().map(|n| Errno::from_raw(n).desc().to_string()).unwrap_or_else(|| e.to_string());
+        let why = e
+            .raw_os_error()
+            .map(|n| Errno::from_raw(n).desc().to_string())
+            .unwrap_or_else(|| e.to_string());
         format!("enter: exec {:?}: {why}", argv[0])
     })?;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Makes sure `fd` does not survive exec: the pod's lock is a directory fd of
 /// the pod, which nspawn and the pod have no business holding.
 pub fn ensure_cloexec(fd: BorrowedFd<'_>) -> Result<(), NspawnError> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    let flags = fcntl(fd, FcntlArg::F_GETFD).map_err(|e| NspawnError::io("fcntl on the pod lock", e.into()))?;
+    let flags =
+        fcntl(fd, FcntlArg::F_GETFD).map_err(|e| NspawnError::io("fcntl on the pod lock", e.into()))?;
     let flags = FdFlag::from_bits_truncate(flags);
     if !flags.contains(FdFlag::FD_CLOEXEC) {
         fcntl(fd, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))
@@ -365,7 +379,11 @@ impl HeldSignals {
 
     fn install(self, pid: Pid) -> Forwarding {
         FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
-        let action = SigAction::new(SigHandler::SigAction(forward), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::SigAction(forward),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         let mut previous = Vec::with_capacity(FORWARDED.len());
         for sig in FORWARDED {
             // SAFETY: `forward` is async-signal-safe.
@@ -381,7 +399,8 @@ impl HeldSignals {
 impl Drop for HeldSignals {
     fn drop(&mut self) {
         if let Some(mask) = &self.previous_mask {
-            let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None);
+            let _ =
+                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None);
         }
     }
 }

@@ -40,11 +40,13 @@ pub fn prepare_stage1_rootfs(
     // nspawn refuses a directory without /usr ("does not look like an OS tree").
     for dir in ["usr", "rkt/etc", "rkt/logs", "rkt/volumes"] {
         let path = root.join(dir);
-        std::fs::create_dir_all(&path).map_err(|e| NspawnError::io(format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| NspawnError::io(format!("creating {}", path.display()), e))?;
     }
     copy_init_binary(&protocol::init_binary().on_host(pod))?;
     let write = |path: PathBuf, bytes: &[u8]| {
-        fsutil::replace_file(&path, bytes).map_err(|e| NspawnError::io(format!("writing {}", path.display()), e))
+        fsutil::replace_file(&path, bytes)
+            .map_err(|e| NspawnError::io(format!("writing {}", path.display()), e))
     };
     write(protocol::pod_manifest().on_host(pod), manifest_bytes)?;
     let config = InitConfig {
@@ -88,8 +90,10 @@ fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
     match (file, cfg.net.netns.is_some()) {
         (_, false) => std::fs::read(file.app_path()).ok(),
         (EtcFile::Hosts, true) => Some(
-            format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n")
-                .into_bytes(),
+            format!(
+                "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+            )
+            .into_bytes(),
         ),
         (EtcFile::ResolvConf, true) => None,
     }
@@ -126,15 +130,26 @@ pub struct PodMounts {
 }
 
 impl PodMounts {
-    pub fn plan(pod: &Path, manifest: &PodManifest, private_nspawn_runtime: bool) -> Result<Self, NspawnError> {
+    pub fn plan(
+        pod: &Path,
+        manifest: &PodManifest,
+        private_nspawn_runtime: bool,
+    ) -> Result<Self, NspawnError> {
         let mut mounts = Vec::new();
         for app in &manifest.apps {
             let name = app.name.as_str();
             let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
-                NspawnError::io(format!("reading {}", layout::app_rootfs_spec(pod, name).display()), e)
+                NspawnError::io(
+                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
+                    e,
+                )
             })?;
             if let AppRootfs::Overlay { lower } = spec {
-                let data = overlay_options(&lower, &layout::overlay_upper(pod, name), &layout::overlay_work(pod, name))?;
+                let data = overlay_options(
+                    &lower,
+                    &layout::overlay_upper(pod, name),
+                    &layout::overlay_work(pod, name),
+                )?;
                 mounts.push(Mount {
                     source: c"overlay".into(),
                     target: layout::app_rootfs(pod, name),
@@ -151,7 +166,11 @@ impl PodMounts {
                 VolumeKind::Empty => layout::empty_volume(pod, name),
                 VolumeKind::Host => match volume.source.as_deref() {
                     Some(s) if !s.is_empty() => PathBuf::from(s),
-                    _ => return Err(NspawnError::Invalid(format!("host volume {name:?} has no source"))),
+                    _ => {
+                        return Err(NspawnError::Invalid(format!(
+                            "host volume {name:?} has no source"
+                        )));
+                    }
                 },
             };
             let mut flags = MsFlags::MS_BIND;
@@ -180,8 +199,14 @@ impl PodMounts {
     pub fn make(&self) -> Result<(), String> {
         let step = |what: &str, e: nix::Error| format!("nspawn: {what}: {}", e.desc());
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
-        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-            .map_err(|e| step("making / a recursive slave", e))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(|e| step("making / a recursive slave", e))?;
         if self.private_nspawn_runtime {
             nix::mount::mount(
                 Some("tmpfs"),
@@ -247,7 +272,10 @@ mod tests {
             ],
         }))
         .unwrap();
-        for (app, spec) in [("a", r#"{"kind":"overlay","lower":"/cas/tree/x/rootfs"}"#), ("b", r#"{"kind":"copy"}"#)] {
+        for (app, spec) in [
+            ("a", r#"{"kind":"overlay","lower":"/cas/tree/x/rootfs"}"#),
+            ("b", r#"{"kind":"copy"}"#),
+        ] {
             std::fs::create_dir_all(layout::appsinfo(pod, app)).unwrap();
             std::fs::write(layout::app_rootfs_spec(pod, app), spec).unwrap();
         }
@@ -261,10 +289,25 @@ mod tests {
                 protocol::volume("h").on_host(pod),
             ]
         );
-        assert!(plan.mounts[0].data.as_deref().unwrap().starts_with("lowerdir=/cas/tree/x/rootfs,upperdir="));
-        assert_eq!(plan.mounts[1].source.to_bytes(), layout::empty_volume(pod, "shared").as_os_str().as_encoded_bytes());
-        assert!(!plan.mounts[1].flags.contains(MsFlags::MS_REC), "empty volumes have nothing below");
-        assert!(plan.mounts[2].flags.contains(MsFlags::MS_REC), "host volumes are recursive by default");
+        assert!(
+            plan.mounts[0]
+                .data
+                .as_deref()
+                .unwrap()
+                .starts_with("lowerdir=/cas/tree/x/rootfs,upperdir=")
+        );
+        assert_eq!(
+            plan.mounts[1].source.to_bytes(),
+            layout::empty_volume(pod, "shared").as_os_str().as_encoded_bytes()
+        );
+        assert!(
+            !plan.mounts[1].flags.contains(MsFlags::MS_REC),
+            "empty volumes have nothing below"
+        );
+        assert!(
+            plan.mounts[2].flags.contains(MsFlags::MS_REC),
+            "host volumes are recursive by default"
+        );
     }
 
     #[test]

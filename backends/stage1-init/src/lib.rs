@@ -103,7 +103,9 @@ pub fn main() -> i32 {
 }
 
 fn fail(e: &InitError) -> i32 {
-    report(&InitReport::Failed { message: e.to_string() });
+    report(&InitReport::Failed {
+        message: e.to_string(),
+    });
     254
 }
 
@@ -128,7 +130,8 @@ fn block_signals() -> Result<SignalFd, InitError> {
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|e| InitError::io("blocking signals", e.into()))?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(|e| InitError::io("signalfd", e.into()))
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| InitError::io("signalfd", e.into()))
 }
 
 struct App {
@@ -154,7 +157,8 @@ impl Pod {
         let config: InitConfig = std::fs::read(&config_path)
             .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))
             .and_then(|b| {
-                serde_json::from_slice(&b).map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))
+                serde_json::from_slice(&b)
+                    .map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))
             })?;
         let manifest_path = protocol::pod_manifest().inside();
         let bytes = std::fs::read(&manifest_path)
@@ -227,10 +231,15 @@ impl Pod {
             }
             let mut cmd = app_command(app, &app.plan.argv);
             if self.config.interactive {
-                cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+                cmd.stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
                 take_terminal(&mut cmd);
             } else {
-                cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
             }
             let mut child = cmd.spawn().map_err(|e| {
                 InitError::Invalid(format!(
@@ -241,10 +250,12 @@ impl Pod {
                 ))
             })?;
             if let Some(out) = child.stdout.take() {
-                self.relays.push(Relay::new(i, Stream::Stdout, OwnedFd::from(out)));
+                self.relays
+                    .push(Relay::new(i, Stream::Stdout, OwnedFd::from(out)));
             }
             if let Some(err) = child.stderr.take() {
-                self.relays.push(Relay::new(i, Stream::Stderr, OwnedFd::from(err)));
+                self.relays
+                    .push(Relay::new(i, Stream::Stderr, OwnedFd::from(err)));
             }
             // Reaped by pid through waitpid(-1) with every orphan: the Child
             // handle is not needed (dropping it neither waits nor kills).
@@ -346,7 +357,12 @@ impl Pod {
                 app.code = Some(code);
                 let status = protocol::app_status(&app.name).inside();
                 if let Err(e) = fsutil::replace_file(&status, code.to_string().as_bytes()) {
-                    eprintln!("stage1: app {:?}: writing {}: {}", app.name, status.display(), errno_text(&e));
+                    eprintln!(
+                        "stage1: app {:?}: writing {}: {}",
+                        app.name,
+                        status.display(),
+                        errno_text(&e)
+                    );
                 }
                 if let Some(handler) = &app.post_stop
                     && let Err(e) = run_handler(app, handler)
@@ -361,7 +377,11 @@ impl Pod {
         for app in &self.apps {
             if let (Some(pid), None) = (app.pid, app.code) {
                 // The app's process group: what it started goes too.
-                let group = if self.config.interactive { pid } else { Pid::from_raw(-pid.as_raw()) };
+                let group = if self.config.interactive {
+                    pid
+                } else {
+                    Pid::from_raw(-pid.as_raw())
+                };
                 let _ = nix::sys::signal::kill(group, sig);
             }
         }
@@ -397,9 +417,16 @@ fn app_command(app: &App, argv: &[String]) -> Command {
 /// chroot into the app's root, then the app's groups and user (groups first:
 /// they need the privilege dropped last), then its working directory.
 fn become_app(root: &Path, plan: &AppLaunch) -> std::io::Result<()> {
+    // The init blocks the signals it reads through its signalfd; a blocked mask
+    // survives fork and exec, and an app must start with nothing blocked.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     nix::unistd::chroot(root)?;
     nix::unistd::chdir("/")?;
-    let groups: Vec<Gid> = plan.supplementary_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = plan
+        .supplementary_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     nix::unistd::setgroups(&groups)?;
     let gid = Gid::from_raw(plan.gid);
     nix::unistd::setresgid(gid, gid, gid)?;
@@ -431,5 +458,7 @@ fn run_handler(app: &App, argv: &[String]) -> Result<i32, InitError> {
     let mut child = cmd.spawn().map_err(|e| InitError::io(what(), e))?;
     let status = child.wait().map_err(|e| InitError::io(what(), e))?;
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -55,7 +55,8 @@ const POD_BINDS: [&str; 3] = ["/dev", "/proc", "/sys"];
 /// planned; each one's source is the pod-side copy stage0 bound in
 /// ([`protocol::volume`]).
 pub fn assemble(sys: &dyn Mounter, root_dir: &Path, binds: &[VolumeBind]) -> Result<(), InitError> {
-    let root = fsutil::open_dir(root_dir).map_err(|e| InitError::io(format!("opening {}", root_dir.display()), e))?;
+    let root = fsutil::open_dir(root_dir)
+        .map_err(|e| InitError::io(format!("opening {}", root_dir.display()), e))?;
     // Resolved before anything is bound, so nothing below is ever created through
     // the pod's /dev, /proc or /sys.
     let mut pod_targets = Vec::with_capacity(POD_BINDS.len());
@@ -76,18 +77,40 @@ pub fn assemble(sys: &dyn Mounter, root_dir: &Path, binds: &[VolumeBind]) -> Res
     for bind in binds {
         let source = protocol::volume(&bind.volume).inside();
         let what = format!("volume {:?} on {}", bind.volume, bind.target);
-        bind_into(sys, root.as_fd(), &source, Path::new(&bind.target), bind.recursive, bind.read_only, &what)?;
+        bind_into(
+            sys,
+            root.as_fd(),
+            &source,
+            Path::new(&bind.target),
+            bind.recursive,
+            bind.read_only,
+            &what,
+        )?;
     }
     for file in EtcFile::ALL {
         let source = protocol::etc_file(file).inside();
         if source.exists() {
-            bind_into(sys, root.as_fd(), &source, Path::new(file.app_path()), false, true, file.app_path())?;
+            bind_into(
+                sys,
+                root.as_fd(),
+                &source,
+                Path::new(file.app_path()),
+                false,
+                true,
+                file.app_path(),
+            )?;
         }
     }
     for (dir, target) in pod_targets {
         let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        sys.mount(Some(Path::new(dir)), &fsutil::proc_fd_path(target.as_fd()), None, rbind, None)
-            .map_err(|e| InitError::mount(format!("the pod's {dir}"), e))?;
+        sys.mount(
+            Some(Path::new(dir)),
+            &fsutil::proc_fd_path(target.as_fd()),
+            None,
+            rbind,
+            None,
+        )
+        .map_err(|e| InitError::mount(format!("the pod's {dir}"), e))?;
         if dir == "/sys" {
             remount_read_only(sys, root.as_fd(), Path::new(dir), "/sys")?;
         }
@@ -123,8 +146,14 @@ fn bind_into(
     if recursive {
         flags |= MsFlags::MS_REC;
     }
-    sys.mount(Some(source), &fsutil::proc_fd_path(target_fd.as_fd()), None, flags, None)
-        .map_err(|e| InitError::mount(what, e))?;
+    sys.mount(
+        Some(source),
+        &fsutil::proc_fd_path(target_fd.as_fd()),
+        None,
+        flags,
+        None,
+    )
+    .map_err(|e| InitError::mount(what, e))?;
     drop(target_fd);
     if read_only {
         remount_read_only(sys, root, target, what)?;
@@ -134,7 +163,12 @@ fn bind_into(
 
 /// Remounts the mount now on top of `target` read-only: the target is resolved
 /// again, so the fd names the new bind, not the directory beneath it.
-fn remount_read_only(sys: &dyn Mounter, root: BorrowedFd<'_>, target: &Path, what: &str) -> Result<(), InitError> {
+fn remount_read_only(
+    sys: &dyn Mounter,
+    root: BorrowedFd<'_>,
+    target: &Path,
+    what: &str,
+) -> Result<(), InitError> {
     let fd = fsutil::open_in_root(root, target, OFlag::O_PATH, Mode::empty())
         .map_err(|e| InitError::io(format!("{what}: reopening the target"), e))?;
     sys.mount(
@@ -186,8 +220,11 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
+    /// source, target (as the fd resolves), fstype, flags.
+    type Call = (Option<String>, String, Option<String>, MsFlags);
+
     #[derive(Default)]
-    struct Recording(RefCell<Vec<(Option<String>, String, Option<String>, MsFlags)>>);
+    struct Recording(RefCell<Vec<Call>>);
 
     impl Mounter for Recording {
         fn mount(
@@ -234,7 +271,16 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         let sys = Recording::default();
         let rootfd = fsutil::open_dir(&root).unwrap();
-        let err = bind_into(&sys, rootfd.as_fd(), dir.path(), Path::new("/.."), false, false, "v").unwrap_err();
+        let err = bind_into(
+            &sys,
+            rootfd.as_fd(),
+            dir.path(),
+            Path::new("/.."),
+            false,
+            false,
+            "v",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("app's root directory"), "{err}");
         assert!(sys.0.borrow().is_empty());
     }

@@ -24,7 +24,8 @@ pub fn logs(global: &GlobalFlags, args: LogsArgs) -> Result<u8> {
     let uuid = runtime.pods.resolve(&args.uuid)?;
     let info = runtime.pods.info(&uuid)?;
     let manifest_path = layout::manifest(&info.path);
-    let bytes = std::fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let bytes =
+        std::fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
     let manifest = PodManifest::from_json(&bytes).with_context(|| manifest_path.display().to_string())?;
     let apps: Vec<&str> = manifest.apps.iter().map(|a| a.name.as_str()).collect();
     let wanted: Vec<&str> = match &args.app {

@@ -29,8 +29,8 @@
 //! Nothing here ever waits without bound.
 
 pub mod layout;
-pub mod protocol;
 mod lock;
+pub mod protocol;
 
 #[cfg(test)]
 mod model_tests;

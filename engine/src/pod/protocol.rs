@@ -151,12 +151,20 @@ mod tests {
         assert_eq!(app_status("web").on_host(pod), layout::app_status(pod, "web"));
         assert_eq!(app_rootfs("web").on_host(pod), layout::app_rootfs(pod, "web"));
         assert_eq!(volume("data").inside(), Path::new("/rkt/volumes/data"));
-        assert_eq!(etc_file(EtcFile::ResolvConf).inside(), Path::new("/rkt/etc/resolv.conf"));
+        assert_eq!(
+            etc_file(EtcFile::ResolvConf).inside(),
+            Path::new("/rkt/etc/resolv.conf")
+        );
     }
 
     #[test]
     fn reports_round_trip_as_lines() {
-        for r in [InitReport::Running, InitReport::Failed { message: "x: y".into() }] {
+        for r in [
+            InitReport::Running,
+            InitReport::Failed {
+                message: "x: y".into(),
+            },
+        ] {
             let line = r.to_line();
             assert_eq!(line.last(), Some(&b'\n'));
             assert_eq!(InitReport::parse(&line), Some(r));
