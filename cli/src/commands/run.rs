@@ -17,8 +17,8 @@ use crate::flags::{GlobalFlags, refuse};
 /// image-based flags are accepted and mapped onto the backends by flavor.
 #[derive(Debug, Args)]
 pub struct Stage1Flags {
-    /// The stage1 backend to run the pod with (see `rkt version`)
-    #[arg(long, env = "RKT_STAGE1", default_value = "fly")]
+    /// The stage1 backend to run the pod with (see `rkt version`); nspawn, like rkt's default flavor
+    #[arg(long, env = "RKT_STAGE1", default_value = "nspawn")]
     pub stage1: String,
     /// A stage1 image name (e.g. coreos.com/rkt/stage1-fly), mapped to its backend
     #[arg(long, conflicts_with_all = ["stage1_path", "stage1_url", "stage1_hash", "stage1_from_dir"])]
