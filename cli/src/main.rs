@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use rkt_backend_cni as _;
 use rkt_backend_finders as _;
 use rkt_backend_fly as _;
+use rkt_backend_nspawn as _;
 use rkt_backend_selinux as _;
 
 /// Exit code for rkt's own failures (as opposed to an app's exit code).
@@ -62,11 +63,20 @@ pub enum Command {
     Gc(commands::gc::GcArgs),
     /// Operate on image(s) in the local store
     Image(commands::image::ImageArgs),
+    /// Print the output the apps of a pod wrote (nspawn pods)
+    Logs(commands::logs::LogsArgs),
     /// Print the version and the backends this build can use
     Version,
 }
 
 fn main() -> ExitCode {
+    // The multi-call role: inside a pod this binary is the stage1 init.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == rkt_engine::pod::protocol::INIT_ROLE_ARG)
+    {
+        return ExitCode::from(commands::exit_byte(rkt_stage1_init::main()));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version are not errors: print them whole.
@@ -134,6 +144,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Status(_) => "status",
         Command::Gc(_) => "gc",
         Command::Image(args) => args.name(),
+        Command::Logs(_) => "logs",
         Command::Version => "version",
     }
 }

@@ -84,6 +84,8 @@ fn runs_with_list_and_gc_racing(test: &str, stage1: &str) {
                     "run",
                     "--insecure-options=image",
                     &format!("--stage1={stage1}"),
+                    // The host's network until the CNI networker lands.
+                    "--net=host",
                     &image,
                     "--exec",
                     "/bin/sh",

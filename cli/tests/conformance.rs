@@ -8,6 +8,7 @@ use rkt_engine::stage::{Availability, Stage1, registry};
 use rkt_backend_cni as _;
 use rkt_backend_finders as _;
 use rkt_backend_fly as _;
+use rkt_backend_nspawn as _;
 use rkt_backend_selinux as _;
 
 #[test]

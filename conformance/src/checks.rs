@@ -254,6 +254,7 @@ fn environment_precedence(rkt: &Rkt) -> Outcome {
         "run",
         "--insecure-options=image",
         &format!("--stage1={}", rkt.stage1),
+        "--net=host",
         "--inherit-env",
         "--set-env=BOTH=flag",
         "--set-env=EXTRA=x",

@@ -89,10 +89,15 @@ impl Rkt {
         }
     }
 
-    /// `rkt run --insecure-options=image --stage1=<backend> ARGS...`
+    /// `rkt run --insecure-options=image --stage1=<backend> [--net=host] ARGS...`:
+    /// the host's network unless ARGS name one (every stage1 has it, and no
+    /// check is about networks).
     pub fn run(&self, args: &[&str]) -> RunOutput {
         let stage1 = format!("--stage1={}", self.stage1);
         let mut all = vec!["run", "--insecure-options=image", stage1.as_str()];
+        if !args.iter().any(|a| a.starts_with("--net")) {
+            all.push("--net=host");
+        }
         all.extend_from_slice(args);
         self.rkt(&all)
     }

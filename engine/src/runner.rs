@@ -97,6 +97,8 @@ pub struct RunRequest {
     pub net_explicit: bool,
     pub interactive: bool,
     pub debug: bool,
+    /// `--hostname` (stage1s with a UTS namespace).
+    pub hostname: Option<String>,
 }
 
 /// `rkt run-prepared`: which prepared pod, and the run-time flags it takes.
@@ -196,7 +198,13 @@ impl Runtime {
         let pod = pod.run()?;
         crate::failpoint::failpoint("run.running");
         tracing::debug!(pod = %pod.uuid(), stage1 = stage1.name(), "pod running");
-        self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
+        let cfg = RunConfig {
+            interactive: request.interactive,
+            debug: request.debug,
+            hostname: request.hostname.clone(),
+            ..RunConfig::default()
+        };
+        self.start_pod(stage1.as_ref(), pod, &net, cfg)
     }
 
     /// `rkt run-prepared`: runs a pod that `prepare` left in state prepared, with
@@ -251,6 +259,22 @@ impl Runtime {
         interactive: bool,
         debug: bool,
     ) -> Result<PodExit, RunnerError> {
+        let cfg = RunConfig {
+            interactive,
+            debug,
+            ..RunConfig::default()
+        };
+        self.start_pod(stage1, pod, net, cfg)
+    }
+
+    /// `run_pod` with every run option: `cfg`'s network and labels are filled in here.
+    pub fn start_pod(
+        &self,
+        stage1: &dyn Stage1,
+        pod: Pod<Running>,
+        net: &NetRequest,
+        mut cfg: RunConfig,
+    ) -> Result<PodExit, RunnerError> {
         let info = pod.info();
         let networker = select_networker(net)?;
         let net_info = block_on(networker.setup(&info, net))?;
@@ -261,13 +285,8 @@ impl Runtime {
         write_json(&pod.path().join(layout::NET_INFO), &record)?;
         crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
-        let labels = select_labeler()?.labels(&info)?;
-        let cfg = RunConfig {
-            interactive,
-            debug,
-            net: net_info,
-            labels,
-        };
+        cfg.labels = select_labeler()?.labels(&info)?;
+        cfg.net = net_info;
         crate::failpoint::failpoint("run.stage1-starting");
         Ok(stage1.run(pod, &cfg)?)
     }

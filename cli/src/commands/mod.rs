@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod gc;
 pub mod image;
 pub mod list;
+pub mod logs;
 pub mod prepare;
 pub mod rm;
 pub mod run;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Status(args) => status::status(global, args),
         Command::Gc(args) => gc::gc(global, args),
         Command::Image(args) => image::image(global, args),
+        Command::Logs(args) => logs::logs(global, args),
         Command::Version => version::version(),
     }
 }

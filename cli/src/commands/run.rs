@@ -17,8 +17,8 @@ use crate::flags::{GlobalFlags, refuse};
 /// image-based flags are accepted and mapped onto the backends by flavor.
 #[derive(Debug, Args)]
 pub struct Stage1Flags {
-    /// The stage1 backend to run the pod with (see `rkt version`)
-    #[arg(long, env = "RKT_STAGE1", default_value = "fly")]
+    /// The stage1 backend to run the pod with (see `rkt version`); nspawn, like rkt's default flavor
+    #[arg(long, env = "RKT_STAGE1", default_value = "nspawn")]
     pub stage1: String,
     /// A stage1 image name (e.g. coreos.com/rkt/stage1-fly), mapped to its backend
     #[arg(long, conflicts_with_all = ["stage1_path", "stage1_url", "stage1_hash", "stage1_from_dir"])]
@@ -235,6 +235,9 @@ pub struct RunArgs {
     /// Register the pod with the metadata service
     #[arg(long)]
     pub mds_register: bool,
+    /// The pod's hostname (default: rkt-<uuid>; stage1s with their own UTS namespace)
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// IMAGE [per-app flags] [-- ARGS... [---]] ...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE")]
     pub images: Vec<String>,
@@ -290,6 +293,7 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         net_explicit: !args.net.is_empty(),
         interactive: args.interactive,
         debug: global.debug,
+        hostname: args.hostname,
     };
     let runtime = global.runtime()?;
     let exit = runtime.run(&request)?;

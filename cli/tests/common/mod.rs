@@ -10,6 +10,7 @@ pub fn bin() -> &'static Path {
 }
 
 /// A harness, or None (with a "skipped" line) when root or busybox is missing.
+#[allow(dead_code)] // not every test file uses the fly harness
 pub fn harness(test: &str) -> Option<Rkt> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("{test}: skipped: needs root");

@@ -30,6 +30,7 @@
 
 pub mod layout;
 mod lock;
+pub mod protocol;
 
 #[cfg(test)]
 mod model_tests;

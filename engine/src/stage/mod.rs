@@ -70,6 +70,8 @@ pub struct RunConfig {
     pub debug: bool,
     pub net: NetInfo,
     pub labels: Labels,
+    /// `--hostname`; a stage1 with its own UTS namespace defaults to `rkt-<uuid>`.
+    pub hostname: Option<String>,
 }
 
 /// How a pod ended, as `rkt run` reports it.

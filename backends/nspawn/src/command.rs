@@ -1,0 +1,161 @@
+//! The systemd-nspawn command line, as a typed value rendered to argv, so the
+//! exact flags are unit-tested without root or a container.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// How this machine runs nspawn: registered with systemd-machined, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// systemd is PID 1 and D-Bus runs: the pod is the machine `rkt-<uuid>`.
+    Machined,
+    /// No systemd, no D-Bus: `--register=no --keep-unit`.
+    None,
+}
+
+impl Registration {
+    /// machined is reached over the system bus, and only exists under systemd.
+    pub fn detect() -> Self {
+        let systemd = Path::new("/run/systemd/system").is_dir();
+        let bus = Path::new("/run/dbus/system_bus_socket").exists();
+        if systemd && bus {
+            Registration::Machined
+        } else {
+            Registration::None
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NspawnArgs {
+    /// The stage1 rootfs: the container's `/`.
+    pub directory: PathBuf,
+    pub machine: String,
+    pub hostname: String,
+    pub registration: Registration,
+    /// The pod's console is a terminal nspawn relays (else stdio passes through).
+    pub interactive: bool,
+    /// The Networker's namespace; None: the host's network.
+    pub netns: Option<PathBuf>,
+    /// The init, as a path inside the container, and its arguments.
+    pub init: Vec<OsString>,
+}
+
+impl NspawnArgs {
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = vec!["--quiet".into()];
+        match self.registration {
+            Registration::Machined => argv.push("--register=yes".into()),
+            Registration::None => {
+                argv.push("--register=no".into());
+                argv.push("--keep-unit".into());
+            }
+        }
+        argv.push(flag("--directory=", self.directory.as_os_str()));
+        argv.push(flag("--machine=", self.machine.as_ref()));
+        argv.push(flag("--hostname=", self.hostname.as_ref()));
+        argv.push(if self.interactive {
+            "--console=interactive".into()
+        } else {
+            "--console=pipe".into()
+        });
+        // The init decides what apps see; nspawn must not edit the stage1 rootfs.
+        argv.push("--resolv-conf=off".into());
+        argv.push("--timezone=off".into());
+        argv.push("--link-journal=no".into());
+        // Without --boot nspawn would SIGKILL the pod on SIGTERM; the init turns
+        // SIGTERM into an orderly stop of every app.
+        argv.push("--kill-signal=SIGTERM".into());
+        if let Some(netns) = &self.netns {
+            argv.push(flag("--network-namespace-path=", netns.as_os_str()));
+        }
+        argv.push("--".into());
+        argv.extend(self.init.iter().cloned());
+        argv
+    }
+}
+
+fn flag(name: &str, value: &std::ffi::OsStr) -> OsString {
+    let mut s = OsString::from(name);
+    s.push(value);
+    s
+}
+
+/// nspawn and the kernel take at most 64 bytes of letters, digits, '-' and '.'.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['-', '.'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(registration: Registration, netns: Option<&str>, interactive: bool) -> Vec<String> {
+        NspawnArgs {
+            directory: "/pods/run/u/stage1/rootfs".into(),
+            machine: "rkt-u".into(),
+            hostname: "web".into(),
+            registration,
+            interactive,
+            netns: netns.map(PathBuf::from),
+            init: vec!["/rkt/init".into(), "stage1-init".into()],
+        }
+        .to_argv()
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect()
+    }
+
+    #[test]
+    fn unregistered_pods_keep_the_unit_and_use_the_hosts_network() {
+        assert_eq!(
+            args(Registration::None, None, false),
+            [
+                "--quiet",
+                "--register=no",
+                "--keep-unit",
+                "--directory=/pods/run/u/stage1/rootfs",
+                "--machine=rkt-u",
+                "--hostname=web",
+                "--console=pipe",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+                "--kill-signal=SIGTERM",
+                "--",
+                "/rkt/init",
+                "stage1-init",
+            ]
+        );
+    }
+
+    #[test]
+    fn registered_interactive_pods_in_a_netns() {
+        let a = args(Registration::Machined, Some("/run/netns/x"), true);
+        assert!(a.contains(&"--register=yes".to_string()));
+        assert!(!a.contains(&"--keep-unit".to_string()));
+        assert!(a.contains(&"--console=interactive".to_string()));
+        assert!(a.contains(&"--network-namespace-path=/run/netns/x".to_string()));
+        let dashdash = a.iter().position(|s| s == "--").unwrap_or(0);
+        assert!(
+            a.iter()
+                .position(|s| s.starts_with("--network"))
+                .unwrap_or(usize::MAX)
+                < dashdash
+        );
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(valid_hostname("rkt-0a1b2c3d-0000-4000-8000-000000000000"));
+        assert!(valid_hostname("web.example"));
+        for bad in ["", "-x", "a b", "a/b", &"x".repeat(65)] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Stage0's half of a pod's start: fill the stage1 rootfs with what the init
+//! reads ([`prepare_stage1_rootfs`]), and the mounts made in the private mount
+//! namespace that systemd-nspawn is exec'd in ([`PodMounts`]).
+//!
+//! Why a private namespace made by stage0 rather than mounts made by the init:
+//! app overlays sit on tree-store directories and volumes on host paths that the
+//! container cannot see. Made in a namespace of their own (a slave of the host's,
+//! so nothing propagates back) just before nspawn starts, they are visible to
+//! nspawn's recursive bind of the stage1 rootfs, and they die with the pod's
+//! last process: nothing is ever mounted on the host, nothing is left for gc.
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use rkt_engine::fsutil;
+use rkt_engine::pod::layout::{self, AppRootfs};
+use rkt_engine::pod::protocol::{self, EtcFile, InitConfig};
+use rkt_engine::schema::{PodManifest, VolumeKind};
+use rkt_engine::stage::RunConfig;
+
+use crate::NspawnError;
+
+/// Where nspawn keeps per-machine propagation directories. Without systemd's
+/// tmpfs /run it cannot remove them on exit (and says so on stderr): a private
+/// tmpfs there, in the pod's own namespace, keeps rkt's output clean.
+pub const NSPAWN_RUNTIME_DIR: &str = "/run/systemd/nspawn";
+
+/// Writes everything the init reads into the pod's stage1 rootfs.
+pub fn prepare_stage1_rootfs(
+    pod: &Path,
+    manifest_bytes: &[u8],
+    manifest: &PodManifest,
+    cfg: &RunConfig,
+    hostname: &str,
+) -> Result<(), NspawnError> {
+    let root = layout::stage1_rootfs(pod);
+    // nspawn refuses a directory without /usr ("does not look like an OS tree").
+    for dir in ["usr", "rkt/etc", "rkt/logs", "rkt/volumes"] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| NspawnError::io(format!("creating {}", path.display()), e))?;
+    }
+    copy_init_binary(&protocol::init_binary().on_host(pod))?;
+    let write = |path: PathBuf, bytes: &[u8]| {
+        fsutil::replace_file(&path, bytes)
+            .map_err(|e| NspawnError::io(format!("writing {}", path.display()), e))
+    };
+    write(protocol::pod_manifest().on_host(pod), manifest_bytes)?;
+    let config = InitConfig {
+        interactive: cfg.interactive,
+        debug: cfg.debug,
+    };
+    let config = serde_json::to_vec(&config).map_err(|e| NspawnError::Invalid(e.to_string()))?;
+    write(protocol::init_config().on_host(pod), &config)?;
+
+    for file in EtcFile::ALL {
+        if let Some(bytes) = etc_file(file, cfg, hostname) {
+            write(protocol::etc_file(file).on_host(pod), &bytes)?;
+        }
+    }
+    for volume in &manifest.volumes {
+        let target = protocol::volume(volume.name.as_str()).on_host(pod);
+        let is_file = volume.kind == VolumeKind::Host
+            && volume
+                .source
+                .as_deref()
+                .and_then(|s| std::fs::metadata(s).ok())
+                .is_some_and(|m| !m.is_dir());
+        let made = if is_file {
+            std::fs::write(&target, b"")
+        } else {
+            std::fs::create_dir_all(&target)
+        };
+        made.map_err(|e| NspawnError::io(format!("creating {}", target.display()), e))?;
+    }
+    let fifo = protocol::report_fifo().on_host(pod);
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| NspawnError::io(format!("creating {}", fifo.display()), e.into()))?;
+    Ok(())
+}
+
+/// rkt's rules: on the host's network the apps see the host's /etc/hosts and
+/// /etc/resolv.conf; in a pod network they get a hosts file naming the pod and
+/// keep their image's resolv.conf.
+fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
+    match (file, cfg.net.netns.is_some()) {
+        (_, false) => std::fs::read(file.app_path()).ok(),
+        (EtcFile::Hosts, true) => Some(
+            format!(
+                "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+            )
+            .into_bytes(),
+        ),
+        (EtcFile::ResolvConf, true) => None,
+    }
+}
+
+/// A private, read-only copy of the running `rkt` binary serves as the init:
+/// binding the host's own file into a pod would let the pod's root rewrite
+/// the host's rkt (CVE-2019-5736).
+fn copy_init_binary(target: &Path) -> Result<(), NspawnError> {
+    let err = |e| NspawnError::io(format!("copying rkt to {}", target.display()), e);
+    let tmp = target.with_extension(format!("tmp{}", fsutil::unique_suffix()));
+    std::fs::copy("/proc/self/exe", &tmp).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)).map_err(err)?;
+    std::fs::rename(&tmp, target).map_err(err)
+}
+
+/// One mount made before nspawn starts, computed in the parent so the forked
+/// child only makes system calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: CString,
+    pub target: PathBuf,
+    pub fstype: Option<&'static str>,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+    /// For error messages.
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodMounts {
+    pub private_nspawn_runtime: bool,
+    pub mounts: Vec<Mount>,
+}
+
+impl PodMounts {
+    pub fn plan(
+        pod: &Path,
+        manifest: &PodManifest,
+        private_nspawn_runtime: bool,
+    ) -> Result<Self, NspawnError> {
+        let mut mounts = Vec::new();
+        for app in &manifest.apps {
+            let name = app.name.as_str();
+            let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
+                NspawnError::io(
+                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
+                    e,
+                )
+            })?;
+            if let AppRootfs::Overlay { lower } = spec {
+                let data = overlay_options(
+                    &lower,
+                    &layout::overlay_upper(pod, name),
+                    &layout::overlay_work(pod, name),
+                )?;
+                mounts.push(Mount {
+                    source: c"overlay".into(),
+                    target: layout::app_rootfs(pod, name),
+                    fstype: Some("overlay"),
+                    flags: MsFlags::empty(),
+                    data: Some(data),
+                    what: format!("the overlay of app {name:?}"),
+                });
+            }
+        }
+        for volume in &manifest.volumes {
+            let name = volume.name.as_str();
+            let source = match volume.kind {
+                VolumeKind::Empty => layout::empty_volume(pod, name),
+                VolumeKind::Host => match volume.source.as_deref() {
+                    Some(s) if !s.is_empty() => PathBuf::from(s),
+                    _ => {
+                        return Err(NspawnError::Invalid(format!(
+                            "host volume {name:?} has no source"
+                        )));
+                    }
+                },
+            };
+            let mut flags = MsFlags::MS_BIND;
+            if volume.recursive.unwrap_or(volume.kind == VolumeKind::Host) {
+                flags |= MsFlags::MS_REC;
+            }
+            let source = CString::new(source.as_os_str().as_encoded_bytes())
+                .map_err(|_| NspawnError::Invalid(format!("volume {name:?}: source contains a NUL byte")))?;
+            mounts.push(Mount {
+                source,
+                target: protocol::volume(name).on_host(pod),
+                fstype: None,
+                flags,
+                data: None,
+                what: format!("volume {name:?}"),
+            });
+        }
+        Ok(PodMounts {
+            private_nspawn_runtime,
+            mounts,
+        })
+    }
+
+    /// In the forked child, before exec: a private mount namespace, then every
+    /// planned mount. Returns the step that failed.
+    pub fn make(&self) -> Result<(), String> {
+        let step = |what: &str, e: nix::Error| format!("nspawn: {what}: {}", e.desc());
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(|e| step("making / a recursive slave", e))?;
+        if self.private_nspawn_runtime {
+            nix::mount::mount(
+                Some("tmpfs"),
+                NSPAWN_RUNTIME_DIR,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=755"),
+            )
+            .map_err(|e| step("mounting a tmpfs on /run/systemd/nspawn", e))?;
+        }
+        for m in &self.mounts {
+            nix::mount::mount(
+                Some(m.source.as_c_str()),
+                &m.target,
+                m.fstype,
+                m.flags,
+                m.data.as_deref(),
+            )
+            .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
+/// carry unescaped.
+pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, NspawnError> {
+    let mut data = String::new();
+    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
+        let Some(s) = path.to_str().filter(|s| !s.contains([',', ':', '\\'])) else {
+            return Err(NspawnError::Invalid(format!(
+                "overlay {key} {path:?} contains a character overlayfs options cannot carry"
+            )));
+        };
+        if !data.is_empty() {
+            data.push(',');
+        }
+        data.push_str(key);
+        data.push('=');
+        data.push_str(s);
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_are_planned_for_overlays_and_every_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path();
+        let manifest: PodManifest = serde_json::from_value(serde_json::json!({
+            "acVersion": "0.8.11", "acKind": "PodManifest",
+            "apps": [
+                {"name": "a", "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}},
+                {"name": "b", "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}},
+            ],
+            "volumes": [
+                {"name": "shared", "kind": "empty"},
+                {"name": "h", "kind": "host", "source": "/srv"},
+            ],
+        }))
+        .unwrap();
+        for (app, spec) in [
+            ("a", r#"{"kind":"overlay","lower":"/cas/tree/x/rootfs"}"#),
+            ("b", r#"{"kind":"copy"}"#),
+        ] {
+            std::fs::create_dir_all(layout::appsinfo(pod, app)).unwrap();
+            std::fs::write(layout::app_rootfs_spec(pod, app), spec).unwrap();
+        }
+        let plan = PodMounts::plan(pod, &manifest, true).unwrap();
+        let targets: Vec<PathBuf> = plan.mounts.iter().map(|m| m.target.clone()).collect();
+        assert_eq!(
+            targets,
+            [
+                layout::app_rootfs(pod, "a"),
+                protocol::volume("shared").on_host(pod),
+                protocol::volume("h").on_host(pod),
+            ]
+        );
+        assert!(
+            plan.mounts[0]
+                .data
+                .as_deref()
+                .unwrap()
+                .starts_with("lowerdir=/cas/tree/x/rootfs,upperdir=")
+        );
+        assert_eq!(
+            plan.mounts[1].source.to_bytes(),
+            layout::empty_volume(pod, "shared").as_os_str().as_encoded_bytes()
+        );
+        assert!(
+            !plan.mounts[1].flags.contains(MsFlags::MS_REC),
+            "empty volumes have nothing below"
+        );
+        assert!(
+            plan.mounts[2].flags.contains(MsFlags::MS_REC),
+            "host volumes are recursive by default"
+        );
+    }
+
+    #[test]
+    fn overlay_options_refuse_separators() {
+        assert!(overlay_options(Path::new("/l,x"), Path::new("/u"), Path::new("/w")).is_err());
+        assert_eq!(
+            overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")).unwrap(),
+            "lowerdir=/l,upperdir=/u,workdir=/w"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! The pod-side protocol between stage0 and the stage1 init (nspawn pods, later
+//! VMs): what stage0 puts into the stage1 rootfs before the pod starts, what the
+//! init reads there, and what it writes back. One typed definition, so the two
+//! sides cannot drift apart.
+//!
+//! Inside the pod the stage1 rootfs is `/`; on the host it is
+//! `layout::stage1_rootfs(pod)`. Every path here is relative to that root and is
+//! turned into either view by [`Stage1Path::inside`] or [`Stage1Path::on_host`].
+
+use std::path::{Path, PathBuf};
+
+use super::layout;
+
+/// The argument that makes the `rkt` binary act as the stage1 init
+/// (`/rkt/init stage1-init`): the multi-call role stage1s launch.
+pub const INIT_ROLE_ARG: &str = "stage1-init";
+
+/// A path below the stage1 rootfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage1Path(PathBuf);
+
+impl Stage1Path {
+    fn new(relative: impl AsRef<Path>) -> Self {
+        Stage1Path(relative.as_ref().to_path_buf())
+    }
+    /// As the init sees it (absolute, from the pod's root).
+    pub fn inside(&self) -> PathBuf {
+        Path::new("/").join(&self.0)
+    }
+    /// As stage0 sees it.
+    pub fn on_host(&self, pod: &Path) -> PathBuf {
+        layout::stage1_rootfs(pod).join(&self.0)
+    }
+}
+
+/// The init binary: a private copy of `rkt` (never the host's own file, which a
+/// pod's root could otherwise rewrite: CVE-2019-5736).
+pub fn init_binary() -> Stage1Path {
+    Stage1Path::new("rkt/init")
+}
+
+/// A copy of the pod manifest.
+pub fn pod_manifest() -> Stage1Path {
+    Stage1Path::new("rkt/pod")
+}
+
+/// [`InitConfig`] as JSON.
+pub fn init_config() -> Stage1Path {
+    Stage1Path::new("rkt/init.json")
+}
+
+/// Where stage0 binds each volume's source (host directory or the pod's empty
+/// volume) before the pod starts; the init binds it on into each app.
+pub fn volume(name: &str) -> Stage1Path {
+    Stage1Path::new(Path::new("rkt/volumes").join(name))
+}
+
+/// `/etc/hosts` and `/etc/resolv.conf` for the apps, when stage0 provides them.
+pub fn etc_file(name: EtcFile) -> Stage1Path {
+    Stage1Path::new(Path::new("rkt/etc").join(name.file_name()))
+}
+
+/// Each app's stdout and stderr, line by line, as the init relayed them.
+pub fn app_log(app: &str) -> Stage1Path {
+    Stage1Path::new(Path::new("rkt/logs").join(app))
+}
+
+/// Each app's exit code (the same file as `layout::app_status`).
+pub fn app_status(app: &str) -> Stage1Path {
+    Stage1Path::new(Path::new("rkt/status").join(app))
+}
+
+/// A FIFO stage0 reads one [`InitReport`] line from: the init writes it once
+/// every app runs, or when starting them failed.
+pub fn report_fifo() -> Stage1Path {
+    Stage1Path::new("rkt/report")
+}
+
+/// The app's root inside the pod (`/opt/stage2/<app>/rootfs`).
+pub fn app_rootfs(app: &str) -> Stage1Path {
+    Stage1Path::new(Path::new("opt/stage2").join(app).join("rootfs"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcFile {
+    Hosts,
+    ResolvConf,
+}
+
+impl EtcFile {
+    pub const ALL: [EtcFile; 2] = [EtcFile::Hosts, EtcFile::ResolvConf];
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EtcFile::Hosts => "hosts",
+            EtcFile::ResolvConf => "resolv.conf",
+        }
+    }
+    /// Where the app sees it.
+    pub fn app_path(self) -> &'static str {
+        match self {
+            EtcFile::Hosts => "/etc/hosts",
+            EtcFile::ResolvConf => "/etc/resolv.conf",
+        }
+    }
+}
+
+/// What the init needs besides the pod manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitConfig {
+    /// The single app gets the pod's console (a terminal) instead of log pipes.
+    pub interactive: bool,
+    pub debug: bool,
+}
+
+/// The init's one message to stage0, a JSON line on [`report_fifo`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "report")]
+pub enum InitReport {
+    /// Every app has been started.
+    Running,
+    /// The pod could not start; the message is the one line rkt shows.
+    Failed { message: String },
+}
+
+impl InitReport {
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|_| b"{\"report\":\"failed\"}".to_vec());
+        line.push(b'\n');
+        line
+    }
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        serde_json::from_slice(line.trim_ascii()).ok()
+    }
+}
+
+/// `rkt run`'s exit code from the apps' codes in manifest order: the first
+/// failing app's, 0 when all succeeded.
+pub fn pod_exit_code(codes: &[(String, i32)]) -> i32 {
+    codes.iter().map(|(_, c)| *c).find(|c| *c != 0).unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_have_a_host_and_an_inside_view() {
+        let pod = Path::new("/var/lib/rkt/pods/run/u");
+        assert_eq!(app_status("web").on_host(pod), layout::app_status(pod, "web"));
+        assert_eq!(app_rootfs("web").on_host(pod), layout::app_rootfs(pod, "web"));
+        assert_eq!(volume("data").inside(), Path::new("/rkt/volumes/data"));
+        assert_eq!(
+            etc_file(EtcFile::ResolvConf).inside(),
+            Path::new("/rkt/etc/resolv.conf")
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_as_lines() {
+        for r in [
+            InitReport::Running,
+            InitReport::Failed {
+                message: "x: y".into(),
+            },
+        ] {
+            let line = r.to_line();
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(InitReport::parse(&line), Some(r));
+        }
+        assert_eq!(InitReport::parse(b"garbage"), None);
+    }
+
+    #[test]
+    fn the_first_failing_app_decides() {
+        let c = |v: &[i32]| v.iter().map(|c| ("a".to_string(), *c)).collect::<Vec<_>>();
+        assert_eq!(pod_exit_code(&c(&[0, 0])), 0);
+        assert_eq!(pod_exit_code(&c(&[0, 3, 5])), 3);
+        assert_eq!(pod_exit_code(&c(&[])), 0);
+    }
+}
