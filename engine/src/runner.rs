@@ -238,6 +238,7 @@ impl Runtime {
         }
         let net = effective_net(stage1.as_ref(), &request.net, request.net_explicit)?;
         let pod = pod.run()?;
+        crate::failpoint::failpoint("run-prepared.running");
         tracing::debug!(pod = %uuid, stage1 = stage1.name(), "prepared pod running");
         self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
     }
