@@ -308,6 +308,8 @@ fn image_rm_and_image_gc_racing_runs_break_none() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The image was in the store when the first round started.
+    assert!(removed >= 1, "no racing image rm removed the image");
     eprintln!(
         "image_rm_and_image_gc_racing_runs_break_none: {RACED_RUNS} runs, every exit code right; \
          {} image rm rounds ({removed} removed the image), {} image gc and {} gc rounds raced them",

@@ -278,6 +278,8 @@ impl Runtime {
         stage1: &dyn Stage1,
         request: &PrepareRequest,
     ) -> Result<Pod<Preparing>, RunnerError> {
+        // Until the pod records its images and trees, this keeps image rm and gc off them.
+        let _no_image_removal = self.store.lock_trees_shared()?;
         // Images first: a typo in an image name should not even create a pod.
         let images = match &request.pod_manifest {
             Some(_) => Vec::new(),
