@@ -85,13 +85,6 @@ pub fn finish_within(what: &str, cmd: Command, limit: Duration) -> Finished {
         .1
 }
 
-/// Whether this build's `rkt` has a (sub)command: `rkt CMD... --help` succeeds.
-pub fn has_command(rkt: &Rkt, cmd: &[&str]) -> bool {
-    let mut args = cmd.to_vec();
-    args.push("--help");
-    rkt.rkt(&args).code == 0
-}
-
 /// Whether `rkt version` lists the stage1 `name` as available on this machine.
 pub fn stage1_available(rkt: &Rkt, name: &str) -> bool {
     let version = rkt.rkt(&["version"]);
