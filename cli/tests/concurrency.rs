@@ -8,7 +8,14 @@
 //! - 8 `rkt fetch` and 8 `rkt run` of one image nobody has fetched yet: one
 //!   image in the store, which verifies.
 //!
-//! (8 concurrent fetches alone are in robustness.rs.)
+//! - 24 `rkt run` of an image file while `rkt image rm` of that image, `rkt image
+//!   gc --grace-period=0s` and `rkt gc` loop beside them: every run's exit code is
+//!   right (a run imports the file again if its image was just removed), every
+//!   `image gc` succeeds, every `image rm` succeeds or finds the image already
+//!   gone, and `rkt image verify` is clean afterwards.
+//!
+//! (8 concurrent fetches alone are in robustness.rs; `rkt rm` racing `rkt list`
+//! and `rkt status` is in lifecycle.rs.)
 
 #[allow(dead_code)] // each test binary uses its own subset
 mod common;
@@ -209,4 +216,119 @@ fn fetches_racing_runs_of_a_new_image_store_it_once() {
     assert_eq!(gc.code, 0, "{}", gc.describe());
     let left = leftovers(&rkt);
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Runs `args` over and over until `stop` is set (at least once), each round
+/// bounded by the deadline; returns every round's result.
+fn loop_until(rkt: &Rkt, args: &[&str], stop: &AtomicBool) -> Vec<Finished> {
+    let mut seen = Vec::new();
+    loop {
+        let finished = stop.load(Ordering::SeqCst);
+        let child = support::spawn(rkt.command(args));
+        seen.push(
+            wait_all(vec![(args.join(" "), child)], LIMIT)
+                .pop()
+                .expect("one")
+                .1,
+        );
+        if finished {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn image_rm_and_image_gc_racing_runs_break_none() {
+    let Some(rkt) = harness("image_rm_and_image_gc_racing_runs_break_none") else {
+        return;
+    };
+    const RACED_RUNS: usize = 24;
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/rm-vs-run"))
+        .expect("image")
+        .display()
+        .to_string();
+    let fetch = rkt.rkt(&["fetch", "--insecure-options=image", &image]);
+    assert_eq!(fetch.code, 0, "{}", fetch.describe());
+    let id = fetch.stdout.trim().to_string();
+
+    let runs_done = AtomicBool::new(false);
+    let (runs, removals, image_gcs, gcs) = std::thread::scope(|scope| {
+        let removals = scope.spawn(|| loop_until(&rkt, &["image", "rm", &id], &runs_done));
+        let image_gcs = scope.spawn(|| loop_until(&rkt, &["image", "gc", "--grace-period=0s"], &runs_done));
+        let gcs = scope.spawn(|| loop_until(&rkt, &["gc", "--grace-period=0s"], &runs_done));
+        let done = Done(&runs_done);
+        let children: Vec<(String, Child)> = (0..RACED_RUNS)
+            .map(|n| {
+                let script = format!("test -x /bin/busybox && exit {n}");
+                let cmd = rkt.command(&[
+                    "run",
+                    "--insecure-options=image",
+                    "--stage1=fly",
+                    &image,
+                    "--exec",
+                    "/bin/sh",
+                    "--",
+                    "-c",
+                    &script,
+                ]);
+                (format!("run {n}"), support::spawn(cmd))
+            })
+            .collect();
+        let runs = wait_all(children, LIMIT);
+        drop(done);
+        (
+            runs,
+            removals.join().expect("image rm racer"),
+            image_gcs.join().expect("image gc racer"),
+            gcs.join().expect("gc racer"),
+        )
+    });
+
+    let mut wrong = Vec::new();
+    for (n, (what, run)) in runs.iter().enumerate() {
+        if run.out.code != n as i32 {
+            wrong.push(format!("{what}: {}", run.out.describe()));
+        }
+    }
+    for (kind, outs) in [("image gc", &image_gcs), ("gc", &gcs)] {
+        for out in outs {
+            if out.out.code != 0 {
+                wrong.push(format!("a racing rkt {kind} failed: {}", out.out.describe()));
+            }
+        }
+    }
+    let mut removed = 0;
+    for out in &removals {
+        let gone = out.out.code == 254
+            && out.out.stderr.trim().lines().count() == 1
+            && out.out.stderr.contains("not found");
+        if out.out.code == 0 {
+            removed += 1;
+        } else if !gone {
+            wrong.push(format!("a racing rkt image rm failed: {}", out.out.describe()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The image was in the store when the first round started.
+    assert!(removed >= 1, "no racing image rm removed the image");
+    eprintln!(
+        "image_rm_and_image_gc_racing_runs_break_none: {RACED_RUNS} runs, every exit code right; \
+         {} image rm rounds ({removed} removed the image), {} image gc and {} gc rounds raced them",
+        removals.len(),
+        image_gcs.len(),
+        gcs.len()
+    );
+
+    let problems = store_problems(&rkt);
+    assert!(problems.is_empty(), "{problems:?}");
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    let left = leftovers(&rkt);
+    assert!(left.is_empty(), "{left:?}");
+    let image_gc = rkt.rkt(&["image", "gc", "--grace-period=0s"]);
+    assert_eq!(image_gc.code, 0, "{}", image_gc.describe());
+    assert!(stored_images(&rkt).is_empty(), "image gc took every unused image");
+    let problems = store_problems(&rkt);
+    assert!(problems.is_empty(), "{problems:?}");
 }

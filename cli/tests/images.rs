@@ -10,16 +10,9 @@ use std::process::Command;
 
 use rkt_conformance::harness::RunOutput;
 use rkt_conformance::{AciSpec, Rkt};
-use rkt_engine::pod::AnyPod;
 use rkt_engine::pod::layout::{self, AppRootfs};
-use rkt_engine::runner::{AppRequest, PrepareRequest, Runtime, pod_stage1};
-use rkt_engine::stage::NetRequest;
+use rkt_engine::runner::Runtime;
 use uuid::Uuid;
-
-use rkt_backend_cni as _;
-use rkt_backend_finders as _;
-use rkt_backend_fly as _;
-use rkt_backend_selinux as _;
 
 fn ok(out: &RunOutput) -> &str {
     assert_eq!(out.code, 0, "{}", out.describe());
@@ -517,21 +510,21 @@ fn image_rm_reports_each_and_fails_after_trying_all() {
     assert!(again.stderr.contains("not found"), "{}", again.describe());
 }
 
-/// Prepares a pod through the engine (`rkt prepare` is the pod half of this
-/// issue); returns its UUID.
+/// `rkt prepare --quiet` of a pod running `script`; returns its UUID.
 fn prepare(rkt: &Rkt, image: &str, script: &str) -> Uuid {
-    let runtime = Runtime::open(&rkt.dir).expect("runtime");
-    let request = PrepareRequest {
-        apps: vec![AppRequest {
-            image: image.to_string(),
-            exec: Some("/bin/sh".into()),
-            args: vec!["-c".into(), script.into()],
-            ..AppRequest::default()
-        }],
-        stage1: "fly".into(),
-        ..PrepareRequest::default()
-    };
-    runtime.prepare(&request).expect("prepare").uuid()
+    let out = rkt.rkt(&[
+        "prepare",
+        "--insecure-options=image",
+        "--stage1=fly",
+        "--quiet",
+        image,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        script,
+    ]);
+    Uuid::parse_str(ok(&out).trim()).expect("prepare --quiet prints the UUID")
 }
 
 /// The prepared pod's app rootfs source: the tree store directory it was prepared on.
@@ -547,49 +540,6 @@ fn lower_dir(rkt: &Rkt, uuid: &Uuid) -> PathBuf {
     match layout::read_app_rootfs(&info.path, &app.to_string_lossy()).expect("rootfs spec") {
         AppRootfs::Overlay { lower } => lower,
         AppRootfs::Copy => layout::app_rootfs(&info.path, &app.to_string_lossy()),
-    }
-}
-
-const RUN_PREPARED_ENV: &str = "RKT_IMAGES_TEST_RUN_PREPARED";
-
-/// Not a test of its own: `image_rm_leaves_a_prepared_pod_runnable` runs this test
-/// binary again with only this test selected, to run a prepared pod through the
-/// engine in a process of its own (fly forks the app off the calling process).
-#[test]
-#[ignore = "helper, run by image_rm_leaves_a_prepared_pod_runnable"]
-fn run_prepared_helper() {
-    let spec = std::env::var(RUN_PREPARED_ENV).expect("run by image_rm_leaves_a_prepared_pod_runnable");
-    let (dir, uuid) = spec.split_once('|').expect("dir|uuid");
-    let runtime = Runtime::open(Path::new(dir)).expect("runtime");
-    let uuid = Uuid::parse_str(uuid).expect("uuid");
-    let AnyPod::Prepared(pod) = runtime.pods.load(&uuid).expect("load") else {
-        panic!("pod {uuid} is not prepared");
-    };
-    let stage1 = pod_stage1(pod.path()).expect("stage1");
-    let pod = pod.run().expect("run");
-    let exit = runtime
-        .run_pod(stage1.as_ref(), pod, &NetRequest::host(), false, false)
-        .expect("run pod");
-    println!("POD-EXIT={}", exit.code);
-}
-
-fn run_prepared(rkt: &Rkt, uuid: &Uuid) -> RunOutput {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new(exe)
-        .args([
-            "--exact",
-            "run_prepared_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(RUN_PREPARED_ENV, format!("{}|{uuid}", rkt.dir.display()))
-        .output()
-        .expect("run helper");
-    RunOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -623,13 +573,8 @@ fn image_rm_leaves_a_prepared_pod_runnable() {
     assert!(ok(&verify).contains("no damage"), "{}", verify.describe());
 
     // The pod still runs, later, from that tree.
-    let run = run_prepared(&rkt, &uuid);
-    assert!(
-        run.stdout.contains("ran-42 from the prepared pod"),
-        "{}",
-        run.describe()
-    );
-    assert!(run.stdout.contains("POD-EXIT=0"), "{}", run.describe());
+    let run = rkt.rkt(&["run-prepared", &uuid.to_string()]);
+    assert_eq!(run.stdout, "ran-42 from the prepared pod\n", "{}", run.describe());
     assert_eq!(run.code, 0, "{}", run.describe());
 
     // Exited but not yet collected: still its tree.

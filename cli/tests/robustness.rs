@@ -25,6 +25,9 @@ use rkt_conformance::{AciSpec, Rkt};
 /// Everything below `dir` (names only), to prove a failed command changed nothing.
 fn snapshot(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = walk(dir).into_iter().map(|(p, _)| p).collect();
+    // A run takes the store's prepare lock before it resolves its images; the empty
+    // lock file that leaves is no state.
+    out.retain(|p| !p.ends_with("cas/prepare.lock"));
     out.sort();
     out
 }
@@ -1041,6 +1044,55 @@ fn errors_say_each_thing_once_and_carry_no_terminal_codes() {
 // ---------------------------------------------------------------------------------
 // 6. Every command with a wrong flag, a missing argument or an unknown UUID.
 
+/// Every command of this build, as the words that name it; a command added later
+/// joins the bad-input checks by being listed here.
+const COMMANDS: &[&[&str]] = &[
+    &["run"],
+    &["fetch"],
+    &["list"],
+    &["status"],
+    &["gc"],
+    &["version"],
+    &["prepare"],
+    &["run-prepared"],
+    &["stop"],
+    &["rm"],
+    &["enter"],
+    &["cat-manifest"],
+    &["image", "list"],
+    &["image", "rm"],
+    &["image", "cat-manifest"],
+    &["image", "export"],
+    &["image", "extract"],
+    &["image", "render"],
+    &["image", "gc"],
+    &["image", "verify"],
+];
+
+/// The commands that take a pod UUID.
+const POD_COMMANDS: &[&str] = &["status", "run-prepared", "stop", "rm", "enter", "cat-manifest"];
+
+/// `rkt image CMD REFERENCE [its output argument]`, for every image command that
+/// takes an image; outputs go below `out`, which must stay empty.
+fn image_commands(reference: &str, out: &Path) -> Vec<Vec<String>> {
+    let target = |name: &str| s(&out.join(name));
+    [
+        vec!["rm", reference],
+        vec!["cat-manifest", reference],
+        vec!["export", reference, &target("exported.aci")],
+        vec!["extract", reference, &target("extracted")],
+        vec!["render", reference, &target("rendered")],
+        vec!["verify", reference],
+    ]
+    .into_iter()
+    .map(|args| std::iter::once("image").chain(args).map(String::from).collect())
+    .collect()
+}
+
+fn rkt_args(rkt: &Rkt, args: &[String]) -> RunOutput {
+    rkt.rkt(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 #[test]
 fn every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids() {
     let Some(rkt) = harness("every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids") else {
@@ -1051,24 +1103,272 @@ fn every_command_refuses_bad_flags_missing_arguments_and_unknown_uuids() {
         .expect("image"));
     let run = rkt.run(&[&image, "--exec", "/bin/true"]);
     assert_eq!(run.code, 0, "{}", run.describe());
+    let outputs = rkt.work().join("outputs");
+    std::fs::create_dir(&outputs).expect("mkdir");
     let before = snapshot(&rkt.dir);
     let mut problems = Problems::default();
-    // Commands of this build; a command added later joins by being listed here.
-    for cmd in ["run", "fetch", "list", "status", "gc", "version"] {
-        let out = rkt.rkt(&[cmd, "--no-such-flag"]);
-        problems.one_line_254(&format!("{cmd} --no-such-flag"), &out, "--no-such-flag");
+    for cmd in COMMANDS {
+        let mut args = cmd.to_vec();
+        args.push("--no-such-flag");
+        let out = rkt.rkt(&args);
+        problems.one_line_254(&args.join(" "), &out, "--no-such-flag");
     }
-    for (cmd, mentions) in [("run", "image"), ("fetch", "<IMAGE>"), ("status", "<UUID")] {
-        let out = rkt.rkt(&[cmd]);
-        problems.one_line_254(&format!("{cmd} without arguments"), &out, mentions);
+    for (cmd, mentions) in [
+        (&["run"][..], "image"),
+        (&["prepare"], "image"),
+        (&["fetch"], "<IMAGE>"),
+        (&["status"], "<UUID"),
+        (&["run-prepared"], "<UUID"),
+        (&["stop"], "<UUID"),
+        (&["rm"], "<UUID"),
+        (&["enter"], "UUID"),
+        (&["cat-manifest"], "<UUID"),
+        (&["image", "rm"], "<IMAGE"),
+        (&["image", "cat-manifest"], "<IMAGE"),
+        (&["image", "export"], "<IMAGE"),
+        (&["image", "export", "sha512-00"], "<OUTPUT_ACI_FILE"),
+        (&["image", "extract"], "<IMAGE"),
+        (&["image", "extract", "sha512-00"], "<OUTPUT_DIR"),
+        (&["image", "render"], "<IMAGE"),
+        (&["image", "render", "sha512-00"], "<OUTPUT_DIR"),
+    ] {
+        let out = rkt.rkt(cmd);
+        problems.one_line_254(
+            &format!("{} without all its arguments", cmd.join(" ")),
+            &out,
+            mentions,
+        );
     }
     let unknown = "00000000-0000-4000-8000-000000000000";
-    let out = rkt.rkt(&["status", unknown]);
-    problems.one_line_254("status of an unknown UUID", &out, "00000000");
-    let out = rkt.rkt(&["status", "not-a-uuid!"]);
-    problems.one_line_254("status of a malformed UUID", &out, "not-a-uuid!");
+    for cmd in POD_COMMANDS {
+        let out = rkt.rkt(&[cmd, unknown]);
+        problems.one_line_254(&format!("{cmd} of an unknown UUID"), &out, "00000000");
+        let out = rkt.rkt(&[cmd, "not-a-uuid!"]);
+        problems.one_line_254(&format!("{cmd} of a malformed UUID"), &out, "not-a-uuid!");
+    }
+    for reference in ["sha512-0123abcd", "example.com/no-such-image", "sha512-not-hex"] {
+        for args in image_commands(reference, &outputs) {
+            let out = rkt_args(&rkt, &args);
+            problems.one_line_254(&args.join(" "), &out, reference);
+        }
+    }
+    for cmd in ["run", "prepare"] {
+        let out = rkt.rkt(&[cmd, "--stage1=fly", "example.com/no-such-image"]);
+        problems.one_line_254(
+            &format!("{cmd} of an unknown image"),
+            &out,
+            "example.com/no-such-image",
+        );
+    }
     problems.check(snapshot(&rkt.dir) == before, || {
         "a refused command changed the data dir".into()
     });
+    problems.check(snapshot(&outputs).is_empty(), || {
+        format!("a refused command wrote an output: {:?}", snapshot(&outputs))
+    });
+    problems.assert_none();
+}
+
+/// The first hex digit of a pod UUID or of an image ID's hash.
+fn first_hex(id: &str) -> char {
+    id.trim_start_matches("sha512-").chars().next().expect("an ID")
+}
+
+/// Calls `make` until two of the IDs it returns share their first hex digit (at
+/// most 17 calls: there are 16 digits); returns that digit.
+fn until_two_share_a_first_digit(mut make: impl FnMut(usize) -> String) -> char {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..=16 {
+        let digit = first_hex(&make(n));
+        if !seen.insert(digit) {
+            return digit;
+        }
+    }
+    unreachable!("17 IDs over 16 hex digits share one")
+}
+
+#[test]
+fn ambiguous_short_pod_and_image_ids_are_refused_by_every_command() {
+    let Some(rkt) = harness("ambiguous_short_pod_and_image_ids_are_refused_by_every_command") else {
+        return;
+    };
+    let image = s(&rkt
+        .image(&AciSpec::busybox("example.com/ambiguous"))
+        .expect("image"));
+    let mut pods = Vec::new();
+    let pod_digit = until_two_share_a_first_digit(|_| {
+        let out = rkt.rkt(&[
+            "prepare",
+            "--insecure-options=image",
+            "--stage1=fly",
+            "--quiet",
+            &image,
+            "--exec",
+            "/bin/true",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.describe());
+        pods.push(out.stdout.trim().to_string());
+        out.stdout.trim().to_string()
+    });
+    let mut images = Vec::new();
+    let image_digit = until_two_share_a_first_digit(|n| {
+        let mut spec = AciSpec::busybox(&format!("example.com/ambiguous-{n}"));
+        spec.busybox = false;
+        spec.files = vec![("file".into(), format!("{n}").into_bytes(), 0o644)];
+        let path = s(&rkt.image(&spec).expect("image"));
+        let out = rkt.rkt(&["fetch", "--insecure-options=image", &path]);
+        assert_eq!(out.code, 0, "{}", out.describe());
+        images.push(out.stdout.trim().to_string());
+        out.stdout.trim().to_string()
+    });
+    let outputs = rkt.work().join("outputs");
+    std::fs::create_dir(&outputs).expect("mkdir");
+    let before = snapshot(&rkt.dir);
+    let mut problems = Problems::default();
+
+    let pod_prefix = pod_digit.to_string();
+    for cmd in POD_COMMANDS {
+        let out = rkt.rkt(&[cmd, &pod_prefix]);
+        problems.one_line_254(&format!("{cmd} {pod_prefix}"), &out, "ambiguous");
+    }
+    let image_prefix = format!("sha512-{image_digit}");
+    for args in image_commands(&image_prefix, &outputs) {
+        let out = rkt_args(&rkt, &args);
+        problems.one_line_254(&args.join(" "), &out, "ambiguous");
+    }
+    for cmd in ["run", "prepare"] {
+        let out = rkt.rkt(&[cmd, "--stage1=fly", &image_prefix, "--exec", "/bin/true"]);
+        problems.one_line_254(&format!("{cmd} {image_prefix}"), &out, "ambiguous");
+    }
+
+    problems.check(snapshot(&rkt.dir) == before, || {
+        "a refused command changed the data dir".into()
+    });
+    problems.check(snapshot(&outputs).is_empty(), || {
+        format!("a refused command wrote an output: {:?}", snapshot(&outputs))
+    });
+    for uuid in &pods {
+        let status = rkt.rkt(&["status", uuid]);
+        problems.check(status.stdout.contains("state=prepared"), || {
+            format!("pod {uuid} after the refusals: {}", status.describe())
+        });
+    }
+    let listed = rkt.rkt(&["image", "list", "--no-legend", "--full", "--fields=id"]);
+    problems.check(listed.stdout.lines().count() == images.len() + 1, || {
+        format!("images after the refusals: {}", listed.describe())
+    });
+    eprintln!(
+        "ambiguous ids: {} pods share first digit {pod_digit}, {} images share {image_prefix}",
+        pods.len(),
+        images.len()
+    );
+    problems.assert_none();
+}
+
+/// Writes zeros to `path` until the filesystem is full; tmpfs then has no page left
+/// for any file's data (new names and empty directories still fit).
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create filler");
+    let block = vec![0u8; 64 << 10];
+    for chunk in [block.as_slice(), &block[..4096], &block[..1]] {
+        loop {
+            match file.write(chunk) {
+                Ok(n) if n == chunk.len() => {}
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("fill {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+#[test]
+fn full_data_dir_refuses_prepare_and_image_output_cleanly() {
+    let Some(rkt) = harness("full_data_dir_refuses_prepare_and_image_output_cleanly") else {
+        return;
+    };
+    let image = s(&rkt
+        .image(&AciSpec::busybox("example.com/full-disk"))
+        .expect("image"));
+    let full = rkt.work().join("full");
+    let _mount = MountGuard::new(&full, &["-t", "tmpfs", "-o", "size=24m", "tmpfs"]);
+    let data = full.join("data");
+    let fetch = rkt_in(&data, &["fetch", "--insecure-options=image", &image]);
+    assert_eq!(fetch.code, 0, "{}", fetch.describe());
+    let id = fetch.stdout.trim().to_string();
+    // Rendered once, so prepare has only the pod's own files left to write.
+    let run = rkt_in(
+        &data,
+        &[
+            "run",
+            "--insecure-options=image",
+            "--stage1=fly",
+            &id,
+            "--exec",
+            "/bin/true",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let gc = rkt_in(&data, &["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    fill(&full.join("filler"));
+
+    let before = snapshot(&data);
+    let mut problems = Problems::default();
+    let nospace = "No space left on device";
+    let prepare = rkt_in(
+        &data,
+        &[
+            "prepare",
+            "--insecure-options=image",
+            "--stage1=fly",
+            &id,
+            "--exec",
+            "/bin/true",
+        ],
+    );
+    problems.one_line_254("prepare in a full dir", &prepare, nospace);
+    let exported = full.join("exported.aci");
+    let export = rkt_in(&data, &["image", "export", &id, &s(&exported)]);
+    problems.one_line_254("image export onto the full disk", &export, nospace);
+    let extracted = full.join("extracted");
+    let extract = rkt_in(&data, &["image", "extract", &id, &s(&extracted)]);
+    problems.one_line_254("image extract onto the full disk", &extract, nospace);
+    let rendered = full.join("rendered");
+    let render = rkt_in(&data, &["image", "render", &id, &s(&rendered)]);
+    problems.one_line_254("image render onto the full disk", &render, nospace);
+
+    // Nothing half-written: no pod, no output, no temp beside the outputs.
+    problems.check(snapshot(&data) == before, || {
+        let after = snapshot(&data);
+        let new: Vec<&PathBuf> = after.iter().filter(|p| !before.contains(p)).collect();
+        let gone: Vec<&PathBuf> = before.iter().filter(|p| !after.contains(p)).collect();
+        format!("the data dir changed: new {new:?}, gone {gone:?}")
+    });
+    let beside: Vec<String> = std::fs::read_dir(&full)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "data" && n != "filler")
+        .collect();
+    problems.check(beside.is_empty(), || {
+        format!("failed outputs left {beside:?} on the full disk")
+    });
+    let list = rkt_in(&data, &["list", "--no-legend"]);
+    problems.check(list.code == 0 && list.stdout.is_empty(), || {
+        format!("list after the failed prepare: {}", list.describe())
+    });
+    // Reading a full store still works: an export to another disk succeeds.
+    let elsewhere = rkt.work().join("exported.aci");
+    let export = rkt_in(&data, &["image", "export", &id, &s(&elsewhere)]);
+    problems.check(export.code == 0 && elsewhere.exists(), || {
+        format!("export from the full dir to another disk: {}", export.describe())
+    });
+    let verify = rkt_in(&data, &["image", "verify"]);
+    problems.check(
+        verify.code == 0 && verify.stdout.contains("no damage found"),
+        || format!("image verify after the failures: {}", verify.describe()),
+    );
     problems.assert_none();
 }

@@ -12,9 +12,10 @@ use std::sync::OnceLock;
 /// The variable that arms one failpoint.
 pub const ENV: &str = "RKT_FAILPOINT";
 
-/// Every failpoint in the engine and the backends, in the order a `rkt run` of a
-/// new image meets them (gc last). The crash suite iterates this list; a name
-/// used in code but missing here is caught by a debug assertion.
+/// Every failpoint in the engine, the backends and the cli, in the order a `rkt
+/// run` of a new image meets them, then the other commands' own steps. The crash
+/// suite iterates this list (and kills the commands that share a step at it too);
+/// a name used in code but missing here is caught by a debug assertion.
 pub const STEPS: &[&str] = &[
     // fetch: store/cas.rs, store/index.rs
     "fetch.temp-created",
@@ -45,6 +46,19 @@ pub const STEPS: &[&str] = &[
     "gc.unmounted",
     "gc.deleting",
     "gc.swept-one",
+    // run-prepared: runner.rs (then the run steps from run.network-ready on)
+    "run-prepared.running",
+    // stop: cli's stop command (the pod itself exits through run.exit-status-written)
+    "stop.pod-checked",
+    "stop.signal-sent",
+    // rm: gc.rs (then the sweep's gc.unmounted and gc.deleting)
+    "rm.marked-garbage",
+    // image rm: store/cas.rs, image_gc.rs (then a tree's removal: gc.deleting)
+    "image-rm.record-removed",
+    "image-rm.blob-removed",
+    // image gc: image_gc.rs, after each tree and each image it sweeps
+    "image-gc.swept-tree",
+    "image-gc.swept-image",
 ];
 
 /// Kills this process on the spot if `RKT_FAILPOINT` names `step`.

@@ -143,6 +143,7 @@ pub fn remove(pods: &PodsDir, uuid: &Uuid) -> Result<(), RemoveError> {
         AnyPod::Exited(pod) => pod.mark_garbage()?,
         AnyPod::Garbage(pod) => pod,
     };
+    crate::failpoint::failpoint("rm.marked-garbage");
     sweep(garbage).map_err(|message| RemoveError::Sweep { uuid: *uuid, message })
 }
 

@@ -160,6 +160,7 @@ fn remove_one(
 ) -> Result<Removed, StoreError> {
     let info = store.info(id)?;
     store.remove(id)?;
+    crate::failpoint::failpoint("image-rm.blob-removed");
     let mut removed = Removed {
         id: info.id.clone(),
         name: info.name.to_string(),
@@ -200,6 +201,7 @@ pub fn collect(store: &Store, pods: &PodsDir, grace_period: Duration) -> Result<
             Ok(()) => report.trees_removed.push(tree.tree_id),
             Err(e) => report.errors.push(format!("tree {}: {e}", tree.tree_id)),
         }
+        crate::failpoint::failpoint("image-gc.swept-tree");
     }
     let now = SystemTime::now();
     let expired =
@@ -215,6 +217,7 @@ pub fn collect(store: &Store, pods: &PodsDir, grace_period: Duration) -> Result<
             Err(StoreError::NotFound(_)) => {}
             Err(e) => report.errors.push(format!("image {}: {e}", info.id)),
         }
+        crate::failpoint::failpoint("image-gc.swept-image");
     }
     Ok(report)
 }

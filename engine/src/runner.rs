@@ -246,6 +246,7 @@ impl Runtime {
         }
         let net = effective_net(stage1.as_ref(), &request.net, request.net_explicit)?;
         let pod = pod.run()?;
+        crate::failpoint::failpoint("run-prepared.running");
         tracing::debug!(pod = %uuid, stage1 = stage1.name(), "prepared pod running");
         self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
     }
@@ -296,6 +297,8 @@ impl Runtime {
         stage1: &dyn Stage1,
         request: &PrepareRequest,
     ) -> Result<Pod<Preparing>, RunnerError> {
+        // Until the pod records its images and trees, this keeps image rm and gc off them.
+        let _no_image_removal = self.store.lock_trees_shared()?;
         // Images first: a typo in an image name should not even create a pod.
         let images = match &request.pod_manifest {
             Some(_) => Vec::new(),

@@ -42,7 +42,9 @@ pub fn stop(global: &GlobalFlags, args: StopArgs) -> Result<u8> {
                 }
                 other => bail!("pod {uuid} is {other}, not running"),
             }
+            rkt_engine::failpoint::failpoint("stop.pod-checked");
             pod_stage1(&info.path)?.stop(&info, args.force)?;
+            rkt_engine::failpoint::failpoint("stop.signal-sent");
             println!("\"{uuid}\"");
             Ok(())
         },

@@ -326,6 +326,7 @@ pub(super) fn remove(store: &Store, id: &ImageId) -> Result<(), StoreError> {
     let info = index::info(store, id)?;
     let key = layout::key(&info.id)?;
     index::remove_record(store, key)?;
+    crate::failpoint::failpoint("image-rm.record-removed");
     let blob = store.blob_path(key);
     match std::fs::remove_file(&blob) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {

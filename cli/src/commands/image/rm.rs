@@ -59,7 +59,10 @@ pub fn rm(global: &GlobalFlags, args: RmArgs) -> Result<u8> {
         eprintln!("{done} image(s) successfully removed");
     }
     if failed > 0 {
-        eprintln!("image rm: {failed} image(s) cannot be removed");
+        // With one image, its own line already is the one-line error.
+        if args.images.len() > 1 {
+            eprintln!("image rm: {failed} image(s) cannot be removed");
+        }
         return Ok(crate::EXIT_RKT_ERROR);
     }
     Ok(0)
