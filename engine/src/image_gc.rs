@@ -183,6 +183,8 @@ pub struct ImageGcReport {
     pub trees_removed: Vec<String>,
     /// (image, name) removed.
     pub images_removed: Vec<(ImageId, String)>,
+    /// Store keys of blobs or index files a killed `rkt` left without a record.
+    pub orphans_removed: Vec<String>,
     /// One line per tree or image that could not be removed; the rest were.
     pub errors: Vec<String>,
 }
@@ -218,6 +220,10 @@ pub fn collect(store: &Store, pods: &PodsDir, grace_period: Duration) -> Result<
             Err(e) => report.errors.push(format!("image {}: {e}", info.id)),
         }
         crate::failpoint::failpoint("image-gc.swept-image");
+    }
+    match store.remove_orphans() {
+        Ok(keys) => report.orphans_removed = keys,
+        Err(e) => report.errors.push(format!("orphaned blobs: {e}")),
     }
     Ok(report)
 }

@@ -336,6 +336,40 @@ pub(super) fn remove(store: &Store, id: &ImageId) -> Result<(), StoreError> {
     }
 }
 
+/// Removes what a killed import or removal left without its record: a blob no
+/// record names (killed between the blob's rename and the record's write, or
+/// between a record's removal and its blob's), and index files beside no record.
+/// Under the store lock nobody is between those two steps, so every such file is
+/// garbage. Returns the store keys cleaned up.
+pub(super) fn remove_orphans(store: &Store) -> Result<Vec<String>, StoreError> {
+    let _lock = store.lock_store()?;
+    let mut removed = Vec::new();
+    for (fanout, _) in layout::entries(&store.blob_root())? {
+        let dir = store.blob_root().join(&fanout);
+        for (key, _) in layout::entries(&dir)? {
+            if index::has_record(store, &key) {
+                continue;
+            }
+            let blob = dir.join(&key);
+            match std::fs::remove_file(&blob) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(StoreError::io(format!("remove {}", blob.display()), e));
+                }
+                _ => {}
+            }
+            index::remove_record(store, &key)?;
+            removed.push(key);
+        }
+    }
+    for key in index::keys_without_record(store)? {
+        index::remove_record(store, &key)?;
+        if !removed.contains(&key) {
+            removed.push(key);
+        }
+    }
+    Ok(removed)
+}
+
 /// Hex SHA-512 of a stored blob.
 fn hash_blob(path: &std::path::Path) -> io::Result<String> {
     let mut file = File::open(path)?;
@@ -565,6 +599,33 @@ mod tests {
             .count();
         assert_eq!(records, 1, "{files:?}");
         assert!(!files.iter().any(|p| p.starts_with("tmp")), "{files:?}");
+    }
+
+    #[test]
+    fn orphans_of_a_killed_import_or_removal_are_removed_and_nothing_else() {
+        let (_dir, store) = testutil::store();
+        let kept = testutil::import(&store, &simple("example.com/kept", "1", "f", b"k"));
+        let blob_only = testutil::import(&store, &simple("example.com/blob", "1", "f", b"b"));
+        let manifest_only = testutil::import(&store, &simple("example.com/manifest", "1", "f", b"m"));
+        // As a kill between the blob's rename and the record's write leaves it.
+        let key = layout::key(&blob_only).expect("key").to_string();
+        std::fs::remove_file(store.index_path(&key, ".json")).expect("drop record");
+        // As a kill after the manifest's write, with the blob removed since.
+        let mkey = layout::key(&manifest_only).expect("key").to_string();
+        std::fs::remove_file(store.index_path(&mkey, ".json")).expect("drop record");
+        std::fs::remove_file(store.blob_path(&mkey)).expect("drop blob");
+
+        let mut removed = store.remove_orphans().expect("remove orphans");
+        removed.sort();
+        let mut want = vec![key.clone(), mkey.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(!store.blob_path(&key).exists());
+        assert!(!store.index_path(&mkey, ".manifest").exists());
+        assert!(store.verify().expect("verify").is_ok());
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert!(store.info(&kept).is_ok());
+        assert_eq!(store.remove_orphans().expect("again"), Vec::<String>::new());
     }
 
     #[test]

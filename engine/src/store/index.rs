@@ -120,6 +120,23 @@ pub(super) fn keys(store: &Store) -> Result<Vec<String>, StoreError> {
         .collect())
 }
 
+pub(super) fn has_record(store: &Store, key: &str) -> bool {
+    store.index_path(key, RECORD).exists()
+}
+
+/// Keys of index files (manifest, use stamp) whose record is missing.
+pub(super) fn keys_without_record(store: &Store) -> Result<Vec<String>, StoreError> {
+    let mut keys: Vec<String> = layout::entries(&store.index_dir())?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let key = name.strip_suffix(MANIFEST).or_else(|| name.strip_suffix(USED))?;
+            (!has_record(store, key)).then(|| key.to_string())
+        })
+        .collect();
+    keys.dedup();
+    Ok(keys)
+}
+
 /// Every indexed image, oldest import first.
 pub(super) fn list(store: &Store) -> Result<Vec<ImageInfo>, StoreError> {
     let mut images = Vec::new();

@@ -233,6 +233,11 @@ impl Store {
     pub fn export(&self, id: &ImageId, out: &mut dyn Write) -> Result<u64, StoreError> {
         cas::export(self, id, out)
     }
+    /// Removes blobs and index files a killed import or removal left without their
+    /// record (invisible to every command otherwise); returns their store keys.
+    pub fn remove_orphans(&self) -> Result<Vec<String>, StoreError> {
+        cas::remove_orphans(self)
+    }
     /// Deletes the temp files and directories of `rkt` processes that died (killed
     /// mid-import or mid-render); returns how many it removed.
     pub fn remove_abandoned_temps(&self) -> Result<usize, StoreError> {

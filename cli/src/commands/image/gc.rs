@@ -27,6 +27,9 @@ pub fn gc(global: &GlobalFlags, args: GcArgs) -> Result<u8> {
     if !report.images_removed.is_empty() {
         eprintln!("{} image(s) successfully removed", report.images_removed.len());
     }
+    for key in &report.orphans_removed {
+        eprintln!("removed {key:?}, left without its index record by an interrupted rkt");
+    }
     for error in &report.errors {
         eprintln!("image gc: {error}");
     }
