@@ -1,30 +1,58 @@
-//! Runs a command and measures it: wall time from spawn to reap, and the peak RSS
-//! the kernel recorded for it and every descendant it reaped (wait4's rusage).
+//! Runs a command and measures it: wall time from spawn to reap, or peak RSS.
+//!
+//! Peak RSS goes through GNU time (`/usr/bin/time -f %M`), not through this
+//! program's own wait4: a child inherits its parent's memory high-water mark up
+//! to its exec (with vfork, all of it), so ru_maxrss of a child of this 4 MB
+//! harness never reads below 4 MB. time is a small C program that forks, so the
+//! floor it leaves is about 1 MB (`time -f %M /bin/true` reads 1.1 MB here).
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::sys::resource::{UsageWho, getrusage};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
     pub elapsed: Duration,
-    /// ru_maxrss: the largest resident set of the process tree, in KiB.
-    pub max_rss_kib: i64,
+    /// User + system CPU time of the command and its descendants. On a loaded
+    /// machine wall time includes waiting for a CPU; this does not. Only right when
+    /// no other child of this process is reaped meanwhile (sequential runs).
+    pub cpu: Duration,
 }
 
 impl Measured {
     pub fn millis(&self) -> f64 {
         self.elapsed.as_secs_f64() * 1e3
     }
+
+    pub fn cpu_millis(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3
+    }
 }
 
 /// Runs `cmd` with no input and no stdout; fails with its stderr unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<Measured> {
+    let cpu_before = children_cpu()?;
     let start = Instant::now();
     let child = spawn(cmd)?;
-    finish(cmd, child, start)
+    let mut measured = finish(cmd, child, start)?;
+    measured.cpu = children_cpu()?.saturating_sub(cpu_before);
+    Ok(measured)
+}
+
+/// CPU time of every reaped child of this process so far.
+fn children_cpu() -> Result<Duration> {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage(RUSAGE_CHILDREN)")?;
+    let seconds = |t: nix::sys::time::TimeVal| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 /// Starts every command at once and waits for all; returns the wall time for the
@@ -55,45 +83,39 @@ fn spawn(cmd: &mut Command) -> Result<Child> {
 }
 
 fn finish(cmd: &Command, mut child: Child, start: Instant) -> Result<Measured> {
-    let pid = libc::pid_t::try_from(child.id()).context("child pid out of range")?;
-    let (status, usage) = wait4(pid).with_context(|| format!("waiting for {}", describe(cmd)))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", describe(cmd)))?;
     let elapsed = start.elapsed();
-    // The child has been reaped by wait4: `child` must not be waited on again, only
-    // its stderr read (what it wrote is in the pipe; a failing peer writes a line).
+    // A failing peer writes a line; what it wrote waits in the pipe.
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         let _ = pipe.read_to_string(&mut stderr);
     }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let how = if libc::WIFEXITED(status) {
-            format!("exit code {}", libc::WEXITSTATUS(status))
-        } else {
-            format!("signal {}", libc::WTERMSIG(status))
-        };
-        bail!("{} failed ({how}): {}", describe(cmd), stderr.trim());
+    if !status.success() {
+        bail!("{} failed ({status}): {}", describe(cmd), stderr.trim());
     }
     Ok(Measured {
         elapsed,
-        max_rss_kib: usage.ru_maxrss,
+        cpu: Duration::ZERO,
     })
 }
 
-fn wait4(pid: libc::pid_t) -> std::io::Result<(libc::c_int, libc::rusage)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is a plain C struct of integers; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our own child, not yet reaped; both out-pointers are valid
-        // for writes for the duration of the call.
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if rc == pid {
-            return Ok((status, usage));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+/// Peak RSS of `cmd` in KiB, as GNU time (`time`) reports it into `report`.
+pub fn peak_rss_kib(time: &Path, cmd: &Command, report: &Path) -> Result<f64> {
+    let mut timed = Command::new(time);
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    run(&mut timed)?;
+    let text = std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("time -f %M wrote {text:?}, not a number of KiB"))
 }
 
 /// The command as a user would type it, for error messages.
@@ -108,16 +130,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn success_is_timed_and_has_a_resident_set() {
-        let m = run(&mut Command::new("true")).expect("true runs");
-        assert!(m.max_rss_kib > 0, "rusage came back: {m:?}");
+    fn peak_rss_comes_from_time() {
+        let Some(time) = crate::peers::find_program("time") else {
+            eprintln!("peak_rss_comes_from_time: skipped: no GNU time (apt-get install time)");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = dir.path().join("rss");
+        let small = peak_rss_kib(&time, &Command::new("true"), &report).expect("true runs");
+        // 64 MiB touched by a shell builtin loop would be slow; dd's buffer is not.
+        let mut big = Command::new("dd");
+        big.args(["if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+        let large = peak_rss_kib(&time, &big, &report).expect("dd runs");
+        assert!(small > 0.0 && small < 16_384.0, "true: {small} KiB");
+        assert!(large > 65_536.0, "dd with a 64 MiB buffer: {large} KiB");
     }
 
     #[test]
     fn failure_names_the_command_and_its_stderr() {
         let err = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"])).expect_err("fails");
         let text = format!("{err:#}");
-        assert!(text.contains("exit code 3"), "{text}");
+        assert!(text.contains("exit status: 3"), "{text}");
         assert!(text.contains("broken"), "{text}");
     }
 

@@ -29,6 +29,8 @@ pub struct Peers {
     pub crun: Found,
     pub runc: Found,
     pub nspawn: Found,
+    /// GNU time, for peak RSS.
+    pub time: Found,
 }
 
 impl Peers {
@@ -38,6 +40,7 @@ impl Peers {
             crun: find_or_install("crun", "crun"),
             runc: find_or_install("runc", "runc"),
             nspawn: find_or_install("systemd-nspawn", "systemd-container"),
+            time: find_or_install("time", "time"),
         }
     }
 }
