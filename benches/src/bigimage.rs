@@ -17,7 +17,7 @@ pub const TOTAL_BYTES: usize = DIRS * FILES_PER_DIR * FILE_BYTES;
 /// The cached image, written first if it is not there yet.
 pub fn big_aci(work: &Path) -> Result<PathBuf> {
     // The name carries the shape, so a change of shape never reuses an old file.
-    let path = work.join(format!("big-{DIRS}x{FILES_PER_DIR}x{FILE_BYTES}-v1.aci"));
+    let path = work.join(format!("big-{DIRS}x{FILES_PER_DIR}x{FILE_BYTES}-v2.aci"));
     if path.exists() {
         return Ok(path);
     }
@@ -60,6 +60,8 @@ fn write_big(base: &Path, out: &Path) -> Result<()> {
             let mut header = tar::Header::new_gnu();
             header.set_size(FILE_BYTES as u64);
             header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
             header.set_mtime(0);
             header.set_cksum();
             builder.append_data(&mut header, format!("{dir}/blob-{f:02}"), data.as_slice())?;
@@ -77,6 +79,8 @@ fn dir_header() -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Directory);
     header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
     header.set_size(0);
     header.set_mtime(0);
     header.set_cksum();
