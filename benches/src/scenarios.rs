@@ -409,13 +409,15 @@ impl Bench {
         self.make_exited_pods(&large, 1000)?;
         let mut list_small = Sample::new("`rkt list` (100 pods)", Unit::Millis);
         let mut list_large = Sample::new("`rkt list` (1,000 pods)", Unit::Millis);
-        let mut list_large_cpu = Sample::new("list CPU", Unit::Millis);
+        let mut list_small_cpu = Sample::new("list CPU, 100 pods", Unit::Millis);
+        let mut list_large_cpu = Sample::new("list CPU, 1,000 pods", Unit::Millis);
         for round in 0..self.runs {
             for side in rotation(round, 2) {
                 let data = if side == 0 { &small } else { &large };
                 let m = measure::run(&mut self.rkt_in(&data.path, &["list", "--no-legend"]))?;
                 if side == 0 {
                     list_small.push(m.millis());
+                    list_small_cpu.push(m.cpu_millis());
                 } else {
                     list_large.push(m.millis());
                     list_large_cpu.push(m.cpu_millis());
@@ -427,14 +429,17 @@ impl Bench {
             _ => "**missed**",
         };
         let list_note = format!(
-            "`rkt list` with 1,000 pods: median {} wall (target < 50 ms: {verdict}), {} CPU (user + sys).",
+            "`rkt list` with 1,000 pods: median {} wall (target < 50 ms: {verdict}), {} CPU (user + sys); \
+             with 100 pods {} CPU.",
             show_median(&list_large),
-            show_median(&list_large_cpu)
+            show_median(&list_large_cpu),
+            show_median(&list_small_cpu)
         );
 
         let mut gc_small = Sample::new("`rkt gc --grace-period=0s` (100 exited pods)", Unit::Millis);
         let mut gc_large = Sample::new("`rkt gc --grace-period=0s` (1,000 exited pods)", Unit::Millis);
-        let mut gc_large_cpu = Sample::new("gc CPU", Unit::Millis);
+        let mut gc_small_cpu = Sample::new("gc CPU, 100 pods", Unit::Millis);
+        let mut gc_large_cpu = Sample::new("gc CPU, 1,000 pods", Unit::Millis);
         for round in 0..self.rounds(40, 3) {
             self.make_exited_pods(&small, 100 - self.pod_count(&small)?)?;
             self.make_exited_pods(&large, 1000 - self.pod_count(&large)?)?;
@@ -447,7 +452,9 @@ impl Bench {
                 sync()?;
                 let m = self.gc(data)?;
                 sample.push(m.millis());
-                if side == 1 {
+                if side == 0 {
+                    gc_small_cpu.push(m.cpu_millis());
+                } else {
                     gc_large_cpu.push(m.cpu_millis());
                 }
                 let left = self.pod_count(data)?;
@@ -456,10 +463,16 @@ impl Bench {
                 }
             }
         }
+        let cpu_ratio = gc_large_cpu
+            .ratio_to(&gc_small_cpu)
+            .map_or("—".into(), |r| format!("{r:.2}x"));
         let gc_note = format!(
-            "`rkt gc` of 1,000 exited pods: {} CPU (user + sys) of {} wall; the rest is waiting on disk.",
+            "`rkt gc` CPU time (user + sys): {} for 1,000 pods, {} for 100 ({cpu_ratio}); \
+             the rest of the wall time ({} and {}) is waiting on the disk.",
             show_median(&gc_large_cpu),
-            show_median(&gc_large)
+            show_median(&gc_small_cpu),
+            show_median(&gc_large),
+            show_median(&gc_small)
         );
         Ok(vec![
             Outcome::Compared {
