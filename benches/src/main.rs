@@ -1,144 +1,149 @@
-//! Side-by-side benchmarks of rkt-rs against its peers, interleaved A/B in one run
-//! so both see the same machine state. Prints a markdown table of medians, min/max
-//! and ratios. No pass/fail: targets are read off the table, never asserted.
+//! Side-by-side benchmarks of rkt-rs against its peers (unshare+chroot, crun,
+//! runc, systemd-nspawn, tar), interleaved A/B in one run so every side sees the
+//! same machine state. Prints a markdown table of medians, min/max and ratios.
+//! No pass/fail: targets are read off the table, never asserted.
 //!
-//! `cargo run -p rkt-benches --release -- [--runs N] [--rkt PATH]`
+//! `cargo run -p rkt-benches --release -- [--runs N] [--scenario NAME...]`
+//!
+//! Needs root. Installs missing peers with apt-get, and does their setup itself
+//! (see peers.rs). Under `cargo run` it first rebuilds the release `rkt`, so the
+//! figures are always of the current source.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod bigimage;
+mod measure;
+mod peers;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use rkt_conformance::AciSpec;
 
 #[derive(Parser)]
 struct Args {
-    /// Runs of each side per scenario
+    /// Rounds of the quick scenarios; the slow ones (100-pod series, 200 MB image,
+    /// gc) run a fraction of this, at least 3.
     #[arg(long, default_value_t = 200)]
     runs: usize,
-    /// The rkt binary (default: next to this program)
+    /// Scenarios to run (default: all): fly, nspawn, kvm, series, big-image,
+    /// list-gc, rss, concurrent.
+    #[arg(long, num_args = 1..)]
+    scenario: Vec<String>,
+    /// The rkt binary (default: the release build next to this program, rebuilt
+    /// first when run through cargo).
     #[arg(long)]
     rkt: Option<PathBuf>,
-}
-
-struct Sample {
-    name: String,
-    times: Vec<Duration>,
-}
-
-impl Sample {
-    fn median(&self) -> Duration {
-        let mut t = self.times.clone();
-        t.sort();
-        t.get(t.len() / 2).copied().unwrap_or_default()
-    }
-    fn min(&self) -> Duration {
-        self.times.iter().min().copied().unwrap_or_default()
-    }
-    fn max(&self) -> Duration {
-        self.times.iter().max().copied().unwrap_or_default()
-    }
-}
-
-fn time(cmd: &mut Command) -> Result<Duration> {
-    let start = Instant::now();
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    let elapsed = start.elapsed();
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(elapsed)
-}
-
-fn rkt_cmd(rkt: &Path, dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(rkt);
-    cmd.arg(format!("--dir={}", dir.display())).args(args);
-    cmd
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    /// Where images, bundles and data dirs live; the 200 MB image is kept here
+    /// between runs.
+    #[arg(long, default_value = "/var/tmp/rkt-bench")]
+    work_dir: PathBuf,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rkt = match args.rkt {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no exe dir")?
-            .join("rkt"),
+    let scenarios: Vec<String> = if args.scenario.is_empty() {
+        scenarios::ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.scenario.clone()
     };
-    let work = tempfile::Builder::new().prefix("rkt-bench-").tempdir()?;
-    let dir = work.path().join("data");
-    let image = work.path().join("busybox.aci");
-    AciSpec::busybox("example.com/busybox").write(&image)?;
-    let fetched = rkt_cmd(
-        &rkt,
-        &dir,
-        &["fetch", "--insecure-options=image", &image.display().to_string()],
-    )
-    .output()?;
-    let id = String::from_utf8(fetched.stdout)?.trim().to_string();
-    if !id.starts_with("sha512-") {
-        bail!("fetch failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    }
-    // The first run renders the tree; the benchmark measures runs from the store.
-    let run_args = [
-        "run",
-        "--insecure-options=image",
-        "--stage1=fly",
-        &id,
-        "--exec",
-        "/bin/true",
-    ];
-    time(&mut rkt_cmd(&rkt, &dir, &run_args))?;
-    let tree = std::fs::read_dir(dir.join("cas/tree"))?
-        .flatten()
-        .map(|e| e.path().join("rootfs"))
-        .find(|p| p.join("bin/true").exists())
-        .context("no rendered tree")?;
-
-    let mut fly = Sample {
-        name: "rkt run --stage1=fly /bin/true".into(),
-        times: Vec::new(),
-    };
-    let mut unshare = Sample {
-        name: "unshare -m chroot ROOTFS /bin/true".into(),
-        times: Vec::new(),
-    };
-    for i in 0..args.runs {
-        fly.times.push(time(&mut rkt_cmd(&rkt, &dir, &run_args))?);
-        let mut peer = Command::new("unshare");
-        peer.args(["-m", "chroot"]).arg(&tree).arg("/bin/true");
-        unshare.times.push(time(&mut peer)?);
-        if i % 50 == 49 {
-            // Keep the pod count flat so later runs do not measure a growing list.
-            time(&mut rkt_cmd(&rkt, &dir, &["gc", "--grace-period=0s"]))?;
-        }
-    }
-    let _ = rkt_cmd(&rkt, &dir, &["gc", "--grace-period=0s"]).status();
-
-    println!("| scenario | median | min | max | ratio to peer |");
-    println!("|---|---|---|---|---|");
-    for s in [&fly, &unshare] {
-        let ratio = s.median().as_secs_f64() / unshare.median().as_secs_f64();
-        println!(
-            "| {} | {} | {} | {} | {ratio:.2}x |",
-            s.name,
-            ms(s.median()),
-            ms(s.min()),
-            ms(s.max())
+    if let Some(unknown) = scenarios.iter().find(|s| !scenarios::ALL.contains(&s.as_str())) {
+        bail!(
+            "unknown scenario {unknown:?}; known: {}",
+            scenarios::ALL.join(", ")
         );
     }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks need root (namespaces, mounts, OCI runtimes)");
+    }
+    std::fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("creating {}", args.work_dir.display()))?;
+    let work = args.work_dir.canonicalize()?;
+    // Before any thread exists: unshare(CLONE_NEWNS) refuses a multi-threaded caller.
+    peers::enter_private_mount_namespace(&work)?;
+    let rkt = match args.rkt {
+        Some(path) => path,
+        None => release_rkt()?,
+    };
+    let peers = peers::Peers::find_or_install();
+    let load_before = loadavg();
+    let bench = scenarios::Bench::new(rkt, work, args.runs.max(1), peers)?;
+    let mut outcomes = Vec::new();
+    for name in &scenarios {
+        eprintln!("bench: {name}");
+        outcomes.extend(bench.scenario(name)?);
+    }
+    bench.clean_up()?;
+
+    println!("{}", report::markdown(&outcomes));
     println!(
-        "\n{} runs each, interleaved; image already in the store, tree rendered.",
-        args.runs
+        "Measured {} on {}; load average {} before, {} after. {}",
+        date(),
+        machine(),
+        load_before,
+        loadavg(),
+        peers::SETUP_NOTES
     );
     Ok(())
+}
+
+/// The release `rkt` next to this program; under `cargo run`, rebuilt first.
+fn release_rkt() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("this program has no directory")?;
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-q", "-p", "rkt", "--bin", "rkt"])
+            .status()
+            .context("running cargo build for rkt")?;
+        if !status.success() {
+            bail!("cargo build --release -p rkt: {status}");
+        }
+    }
+    let rkt = dir.join("rkt");
+    if !rkt.is_file() {
+        bail!(
+            "no {}: build it with `cargo build --release -p rkt`, or pass --rkt",
+            rkt.display()
+        );
+    }
+    Ok(rkt)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// "2 × Intel(R) Xeon(R) ..., Linux 6.1.0-..., Debian GNU/Linux 12 (bookworm)".
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map(str::trim)
+        .unwrap_or("?");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default();
+    format!("{cpus} × {model}, Linux {}, {os}", kernel.trim())
 }

@@ -1,0 +1,692 @@
+//! The scenarios of issue 11. Each runs its sides interleaved (the order rotating
+//! every round) so that a burst of load elsewhere on the machine lands on all sides
+//! alike, and returns samples for the table. Targets are read off, never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
+use rkt_conformance::AciSpec;
+
+use crate::bigimage;
+use crate::measure::{self, Measured};
+use crate::peers::{self, Peers};
+use crate::report::{Outcome, Side};
+use crate::stats::{Sample, Target, Unit};
+
+pub const ALL: [&str; 8] = [
+    "fly",
+    "nspawn",
+    "kvm",
+    "series",
+    "big-image",
+    "list-gc",
+    "rss",
+    "concurrent",
+];
+
+/// Everything the scenarios share: the binary, the work dir, the peers and the
+/// busybox image both sides run.
+pub struct Bench {
+    pub rkt: PathBuf,
+    pub work: PathBuf,
+    pub runs: usize,
+    pub peers: Peers,
+    busybox_aci: PathBuf,
+    /// The busybox image, fetched into `main` and rendered there.
+    main: DataDir,
+    /// A copy of rkt's rendered busybox tree for unshare, crun and runc.
+    peer_rootfs: PathBuf,
+    /// The same for nspawn, which writes into it.
+    nspawn_rootfs: PathBuf,
+    /// crun spec bundle around `peer_rootfs`, when crun is there.
+    bundle: Option<PathBuf>,
+    container_serial: AtomicU64,
+}
+
+/// One `--dir` with the busybox image in its store.
+struct DataDir {
+    path: PathBuf,
+    image: String,
+}
+
+impl Bench {
+    pub fn new(rkt: PathBuf, work: PathBuf, runs: usize, peers: Peers) -> Result<Bench> {
+        let busybox_aci = work.join("busybox.aci");
+        AciSpec::busybox("example.com/busybox").write(&busybox_aci)?;
+        let mut bench = Bench {
+            main: DataDir {
+                path: PathBuf::new(),
+                image: String::new(),
+            },
+            peer_rootfs: work.join("peer-rootfs"),
+            nspawn_rootfs: work.join("nspawn-rootfs"),
+            bundle: None,
+            rkt,
+            work,
+            runs,
+            peers,
+            busybox_aci,
+            container_serial: AtomicU64::new(0),
+        };
+        bench.main = bench.data_dir("main")?;
+        // The first run renders the tree; every scenario measures runs after it.
+        measure::run(&mut bench.run_fly(&bench.main))?;
+        let tree = rendered_tree(&bench.main.path)?;
+        peers::copy_rootfs(&tree, &bench.peer_rootfs)?;
+        peers::copy_rootfs(&tree, &bench.nspawn_rootfs)?;
+        if let Ok(crun) = &bench.peers.crun {
+            let bundle = bench.work.join("bundle");
+            peers::oci_bundle(crun, &bundle, &bench.peer_rootfs)?;
+            bench.bundle = Some(bundle);
+        }
+        Ok(bench)
+    }
+
+    pub fn scenario(&self, name: &str) -> Result<Vec<Outcome>> {
+        match name {
+            "fly" => self.fly().map(|o| vec![o]),
+            "nspawn" => self.nspawn().map(|o| vec![o]),
+            "kvm" => Ok(vec![Outcome::Skipped {
+                scenario: "`--stage1=kvm` /bin/true".into(),
+                reason: "not yet (kvm stage1 not landed)".into(),
+            }]),
+            "series" => self.series().map(|o| vec![o]),
+            "big-image" => self.big_image().map(|o| vec![o]),
+            "list-gc" => self.list_gc(),
+            "rss" => self.rss().map(|o| vec![o]),
+            "concurrent" => self.concurrent().map(|o| vec![o]),
+            other => bail!("unknown scenario {other:?}; known: {}", ALL.join(", ")),
+        }
+    }
+
+    /// Removes the data dirs this run made (pods first, through rkt's own gc).
+    pub fn clean_up(&self) -> Result<()> {
+        let data = self.work.join("data");
+        if let Ok(entries) = std::fs::read_dir(&data) {
+            for entry in entries.flatten() {
+                let _ = measure::run(&mut self.rkt_in(&entry.path(), &["gc", "--grace-period=0s"]));
+            }
+        }
+        remove(&data)
+    }
+
+    // --- commands -------------------------------------------------------------
+
+    fn rkt_in(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.rkt);
+        cmd.arg(format!("--dir={}", dir.display())).args(args);
+        cmd
+    }
+
+    fn run_stage1(&self, data: &DataDir, stage1: &str) -> Command {
+        let stage1 = format!("--stage1={stage1}");
+        self.rkt_in(
+            &data.path,
+            &[
+                "run",
+                "--insecure-options=image",
+                &stage1,
+                &data.image,
+                "--exec",
+                "/bin/true",
+            ],
+        )
+    }
+
+    fn run_fly(&self, data: &DataDir) -> Command {
+        self.run_stage1(data, "fly")
+    }
+
+    fn gc(&self, data: &DataDir) -> Result<Measured> {
+        measure::run(&mut self.rkt_in(&data.path, &["gc", "--grace-period=0s"]))
+    }
+
+    fn unshare_chroot(&self) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "chroot"]).arg(&self.peer_rootfs).arg("/bin/true");
+        cmd
+    }
+
+    /// `crun run` or `runc run` of the bundle, each container with a new ID.
+    fn oci_run(&self, runtime: &Path) -> Option<Command> {
+        let bundle = self.bundle.as_ref()?;
+        let serial = self.container_serial.fetch_add(1, Ordering::Relaxed);
+        let name = runtime.file_name()?.to_string_lossy().into_owned();
+        let mut cmd = Command::new(runtime);
+        cmd.arg("--root")
+            .arg(self.work.join(format!("{name}-state")))
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(format!("bench-{}-{serial}", std::process::id()));
+        Some(cmd)
+    }
+
+    fn crun(&self) -> Option<Command> {
+        self.oci_run(self.peers.crun.as_ref().ok()?)
+    }
+
+    fn runc(&self) -> Option<Command> {
+        self.oci_run(self.peers.runc.as_ref().ok()?)
+    }
+
+    fn nspawn_bare(&self) -> Option<Command> {
+        let mut cmd = Command::new(self.peers.nspawn.as_ref().ok()?);
+        cmd.args(["--register=no", "--keep-unit", "-q", "-D"])
+            .arg(&self.nspawn_rootfs)
+            .arg("/bin/true");
+        Some(cmd)
+    }
+
+    /// A fresh `--dir` under the work dir with the busybox image fetched.
+    fn data_dir(&self, name: &str) -> Result<DataDir> {
+        let path = self.work.join("data").join(name);
+        if path.exists() {
+            let _ = measure::run(&mut self.rkt_in(&path, &["gc", "--grace-period=0s"]));
+            remove(&path)?;
+        }
+        std::fs::create_dir_all(&path)?;
+        let aci = self.busybox_aci.display().to_string();
+        let out = self
+            .rkt_in(&path, &["fetch", "--insecure-options=image", &aci])
+            .output()?;
+        let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || !image.starts_with("sha512-") {
+            bail!("rkt fetch {aci}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(DataDir { path, image })
+    }
+
+    fn rounds(&self, divisor: usize, floor: usize) -> usize {
+        (self.runs / divisor).max(floor)
+    }
+
+    // --- scenarios --------------------------------------------------------------
+
+    /// 1: one `/bin/true` pod, image in the store and its tree rendered.
+    fn fly(&self) -> Result<Outcome> {
+        let mut fly = Sample::new("`rkt run --stage1=fly IMAGE-ID --exec /bin/true`", Unit::Millis);
+        let mut unshare = Sample::new("`unshare -m chroot ROOTFS /bin/true`", Unit::Millis);
+        let mut crun = Sample::new("`crun run` (OCI bundle, same rootfs)", Unit::Millis);
+        let mut runc = Sample::new("`runc run` (OCI bundle, same rootfs)", Unit::Millis);
+        let mut fly_cpu = Sample::new("fly CPU", Unit::Millis);
+        let mut unshare_cpu = Sample::new("unshare CPU", Unit::Millis);
+        for round in 0..self.runs {
+            for side in rotation(round, 4) {
+                match side {
+                    0 => {
+                        let m = measure::run(&mut self.run_fly(&self.main))?;
+                        fly.push(m.millis());
+                        fly_cpu.push(m.cpu_millis());
+                    }
+                    1 => {
+                        let m = measure::run(&mut self.unshare_chroot())?;
+                        unshare.push(m.millis());
+                        unshare_cpu.push(m.cpu_millis());
+                    }
+                    2 => push_optional(&mut crun, self.crun())?,
+                    _ => push_optional(&mut runc, self.runc())?,
+                }
+            }
+            if round % 50 == 49 {
+                // Keeps the pod count flat, so late runs do not see a longer list.
+                self.gc(&self.main)?;
+            }
+        }
+        self.gc(&self.main)?;
+        Ok(Outcome::Compared {
+            scenario: "`--stage1=fly` /bin/true".into(),
+            subject: fly,
+            peers: vec![
+                Side {
+                    sample: unshare,
+                    target: Some(Target::AtMost(2.0)),
+                },
+                self.peer_side(crun, &self.peers.crun, Some(Target::Below(0.5))),
+                self.peer_side(runc, &self.peers.runc, None),
+            ],
+            notes: vec![format!(
+                "CPU time (user + sys, from getrusage) of one fly run: median {}; of `unshare -m chroot`: {}.",
+                show_median(&fly_cpu),
+                show_median(&unshare_cpu)
+            )],
+        })
+    }
+
+    /// 2: an nspawn pod against the bare systemd-nspawn it wraps; runs once the
+    /// nspawn stage1 is in the binary and can run here.
+    fn nspawn(&self) -> Result<Outcome> {
+        let scenario = "`--stage1=nspawn` /bin/true".to_string();
+        if let Err(reason) = self.stage1_available("nspawn")? {
+            return Ok(Outcome::Skipped { scenario, reason });
+        }
+        let Some(_) = self.nspawn_bare() else {
+            let reason = self.peers.nspawn.as_ref().err().cloned().unwrap_or_default();
+            return Ok(Outcome::Skipped {
+                scenario,
+                reason: format!("skipped: {reason}"),
+            });
+        };
+        let mut rkt = Sample::new(
+            "`rkt run --stage1=nspawn IMAGE-ID --exec /bin/true`",
+            Unit::Millis,
+        );
+        let mut bare = Sample::new(
+            "`systemd-nspawn --register=no --keep-unit -q -D ROOTFS /bin/true`",
+            Unit::Millis,
+        );
+        for round in 0..self.rounds(2, 10) {
+            for side in rotation(round, 2) {
+                if side == 0 {
+                    rkt.push(measure::run(&mut self.run_stage1(&self.main, "nspawn"))?.millis());
+                } else {
+                    push_optional(&mut bare, self.nspawn_bare())?;
+                }
+            }
+            if round % 50 == 49 {
+                self.gc(&self.main)?;
+            }
+        }
+        self.gc(&self.main)?;
+        Ok(Outcome::Compared {
+            scenario,
+            subject: rkt,
+            peers: vec![Side {
+                sample: bare,
+                target: Some(Target::AtMost(1.1)),
+            }],
+            notes: Vec::new(),
+        })
+    }
+
+    /// `Ok(Ok(()))` when `rkt version` lists the stage1 as available, else why not.
+    fn stage1_available(&self, name: &str) -> Result<std::result::Result<(), String>> {
+        let out = Command::new(&self.rkt).arg("version").output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.split_whitespace().next() == Some(name));
+        Ok(match line {
+            None => Err(format!("skipped: {name} stage1 not in this build")),
+            Some(l) if l.split_whitespace().nth(1) == Some("available") => Ok(()),
+            Some(l) => Err(format!("skipped: {l}")),
+        })
+    }
+
+    /// 3: 100 pods one after the other.
+    fn series(&self) -> Result<Outcome> {
+        const PODS: usize = 100;
+        let mut fly = Sample::new("100 × `rkt run --stage1=fly` /bin/true", Unit::Millis);
+        let mut crun = Sample::new("100 × `crun run` /bin/true", Unit::Millis);
+        for round in 0..self.rounds(20, 3) {
+            for side in rotation(round, 2) {
+                if side == 0 {
+                    fly.push(time_series(PODS, || Ok(Some(self.run_fly(&self.main))))?.unwrap_or(f64::NAN));
+                    self.gc(&self.main)?;
+                } else if let Some(ms) = time_series(PODS, || Ok(self.crun()))? {
+                    crun.push(ms);
+                }
+            }
+        }
+        let per_pod = |s: &Sample| {
+            s.median()
+                .map_or("—".into(), |m| format!("{:.2} ms", m / PODS as f64))
+        };
+        let note = format!(
+            "100 pods in a row: {} per fly pod, {} per crun container.",
+            per_pod(&fly),
+            per_pod(&crun)
+        );
+        Ok(Outcome::Compared {
+            scenario: "100 pods in a row".into(),
+            subject: fly,
+            peers: vec![self.peer_side(crun, &self.peers.crun, Some(Target::Below(0.5)))],
+            notes: vec![note],
+        })
+    }
+
+    /// 4: a new 200 MB image: import + render + run, against `tar -x` of it.
+    fn big_image(&self) -> Result<Outcome> {
+        let aci = bigimage::big_aci(&self.work)?;
+        let aci_arg = aci.display().to_string();
+        let mut rkt = Sample::new(
+            "`rkt run --stage1=fly BIG.aci --exec /bin/true`, empty store",
+            Unit::Millis,
+        );
+        let mut tar = Sample::new("`tar -xf BIG.aci -C EMPTY-DIR`", Unit::Millis);
+        let scratch = self.work.join("data").join("big");
+        for round in 0..self.rounds(40, 3) {
+            for side in rotation(round, 2) {
+                remove(&scratch)?;
+                std::fs::create_dir_all(&scratch)?;
+                // Earlier rounds' dirty pages are written back outside the timing.
+                sync()?;
+                if side == 0 {
+                    let mut cmd = self.rkt_in(
+                        &scratch,
+                        &[
+                            "run",
+                            "--insecure-options=image",
+                            "--stage1=fly",
+                            &aci_arg,
+                            "--exec",
+                            "/bin/true",
+                        ],
+                    );
+                    rkt.push(measure::run(&mut cmd)?.millis());
+                    measure::run(&mut self.rkt_in(&scratch, &["gc", "--grace-period=0s"]))?;
+                } else {
+                    let mut cmd = Command::new("tar");
+                    cmd.arg("-xf").arg(&aci).arg("-C").arg(&scratch);
+                    tar.push(measure::run(&mut cmd)?.millis());
+                }
+            }
+        }
+        remove(&scratch)?;
+        Ok(Outcome::Compared {
+            scenario: format!(
+                "first run of a new {} MB image",
+                bigimage::TOTAL_BYTES / 1_000_000
+            ),
+            subject: rkt,
+            peers: vec![Side {
+                sample: tar,
+                target: Some(Target::AtMost(1.5)),
+            }],
+            notes: Vec::new(),
+        })
+    }
+
+    /// 5: `rkt list` and `rkt gc` with 100 and 1,000 pods on disk: 10x the pods may
+    /// cost at most 12x the time; list stays under 50 ms.
+    fn list_gc(&self) -> Result<Vec<Outcome>> {
+        let small = self.data_dir("list-100")?;
+        let large = self.data_dir("list-1000")?;
+        self.make_exited_pods(&small, 100)?;
+        self.make_exited_pods(&large, 1000)?;
+        let mut list_small = Sample::new("`rkt list` (100 pods)", Unit::Millis);
+        let mut list_large = Sample::new("`rkt list` (1,000 pods)", Unit::Millis);
+        let mut list_small_cpu = Sample::new("list CPU, 100 pods", Unit::Millis);
+        let mut list_large_cpu = Sample::new("list CPU, 1,000 pods", Unit::Millis);
+        for round in 0..self.runs {
+            for side in rotation(round, 2) {
+                let data = if side == 0 { &small } else { &large };
+                let m = measure::run(&mut self.rkt_in(&data.path, &["list", "--no-legend"]))?;
+                if side == 0 {
+                    list_small.push(m.millis());
+                    list_small_cpu.push(m.cpu_millis());
+                } else {
+                    list_large.push(m.millis());
+                    list_large_cpu.push(m.cpu_millis());
+                }
+            }
+        }
+        let verdict = match list_large.median() {
+            Some(ms) if ms < 50.0 => "met",
+            _ => "**missed**",
+        };
+        let list_note = format!(
+            "`rkt list` with 1,000 pods: median {} wall (target < 50 ms: {verdict}), {} CPU (user + sys); \
+             with 100 pods {} CPU.",
+            show_median(&list_large),
+            show_median(&list_large_cpu),
+            show_median(&list_small_cpu)
+        );
+
+        let mut gc_small = Sample::new("`rkt gc --grace-period=0s` (100 exited pods)", Unit::Millis);
+        let mut gc_large = Sample::new("`rkt gc --grace-period=0s` (1,000 exited pods)", Unit::Millis);
+        let mut gc_small_cpu = Sample::new("gc CPU, 100 pods", Unit::Millis);
+        let mut gc_large_cpu = Sample::new("gc CPU, 1,000 pods", Unit::Millis);
+        for round in 0..self.rounds(40, 3) {
+            self.make_exited_pods(&small, 100 - self.pod_count(&small)?)?;
+            self.make_exited_pods(&large, 1000 - self.pod_count(&large)?)?;
+            for side in rotation(round, 2) {
+                let (data, sample) = if side == 0 {
+                    (&small, &mut gc_small)
+                } else {
+                    (&large, &mut gc_large)
+                };
+                sync()?;
+                let m = self.gc(data)?;
+                sample.push(m.millis());
+                if side == 0 {
+                    gc_small_cpu.push(m.cpu_millis());
+                } else {
+                    gc_large_cpu.push(m.cpu_millis());
+                }
+                let left = self.pod_count(data)?;
+                if left != 0 {
+                    bail!("rkt gc left {left} pods in {}", data.path.display());
+                }
+            }
+        }
+        let cpu_ratio = gc_large_cpu
+            .ratio_to(&gc_small_cpu)
+            .map_or("—".into(), |r| format!("{r:.2}x"));
+        let gc_note = format!(
+            "`rkt gc` CPU time (user + sys): {} for 1,000 pods, {} for 100 ({cpu_ratio}); \
+             the rest of the wall time ({} and {}) is waiting on the disk.",
+            show_median(&gc_large_cpu),
+            show_median(&gc_small_cpu),
+            show_median(&gc_large),
+            show_median(&gc_small)
+        );
+        Ok(vec![
+            Outcome::Compared {
+                scenario: "`rkt list`, 1,000 vs 100 pods".into(),
+                subject: list_large,
+                peers: vec![Side {
+                    sample: list_small,
+                    target: Some(Target::AtMost(12.0)),
+                }],
+                notes: vec![list_note],
+            },
+            Outcome::Compared {
+                scenario: "`rkt gc`, 1,000 vs 100 exited pods".into(),
+                subject: gc_large,
+                peers: vec![Side {
+                    sample: gc_small,
+                    target: Some(Target::AtMost(12.0)),
+                }],
+                notes: vec![gc_note],
+            },
+        ])
+    }
+
+    /// Pods made the way users make them: real `rkt run`s of /bin/true, four at a
+    /// time (about 1 s per 250 pods on 2 cores).
+    fn make_exited_pods(&self, data: &DataDir, count: usize) -> Result<()> {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        while next.fetch_add(1, Ordering::Relaxed) < count {
+                            measure::run(&mut self.run_fly(data))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| match w.join() {
+                Ok(result) => result,
+                Err(_) => bail!("a pod-making thread panicked"),
+            })
+        })
+    }
+
+    fn pod_count(&self, data: &DataDir) -> Result<usize> {
+        let out = self.rkt_in(&data.path, &["list", "--no-legend"]).output()?;
+        if !out.status.success() {
+            bail!("rkt list: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count())
+    }
+
+    /// 6: peak RSS of the whole process tree, through GNU time (see measure.rs).
+    fn rss(&self) -> Result<Outcome> {
+        let time = match &self.peers.time {
+            Ok(time) => time,
+            Err(reason) => {
+                return Ok(Outcome::Skipped {
+                    scenario: "peak RSS".into(),
+                    reason: format!("skipped: {reason}"),
+                });
+            }
+        };
+        let report = self.work.join("rss-report");
+        let mut fly = Sample::new("`rkt run --stage1=fly` /bin/true, peak RSS", Unit::KiB);
+        let mut crun = Sample::new("`crun run` /bin/true, peak RSS", Unit::KiB);
+        let mut runc = Sample::new("`runc run` /bin/true, peak RSS", Unit::KiB);
+        for round in 0..self.rounds(4, 10) {
+            for side in rotation(round, 3) {
+                let (sample, cmd) = match side {
+                    0 => (&mut fly, Some(self.run_fly(&self.main))),
+                    1 => (&mut crun, self.crun()),
+                    _ => (&mut runc, self.runc()),
+                };
+                if let Some(cmd) = cmd {
+                    sample.push(measure::peak_rss_kib(time, &cmd, &report)?);
+                }
+            }
+        }
+        self.gc(&self.main)?;
+        let floor = measure::peak_rss_kib(time, &Command::new("true"), &report)?;
+        Ok(Outcome::Compared {
+            scenario: "peak RSS".into(),
+            subject: fly,
+            peers: vec![
+                self.peer_side(crun, &self.peers.crun, Some(Target::AtMost(1.0))),
+                self.peer_side(runc, &self.peers.runc, None),
+            ],
+            notes: vec![format!(
+                "Peak RSS is GNU time's `%M` (largest process of the tree); its floor here, `time -f %M true`, is {}.",
+                Unit::KiB.format(floor)
+            )],
+        })
+    }
+
+    /// 7: 50 pods started at once; all must succeed; throughput >= crun's, i.e. the
+    /// batch takes at most as long.
+    fn concurrent(&self) -> Result<Outcome> {
+        const PODS: usize = 50;
+        let mut fly = Sample::new("50 concurrent `rkt run --stage1=fly` /bin/true", Unit::Millis);
+        let mut crun = Sample::new("50 concurrent `crun run` /bin/true", Unit::Millis);
+        let mut failures = Vec::new();
+        for round in 0..self.rounds(20, 3) {
+            for side in rotation(round, 2) {
+                let (sample, mut cmds): (_, Vec<Command>) = if side == 0 {
+                    (&mut fly, (0..PODS).map(|_| self.run_fly(&self.main)).collect())
+                } else {
+                    (&mut crun, (0..PODS).filter_map(|_| self.crun()).collect())
+                };
+                if cmds.is_empty() {
+                    continue;
+                }
+                let (elapsed, failed, first) = measure::run_concurrently(&mut cmds)?;
+                sample.push(elapsed.as_secs_f64() * 1e3);
+                if failed > 0 {
+                    failures.push(format!(
+                        "{failed}/{PODS} of {} failed: {}",
+                        sample.label,
+                        first.unwrap_or_default()
+                    ));
+                }
+            }
+            self.gc(&self.main)?;
+        }
+        let throughput = |s: &Sample| {
+            s.median()
+                .map_or("—".into(), |m| format!("{:.0}", PODS as f64 / m * 1e3))
+        };
+        let notes = vec![format!(
+            "50 concurrent pods: {} pods/s with fly, {} with crun; {}.",
+            throughput(&fly),
+            throughput(&crun),
+            if failures.is_empty() {
+                "every pod of every round succeeded".to_string()
+            } else {
+                format!("**failures**: {}", failures.join("; "))
+            }
+        )];
+        Ok(Outcome::Compared {
+            scenario: "50 concurrent pods".into(),
+            subject: fly,
+            peers: vec![self.peer_side(crun, &self.peers.crun, Some(Target::AtMost(1.0)))],
+            notes,
+        })
+    }
+
+    fn peer_side(&self, mut sample: Sample, found: &peers::Found, target: Option<Target>) -> Side {
+        if let Err(reason) = found {
+            sample.label = format!("{} ({reason})", sample.label);
+        }
+        Side { sample, target }
+    }
+}
+
+fn show_median(sample: &Sample) -> String {
+    sample.median().map_or("—".into(), |m| sample.unit.format(m))
+}
+
+/// The order of `sides` sides in round `round`: 0,1,2 then 1,2,0 then 2,0,1...
+fn rotation(round: usize, sides: usize) -> impl Iterator<Item = usize> {
+    (0..sides).map(move |i| (round + i) % sides)
+}
+
+fn push_optional(sample: &mut Sample, cmd: Option<Command>) -> Result<()> {
+    if let Some(mut cmd) = cmd {
+        sample.push(measure::run(&mut cmd)?.millis());
+    }
+    Ok(())
+}
+
+/// Wall time of `count` commands one after another, or `None` if there is none.
+fn time_series(count: usize, mut next: impl FnMut() -> Result<Option<Command>>) -> Result<Option<f64>> {
+    let mut total = 0.0;
+    for _ in 0..count {
+        let Some(mut cmd) = next()? else {
+            return Ok(None);
+        };
+        total += measure::run(&mut cmd)?.millis();
+    }
+    Ok(Some(total))
+}
+
+fn rendered_tree(data: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(data.join("cas/tree"))
+        .with_context(|| format!("reading {}/cas/tree", data.display()))?
+        .flatten()
+        .map(|e| e.path().join("rootfs"))
+        .find(|p| p.join("bin/true").exists())
+        .context("no rendered busybox tree in the store")
+}
+
+fn remove(path: &Path) -> Result<()> {
+    if path.exists() {
+        rkt_engine::fsutil::remove_tree(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn sync() -> Result<()> {
+    nix::unistd::sync();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_starts_each_round_with_the_next_side() {
+        let rounds: Vec<Vec<usize>> = (0..3).map(|r| rotation(r, 3).collect()).collect();
+        assert_eq!(rounds, [[0, 1, 2], [1, 2, 0], [2, 0, 1]]);
+    }
+}
