@@ -128,6 +128,8 @@ impl Bench {
                 "run",
                 "--insecure-options=image",
                 &stage1,
+                // The host's network, as the bare peers have.
+                "--net=host",
                 &data.image,
                 "--exec",
                 "/bin/true",
