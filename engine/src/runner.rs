@@ -14,14 +14,14 @@ use crate::fsutil;
 use crate::pod::layout::{self, AppRootfs};
 use crate::pod::{AnyPod, Pod, PodError, PodsDir, Prepared, Preparing, Running};
 use crate::schema::{
-    ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Mount, PodManifest, RuntimeApp, RuntimeImage,
-    SchemaError, Volume, VolumeKind,
+    ACName, App, EnvVar, ExposedPort, ImageId, ImageManifest, Isolator, Mount, PodManifest, RuntimeApp,
+    RuntimeImage, SchemaError, Volume, VolumeKind,
 };
 use crate::stage::block_on::block_on;
 use crate::stage::registry::{self, RegistryError, Stage1Record};
 use crate::stage::{
-    Availability, BackendError, FetchPolicy, ImageFinder, ImageRef, Labeler, NetRequest, Networker, PodExit,
-    RunConfig, Stage1,
+    Availability, BackendError, FetchPolicy, ImageFinder, ImageRef, InsecureOptions, Labeler, NetRequest,
+    Networker, PodExit, RunConfig, Stage1,
 };
 use crate::store::{Store, StoreError};
 
@@ -53,7 +53,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunnerEr
 }
 
 /// One image on the command line with the flags that follow it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppRequest {
     pub image: String,
     /// `--name`: the app's name in the pod (default: from the image name).
@@ -66,6 +66,11 @@ pub struct AppRequest {
     pub mounts: Vec<Mount>,
     /// `--signature` for this image.
     pub signature: Option<PathBuf>,
+    /// `--memory`, `--cpu`, `--caps-retain`, `--seccomp`, ... after this image:
+    /// each replaces the image's isolator of the same name.
+    pub isolators: Vec<Isolator>,
+    /// `--readonly-rootfs` after this image.
+    pub read_only_rootfs: bool,
 }
 
 /// Everything `rkt prepare` and `rkt run` need to build a pod.
@@ -109,6 +114,7 @@ pub struct RunPreparedRequest {
     pub net_explicit: bool,
     pub interactive: bool,
     pub debug: bool,
+    pub insecure: InsecureOptions,
 }
 
 /// The engine's view of one `--dir`.
@@ -202,6 +208,7 @@ impl Runtime {
             interactive: request.interactive,
             debug: request.debug,
             hostname: request.hostname.clone(),
+            insecure: request.prepare.fetch.insecure,
             ..RunConfig::default()
         };
         self.start_pod(stage1.as_ref(), pod, &net, cfg)
@@ -248,7 +255,13 @@ impl Runtime {
         let pod = pod.run()?;
         crate::failpoint::failpoint("run-prepared.running");
         tracing::debug!(pod = %uuid, stage1 = stage1.name(), "prepared pod running");
-        self.run_pod(stage1.as_ref(), pod, &net, request.interactive, request.debug)
+        let cfg = RunConfig {
+            interactive: request.interactive,
+            debug: request.debug,
+            insecure: request.insecure,
+            ..RunConfig::default()
+        };
+        self.start_pod(stage1.as_ref(), pod, &net, cfg)
     }
 
     /// Sets up the network and hands a running pod to its stage1.
@@ -289,6 +302,13 @@ impl Runtime {
         cfg.labels = select_labeler()?.labels(&info)?;
         cfg.net = net_info;
         crate::failpoint::failpoint("run.stage1-starting");
+        if !stage1.capabilities().isolators && asks_for_isolators(pod.path()) {
+            // rkt's stage1-fly: one warning, then the pod runs unconfined.
+            tracing::warn!(
+                "stage1 {} does not enforce isolators; the pod's isolators are ignored",
+                stage1.name()
+            );
+        }
         Ok(stage1.run(pod, &cfg)?)
     }
 
@@ -579,6 +599,17 @@ pub fn build_pod_manifest(
             )));
         }
         app.environment = merge_env(&host_env, &app.environment, &request.set_env);
+        for isolator in &app_request.isolators {
+            // A retain flag also replaces the image's remove set, and back.
+            let family = |name: &str| {
+                name.trim_end_matches("-retain-set")
+                    .trim_end_matches("-remove-set")
+                    .to_string()
+            };
+            let replaced = family(isolator.name.as_str());
+            app.isolators.retain(|i| family(i.name.as_str()) != replaced);
+            app.isolators.push(isolator.clone());
+        }
 
         let mut mounts = merge_mounts(&request.mounts, &app_request.mounts);
         for mount_point in &app.mount_points {
@@ -628,7 +659,7 @@ pub fn build_pod_manifest(
             app: Some(app),
             mounts,
             annotations: Vec::new(),
-            read_only_root_fs: false,
+            read_only_root_fs: app_request.read_only_rootfs,
         });
     }
     Ok(PodManifest {
@@ -639,6 +670,19 @@ pub fn build_pod_manifest(
         ports: request.ports.clone(),
         ..PodManifest::default()
     })
+}
+
+/// Whether the pod or any of its apps carries an isolator.
+fn asks_for_isolators(pod: &Path) -> bool {
+    std::fs::read(layout::manifest(pod))
+        .ok()
+        .and_then(|b| PodManifest::from_json(&b).ok())
+        .is_some_and(|m| {
+            !m.isolators.is_empty()
+                || m.apps
+                    .iter()
+                    .any(|a| a.app.as_ref().is_some_and(|app| !app.isolators.is_empty()))
+        })
 }
 
 /// appc: an app is named after the last component of its image name.

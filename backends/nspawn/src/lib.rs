@@ -8,7 +8,9 @@
 //! stop signals to it, and records `ppid` (nspawn) and `pid` (the init, whose
 //! namespaces `enter` joins and which `stop` signals).
 
+mod cgroups;
 mod command;
+mod isolation;
 mod process;
 mod setup;
 
@@ -110,7 +112,7 @@ impl Stage1 for NspawnStage1 {
             multi_app: true,
             network_namespace: true,
             interactive: true,
-            isolators: false,
+            isolators: true,
         }
     }
 
@@ -130,7 +132,13 @@ impl Stage1 for NspawnStage1 {
 
     fn run(&self, pod: Pod<Running>, cfg: &RunConfig) -> Result<PodExit, BackendError> {
         process::ensure_cloexec(pod.lock_fd())?;
-        let exit = self.run_pod(pod.path(), &pod.uuid().to_string(), cfg)?;
+        let exit = self.run_pod(pod.path(), &pod.uuid().to_string(), cfg);
+        if exit.is_err() {
+            // A pod that never ran leaves no cgroup behind; gc would find
+            // an empty record otherwise too, this is just sooner.
+            let _ = cgroups::remove(pod.path());
+        }
+        let exit = exit?;
         drop(pod.exited());
         Ok(exit)
     }
@@ -175,9 +183,9 @@ impl Stage1 for NspawnStage1 {
     }
 
     /// Every mount of the pod lived in the namespace nspawn ran in and went
-    /// with it; the pod directory holds the rest.
-    fn gc(&self, _pod_dir: &Path) -> Result<(), BackendError> {
-        Ok(())
+    /// with it; the pod's cgroups are what is left outside the pod directory.
+    fn gc(&self, pod_dir: &Path) -> Result<(), BackendError> {
+        Ok(cgroups::remove(pod_dir)?)
     }
 }
 
@@ -208,8 +216,19 @@ impl NspawnStage1 {
             std::fs::create_dir_all(setup::NSPAWN_RUNTIME_DIR)
                 .map_err(|e| NspawnError::io(format!("creating {}", setup::NSPAWN_RUNTIME_DIR), e))?;
         }
-        setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &hostname)?;
-        let mounts = setup::PodMounts::plan(dir, &manifest, private_runtime)?;
+        let pod_cgroups = cgroups::PodCgroups::plan(uuid, &manifest)?;
+        let isolation = isolation::plan(&manifest, cfg.insecure, &pod_cgroups)?;
+        let limits = manifest
+            .apps
+            .iter()
+            .map(|a| {
+                let isolators = a.app.as_ref().map(|app| app.isolators.as_slice()).unwrap_or(&[]);
+                Ok((a.name.as_str().to_string(), cgroups::AppLimits::of(isolators)?))
+            })
+            .collect::<Result<Vec<_>, NspawnError>>()?;
+        setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &hostname, isolation)?;
+        pod_cgroups.create(dir, &limits)?;
+        let mounts = setup::PodMounts::plan(dir, &manifest, private_runtime, &pod_cgroups)?;
         let args = NspawnArgs {
             directory: layout::stage1_rootfs(dir),
             machine,
@@ -290,7 +309,7 @@ mod tests {
         let record = registry::Stage1Record::of(s.as_ref()).unwrap();
         assert_eq!(record.config, serde_json::json!({"nspawn": "systemd-nspawn"}));
         let caps = s.capabilities();
-        assert!(caps.multi_app && caps.interactive && caps.network_namespace && !caps.isolators);
+        assert!(caps.multi_app && caps.interactive && caps.network_namespace && caps.isolators);
     }
 
     #[test]

@@ -17,11 +17,12 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use rkt_engine::fsutil;
 use rkt_engine::pod::layout::{self, AppRootfs};
-use rkt_engine::pod::protocol::{self, EtcFile, InitConfig};
+use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig};
 use rkt_engine::schema::{PodManifest, VolumeKind};
 use rkt_engine::stage::RunConfig;
 
 use crate::NspawnError;
+use crate::cgroups::PodCgroups;
 
 /// Where nspawn keeps per-machine propagation directories. Without systemd's
 /// tmpfs /run it cannot remove them on exit (and says so on stderr): a private
@@ -35,6 +36,7 @@ pub fn prepare_stage1_rootfs(
     manifest: &PodManifest,
     cfg: &RunConfig,
     hostname: &str,
+    isolation: Vec<AppIsolation>,
 ) -> Result<(), NspawnError> {
     let root = layout::stage1_rootfs(pod);
     // nspawn refuses a directory without /usr ("does not look like an OS tree").
@@ -52,6 +54,7 @@ pub fn prepare_stage1_rootfs(
     let config = InitConfig {
         interactive: cfg.interactive,
         debug: cfg.debug,
+        apps: isolation,
     };
     let config = serde_json::to_vec(&config).map_err(|e| NspawnError::Invalid(e.to_string()))?;
     write(protocol::init_config().on_host(pod), &config)?;
@@ -127,6 +130,9 @@ pub struct Mount {
 pub struct PodMounts {
     pub private_nspawn_runtime: bool,
     pub mounts: Vec<Mount>,
+    /// `cgroup.procs` of the pod's cgroups: nspawn joins them before exec, so
+    /// the container is born inside.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl PodMounts {
@@ -134,8 +140,24 @@ impl PodMounts {
         pod: &Path,
         manifest: &PodManifest,
         private_nspawn_runtime: bool,
+        cgroups: &PodCgroups,
     ) -> Result<Self, NspawnError> {
         let mut mounts = Vec::new();
+        for (source, target, name) in cgroups.binds(pod) {
+            std::fs::create_dir_all(&target)
+                .map_err(|e| NspawnError::io(format!("creating {}", target.display()), e))?;
+            let source = CString::new(source.as_os_str().as_encoded_bytes()).map_err(|_| {
+                NspawnError::Invalid(format!("cgroup {}: path contains a NUL byte", source.display()))
+            })?;
+            mounts.push(Mount {
+                source,
+                target,
+                fstype: None,
+                flags: MsFlags::MS_BIND,
+                data: None,
+                what: format!("the pod's {name} cgroup"),
+            });
+        }
         for app in &manifest.apps {
             let name = app.name.as_str();
             let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
@@ -191,6 +213,7 @@ impl PodMounts {
         Ok(PodMounts {
             private_nspawn_runtime,
             mounts,
+            cgroup_procs: cgroups.pod_procs(),
         })
     }
 
@@ -226,6 +249,9 @@ impl PodMounts {
                 m.data.as_deref(),
             )
             .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+        }
+        for procs in &self.cgroup_procs {
+            std::fs::write(procs, b"0").map_err(|e| format!("nspawn: joining {}: {e}", procs.display()))?;
         }
         Ok(())
     }
@@ -279,7 +305,7 @@ mod tests {
             std::fs::create_dir_all(layout::appsinfo(pod, app)).unwrap();
             std::fs::write(layout::app_rootfs_spec(pod, app), spec).unwrap();
         }
-        let plan = PodMounts::plan(pod, &manifest, true).unwrap();
+        let plan = PodMounts::plan(pod, &manifest, true, &PodCgroups::default()).unwrap();
         let targets: Vec<PathBuf> = plan.mounts.iter().map(|m| m.target.clone()).collect();
         assert_eq!(
             targets,

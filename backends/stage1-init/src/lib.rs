@@ -11,8 +11,10 @@
 //!
 //! Single-threaded by design: it forks (std's Command with a pre_exec hook).
 
+mod confine;
 mod mounts;
 mod relay;
+pub mod seccomp;
 
 use std::fs::File;
 use std::io::Write;
@@ -34,6 +36,7 @@ use rkt_engine::pod::protocol::{self, InitConfig, InitReport};
 use rkt_engine::schema::{EventHandler, PodManifest};
 use rkt_engine::stage::launch::{AppLaunch, LaunchError, plan_app};
 
+use confine::Confinement;
 pub use mounts::{Kernel, Mounter};
 use relay::{Relay, Stream};
 
@@ -138,6 +141,7 @@ struct App {
     name: String,
     root_dir: PathBuf,
     plan: AppLaunch,
+    confinement: Confinement,
     pre_start: Option<Vec<String>>,
     post_stop: Option<Vec<String>>,
     pid: Option<Pid>,
@@ -179,6 +183,21 @@ impl Pod {
             drop(root);
             mounts::assemble(&Kernel, &root_dir, &plan.binds)
                 .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+            let isolation = config.apps.iter().find(|a| a.app == name);
+            let confinement = match isolation {
+                Some(iso) => {
+                    mounts::confine(
+                        &Kernel,
+                        &root_dir,
+                        iso.read_only_rootfs,
+                        &iso.read_only_paths,
+                        &iso.masked_paths,
+                    )
+                    .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+                    Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?
+                }
+                None => Confinement::default(),
+            };
             let handler = |kind: &str| {
                 runtime
                     .app
@@ -204,6 +223,7 @@ impl Pod {
                 name,
                 root_dir,
                 plan,
+                confinement,
                 pid: None,
                 code: None,
                 log,
@@ -406,20 +426,23 @@ fn app_command(app: &App, argv: &[String]) -> Command {
         .envs(app.plan.env.iter().map(|(k, v)| (k, v)));
     let root = app.root_dir.clone();
     let plan = app.plan.clone();
+    let confinement = app.confinement.clone();
     // SAFETY: the init is single-threaded, so the forked child can run ordinary
-    // code until exec; the hook only changes the child's root and credentials.
+    // code until exec; the hook only changes the child's root, credentials and
+    // confinement.
     unsafe {
-        cmd.pre_exec(move || become_app(&root, &plan));
+        cmd.pre_exec(move || become_app(&root, &plan, &confinement));
     }
     cmd
 }
 
 /// chroot into the app's root, then the app's groups and user (groups first:
 /// they need the privilege dropped last), then its working directory.
-fn become_app(root: &Path, plan: &AppLaunch) -> std::io::Result<()> {
+fn become_app(root: &Path, plan: &AppLaunch, confinement: &Confinement) -> std::io::Result<()> {
     // The init blocks the signals it reads through its signalfd; a blocked mask
     // survives fork and exec, and an app must start with nothing blocked.
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    confinement.enter_cgroups()?;
     nix::unistd::chroot(root)?;
     nix::unistd::chdir("/")?;
     let groups: Vec<Gid> = plan
@@ -427,13 +450,14 @@ fn become_app(root: &Path, plan: &AppLaunch) -> std::io::Result<()> {
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
+    confinement.limit_bounding_set()?;
     nix::unistd::setgroups(&groups)?;
     let gid = Gid::from_raw(plan.gid);
     nix::unistd::setresgid(gid, gid, gid)?;
     let uid = Uid::from_raw(plan.uid);
     nix::unistd::setresuid(uid, uid, uid)?;
     nix::unistd::chdir(Path::new(&plan.working_directory))?;
-    Ok(())
+    confinement.finish()
 }
 
 /// The interactive app leads its own session with the pod's console as its

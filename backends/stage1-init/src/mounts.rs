@@ -161,6 +161,91 @@ fn bind_into(
     Ok(())
 }
 
+/// rkt's path isolation of one app, after [`assemble`]: the root read-only
+/// (a recursive bind of itself, so volumes stay writable), kernel tunables
+/// read-only, kernel paths masked (directories by an empty read-only tmpfs,
+/// files by /dev/null). Paths the app does not have are skipped.
+pub fn confine(
+    sys: &dyn Mounter,
+    root_dir: &Path,
+    read_only_rootfs: bool,
+    read_only_paths: &[String],
+    masked_paths: &[String],
+) -> Result<(), InitError> {
+    if read_only_rootfs {
+        sys.mount(
+            Some(root_dir),
+            root_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| InitError::mount("the app's root onto itself", e))?;
+        sys.mount(
+            None,
+            root_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| InitError::mount("the app's root read-only", e))?;
+    }
+    if read_only_paths.is_empty() && masked_paths.is_empty() {
+        return Ok(());
+    }
+    let root = fsutil::open_dir(root_dir)
+        .map_err(|e| InitError::io(format!("opening {}", root_dir.display()), e))?;
+    let open = |path: &str| match fsutil::open_in_root(
+        root.as_fd(),
+        Path::new(path),
+        OFlag::O_PATH,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+        Err(e) => Err(InitError::io(format!("{path}: opening it in the app's root"), e)),
+    };
+    for path in read_only_paths {
+        let Some(fd) = open(path)? else { continue };
+        let target = fsutil::proc_fd_path(fd.as_fd());
+        sys.mount(
+            Some(&target),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| InitError::mount(format!("{path} onto itself"), e))?;
+        remount_read_only(sys, root.as_fd(), Path::new(path), path)?;
+    }
+    for path in masked_paths {
+        let Some(fd) = open(path)? else { continue };
+        let target = fsutil::proc_fd_path(fd.as_fd());
+        let is_dir = nix::sys::stat::fstat(fd.as_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false);
+        let made = if is_dir {
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=000"),
+            )
+        } else {
+            sys.mount(
+                Some(Path::new("/dev/null")),
+                &target,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+        };
+        made.map_err(|e| InitError::mount(format!("a mask over {path}"), e))?;
+    }
+    Ok(())
+}
+
 /// Remounts the mount now on top of `target` read-only: the target is resolved
 /// again, so the fd names the new bind, not the directory beneath it.
 fn remount_read_only(

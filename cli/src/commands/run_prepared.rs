@@ -52,6 +52,7 @@ pub fn run_prepared(global: &GlobalFlags, args: RunPreparedArgs) -> Result<u8> {
         net_explicit: !args.net.is_empty(),
         interactive: args.interactive,
         debug: global.debug,
+        insecure: global.insecure_options,
     })?;
     Ok(super::exit_byte(exit.code))
 }

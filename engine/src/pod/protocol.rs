@@ -76,6 +76,12 @@ pub fn report_fifo() -> Stage1Path {
     Stage1Path::new("rkt/report")
 }
 
+/// Where stage0 binds the pod's cgroup of one hierarchy (`memory`, `cpu`,
+/// `unified`); each app's cgroup is a directory named after the app below it.
+pub fn cgroup(hierarchy: &str) -> Stage1Path {
+    Stage1Path::new(Path::new("rkt/cgroup").join(hierarchy))
+}
+
 /// The app's root inside the pod (`/opt/stage2/<app>/rootfs`).
 pub fn app_rootfs(app: &str) -> Stage1Path {
     Stage1Path::new(Path::new("opt/stage2").join(app).join("rootfs"))
@@ -111,6 +117,50 @@ pub struct InitConfig {
     /// The single app gets the pod's console (a terminal) instead of log pipes.
     pub interactive: bool,
     pub debug: bool,
+    /// How each app is confined, in manifest order; an app not listed runs with
+    /// the init's own privileges (stage0s before isolators).
+    #[serde(default)]
+    pub apps: Vec<AppIsolation>,
+}
+
+/// What the init applies to an app's processes between fork and exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppIsolation {
+    pub app: String,
+    /// Capability numbers for the bounding, permitted, effective, inheritable
+    /// and ambient sets; None keeps the init's (`--insecure-options=capabilities`).
+    pub capabilities: Option<Vec<u8>>,
+    pub no_new_privileges: bool,
+    pub seccomp: Option<SeccompFilter>,
+    pub oom_score_adj: Option<i32>,
+    /// The app's root is remounted read-only after its volumes are bound.
+    pub read_only_rootfs: bool,
+    /// Paths (inside the app) bound read-only over themselves.
+    pub read_only_paths: Vec<String>,
+    /// Paths (inside the app) made inaccessible.
+    pub masked_paths: Vec<String>,
+    /// `cgroup.procs` files, as the init sees them, each process of the app joins.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// A seccomp filter by syscall names and `@group`s; the init compiles it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompFilter {
+    pub mode: SeccompMode,
+    pub syscalls: Vec<String>,
+    /// The errno name filtered syscalls fail with; None kills the process (rkt).
+    pub errno: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeccompMode {
+    /// Only the listed syscalls are allowed.
+    Retain,
+    /// The listed syscalls are refused.
+    Remove,
 }
 
 /// The init's one message to stage0, a JSON line on [`report_fifo`].

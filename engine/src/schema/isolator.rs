@@ -366,6 +366,61 @@ pub(crate) fn check_isolators(isolators: &[Isolator]) -> Result<(), SchemaError>
     Ok(())
 }
 
+/// The capabilities an app gets when no capability isolator says otherwise:
+/// appc's default set, which rkt grants.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETFCAP",
+    "CAP_SYS_CHROOT",
+];
+
+/// The app's capability set from its isolators, as rkt computes it: a retain
+/// set replaces the default set, a remove set takes from it; appc forbids both.
+pub fn app_capabilities(isolators: &[Isolator]) -> Result<Vec<LinuxCapability>, SchemaError> {
+    let mut retain: Vec<LinuxCapability> = Vec::new();
+    let mut remove: Vec<LinuxCapability> = Vec::new();
+    for iso in isolators {
+        match iso.kind()? {
+            IsolatorKind::CapabilitiesRetain(c) => retain.extend(c),
+            IsolatorKind::CapabilitiesRemove(c) => remove.extend(c),
+            _ => {}
+        }
+    }
+    if !retain.is_empty() && !remove.is_empty() {
+        return Err(SchemaError::invalid(
+            "isolators",
+            format!(
+                "{} and {} cannot be used together",
+                Isolator::CAPABILITIES_RETAIN,
+                Isolator::CAPABILITIES_REMOVE
+            ),
+        ));
+    }
+    let mut caps = if retain.is_empty() {
+        DEFAULT_CAPABILITIES
+            .iter()
+            .filter_map(|c| LinuxCapability::parse(c).ok())
+            .filter(|c| !remove.contains(c))
+            .collect()
+    } else {
+        retain
+    };
+    caps.sort();
+    caps.dedup();
+    Ok(caps)
+}
+
 /// A Linux capability, by its `CAP_*` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LinuxCapability(u8);
@@ -486,6 +541,28 @@ mod tests {
             .field()
             .unwrap_or_default()
             .to_string()
+    }
+
+    #[test]
+    fn capabilities_start_from_the_default_set() {
+        let names = |caps: Vec<LinuxCapability>| caps.iter().map(|c| c.name()).collect::<Vec<_>>();
+        let default = app_capabilities(&[]).expect("default");
+        assert_eq!(default.len(), 14);
+        let removed = app_capabilities(&[Isolator::capabilities_remove(&["CAP_NET_RAW"]).expect("iso")])
+            .expect("remove");
+        assert_eq!(removed.len(), 13);
+        assert!(!names(removed).contains(&"CAP_NET_RAW"));
+        let retained =
+            app_capabilities(&[Isolator::capabilities_retain(&["CAP_SYS_ADMIN", "CAP_KILL"]).expect("iso")])
+                .expect("retain");
+        assert_eq!(names(retained), ["CAP_KILL", "CAP_SYS_ADMIN"]);
+        assert!(
+            app_capabilities(&[
+                Isolator::capabilities_retain(&["CAP_KILL"]).expect("iso"),
+                Isolator::capabilities_remove(&["CAP_CHOWN"]).expect("iso"),
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub use app::{App, EnvVar, EventHandler, MountPoint, Port};
 pub use error::{SchemaError, from_json, from_value};
 pub use image::{Dependency, ImageManifest};
 pub use image_id::ImageId;
-pub use isolator::{Isolator, IsolatorKind, LinuxCapability, ResourceAmounts, SeccompSet};
+pub use isolator::{
+    DEFAULT_CAPABILITIES, Isolator, IsolatorKind, LinuxCapability, ResourceAmounts, SeccompSet,
+    app_capabilities,
+};
 pub use labels::{Annotation, Label, VALID_OS_ARCH, host_arch_label};
 pub use names::{ACIdentifier, ACName};
 pub use options::FlagOptions;

@@ -72,6 +72,9 @@ pub struct RunConfig {
     pub labels: Labels,
     /// `--hostname`; a stage1 with its own UTS namespace defaults to `rkt-<uuid>`.
     pub hostname: Option<String>,
+    /// `--insecure-options` given to run or run-prepared: capabilities, paths
+    /// and seccomp lift the matching default restrictions.
+    pub insecure: InsecureOptions,
 }
 
 /// How a pod ended, as `rkt run` reports it.
