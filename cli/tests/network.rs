@@ -401,7 +401,8 @@ fn named_networks_come_from_local_config_and_cni_args_pick_the_ip() {
         serde_json::json!({
             "cniVersion": "1.0.0", "name": net_name,
             "plugins": [{"type": "ptp", "ipMasq": false,
-                "ipam": {"type": "host-local", "subnet": format!("10.251.{third}.0/24")}}]
+                "ipam": {"type": "host-local", "subnet": format!("10.251.{third}.0/24")},
+                "dns": {"nameservers": ["10.251.0.53"], "search": ["pods.test"]}}]
         })
         .to_string(),
     )
@@ -430,10 +431,54 @@ fn named_networks_come_from_local_config_and_cni_args_pick_the_ip() {
     let uuid = uuid.split_whitespace().next().expect("a pod").to_string();
     assert_eq!(
         networks(&rkt, &uuid),
-        vec![(net_name, format!("10.251.{third}.77"))]
+        vec![(net_name.clone(), format!("10.251.{third}.77"))]
     );
     let traces = HostTraces::of(&uuid);
     assert_eq!(traces.leases.len(), 1, "{traces:?}");
+    gc(&rkt);
+    HostTraces::assert_gone(&uuid, &traces);
+    // host-local's own bookkeeping for this test's network.
+    let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&net_name));
+}
+
+#[test]
+fn several_networks_give_one_interface_each() {
+    let Some(rkt) = harness("several_networks_give_one_interface_each") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/multi"))
+        .expect("image")
+        .display()
+        .to_string();
+    let out = rkt.run(&[
+        "--net=default,default-restricted",
+        &image,
+        "--exec",
+        "/bin/busybox",
+        "--",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let addr = |ifname: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(ifname))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap_or_else(|| panic!("no {ifname} in {}", out.stdout))
+            .to_string()
+    };
+    assert!(addr("eth0").starts_with("172.16.28."), "{}", out.stdout);
+    assert!(addr("eth1").starts_with("172.31."), "{}", out.stdout);
+    let uuid = rkt.rkt(&["list", "--no-legend", "--full"]).stdout;
+    let uuid = uuid.split_whitespace().next().expect("a pod").to_string();
+    let names: Vec<String> = networks(&rkt, &uuid).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["default", "default-restricted"]);
+    let traces = HostTraces::of(&uuid);
+    assert_eq!(traces.leases.len(), 2, "{traces:?}");
     gc(&rkt);
     HostTraces::assert_gone(&uuid, &traces);
 }

@@ -81,3 +81,35 @@ pub fn del(attachment: &Attachment, container_id: &str, netns: Option<&Path>) ->
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::builtin;
+    use crate::ports::PortMapping;
+
+    #[test]
+    fn plugins_get_the_network_name_version_prev_result_and_their_capabilities() {
+        let mapping = PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: Some("127.0.0.1".into()),
+        };
+        let attachment = Attachment::new(builtin("default").unwrap(), "eth0", None, Some(vec![mapping]));
+        let prev = json!({"cniVersion": "0.4.0", "ips": [{"address": "172.16.28.2/24"}]});
+        let ptp = plugin_config(&attachment, &attachment.network.plugins[0], None);
+        assert_eq!(
+            (ptp["name"].as_str(), ptp["cniVersion"].as_str()),
+            (Some("default"), Some("0.4.0"))
+        );
+        assert!(ptp.get("prevResult").is_none() && ptp.get("runtimeConfig").is_none());
+        let portmap = plugin_config(&attachment, &attachment.network.plugins[1], Some(&prev));
+        assert_eq!(portmap["prevResult"], prev);
+        assert_eq!(
+            portmap["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]})
+        );
+    }
+}

@@ -196,3 +196,77 @@ pub fn check_version(plugin: &Path, version: &str) -> Result<(), CniError> {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn inv() -> Invocation<'static> {
+        Invocation {
+            container_id: "c1",
+            netns: Some(Path::new("/run/netns/x")),
+            ifname: "eth0",
+            args: Some("IP=10.0.0.5"),
+        }
+    }
+
+    #[test]
+    fn plugins_see_the_cni_environment_and_their_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = script(
+            dir.path(),
+            "echo",
+            r#"read conf; printf '{"cniVersion":"1.0.0","env":"%s %s %s %s %s","conf":%s}' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_NETNS" "$CNI_IFNAME" "$CNI_ARGS" "$conf""#,
+        );
+        let out = exec(&plugin, Op::Add, &inv(), &serde_json::json!({"name": "n"})).unwrap();
+        assert_eq!(out["env"], "ADD c1 /run/netns/x eth0 IP=10.0.0.5");
+        assert_eq!(out["conf"]["name"], "n");
+    }
+
+    #[test]
+    fn error_objects_become_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = script(
+            dir.path(),
+            "failing",
+            r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"no IP addresses available","details":"range full"}'; exit 1"#,
+        );
+        let err = exec(&plugin, Op::Add, &inv(), &serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "CNI plugin failing ADD failed: no IP addresses available (range full) [code 11]"
+        );
+        let plugin = script(dir.path(), "crashing", "echo oops >&2; exit 2");
+        let err = exec(&plugin, Op::Del, &inv(), &serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "CNI plugin crashing DEL failed: oops");
+    }
+
+    #[test]
+    fn version_negotiation_names_what_the_plugin_speaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = script(
+            dir.path(),
+            "old",
+            r#"echo '{"cniVersion":"0.3.1","supportedVersions":["0.1.0","0.2.0","0.3.1"]}'"#,
+        );
+        check_version(&plugin, "0.3.1").unwrap();
+        let err = check_version(&plugin, "1.0.0").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "CNI plugin old does not support CNI version 1.0.0 (it supports 0.1.0, 0.2.0, 0.3.1)"
+        );
+    }
+}

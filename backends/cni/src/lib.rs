@@ -18,9 +18,31 @@ use rkt_engine::failpoint::failpoint;
 use rkt_engine::pod::PodInfo;
 use rkt_engine::stage::{BackendError, NetInfo, NetRequest, NetworkAttachment, Networker, Registration};
 
-pub use chain::{add as chain_add, del as chain_del};
 pub use config::NetworkList;
 pub use ports::PortMapping;
+
+/// One bare cycle as the benchmark measures it: a pinned namespace, ADD of
+/// `network` (a built-in), DEL, namespace removed. No pod directory involved.
+#[doc(hidden)]
+pub fn bench_cycle(container_id: &str, network: NetworkList) -> Result<(), CniError> {
+    let ns = netns::path_for(container_id);
+    netns::create(&ns).map_err(|e| CniError::Io(format!("creating {}: {e}", ns.display())))?;
+    let mut attachment = record::Attachment::new(network, "eth0", None, None);
+    let added = chain::add(&attachment, container_id, Some(&ns));
+    if let Ok(result) = &added {
+        attachment.result = Some(result.clone());
+    }
+    let deleted = chain::del(&attachment, container_id, Some(&ns));
+    netns::remove(&ns).map_err(|e| CniError::Io(format!("removing {}: {e}", ns.display())))?;
+    added?;
+    deleted.map_err(|mut errors| errors.remove(0))
+}
+
+/// A built-in network by name (`default`, `default-restricted`, `none`).
+#[doc(hidden)]
+pub fn builtin_network(name: &str) -> Option<NetworkList> {
+    config::builtin(name)
+}
 
 /// Everything that can go wrong between us and the plugins.
 #[derive(Debug, thiserror::Error)]
