@@ -203,6 +203,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// These tests write executables and run them; one at a time, so no test's
+    /// fork inherits another's still-open script (ETXTBSY).
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -221,6 +225,7 @@ mod tests {
 
     #[test]
     fn plugins_see_the_cni_environment_and_their_config() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let plugin = script(
             dir.path(),
@@ -234,6 +239,7 @@ mod tests {
 
     #[test]
     fn error_objects_become_clear_errors() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let plugin = script(
             dir.path(),
@@ -256,6 +262,7 @@ mod tests {
 
     #[test]
     fn version_negotiation_names_what_the_plugin_speaks() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let plugin = script(
             dir.path(),
