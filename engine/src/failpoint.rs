@@ -37,6 +37,10 @@ pub const STEPS: &[&str] = &[
     "prepare.after-prepared-rename",
     // run: runner.rs, fly's launcher
     "run.running",
+    // pod networks: backends/cni
+    "net.netns-created",
+    "net.before-add",
+    "net.after-add",
     "run.network-ready",
     "run.stage1-starting",
     "run.stage1-started",

@@ -104,6 +104,9 @@ pub struct RunRequest {
     pub debug: bool,
     /// `--hostname` (stage1s with a UTS namespace).
     pub hostname: Option<String>,
+    /// `--dns*` and `--hosts-entry`.
+    pub dns: crate::stage::DnsMode,
+    pub hosts: crate::stage::HostsMode,
 }
 
 /// `rkt run-prepared`: which prepared pod, and the run-time flags it takes.
@@ -209,6 +212,8 @@ impl Runtime {
             debug: request.debug,
             hostname: request.hostname.clone(),
             insecure: request.prepare.fetch.insecure,
+            dns: request.dns.clone(),
+            hosts: request.hosts.clone(),
             ..RunConfig::default()
         };
         self.start_pod(stage1.as_ref(), pod, &net, cfg)
@@ -291,12 +296,22 @@ impl Runtime {
     ) -> Result<PodExit, RunnerError> {
         let info = pod.info();
         let networker = select_networker(net)?;
-        let net_info = block_on(networker.setup(&info, net))?;
-        let record = NetRecord {
+        // Recorded before setup, so gc finds the networker of a crashed setup.
+        let mut record = NetRecord {
             networker: networker.name().to_string(),
-            info: net_info.clone(),
+            info: Default::default(),
         };
-        write_json(&pod.path().join(layout::NET_INFO), &record)?;
+        let record_path = pod.path().join(layout::NET_INFO);
+        write_json(&record_path, &record)?;
+        let net_info = match block_on(networker.setup(&info, net)) {
+            Ok(net_info) => net_info,
+            Err(e) => {
+                teardown_after_failed_start(networker.as_ref(), &info.path);
+                return Err(e.into());
+            }
+        };
+        record.info = net_info.clone();
+        write_json(&record_path, &record)?;
         crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
         cfg.labels = select_labeler()?.labels(&info)?;
@@ -309,7 +324,10 @@ impl Runtime {
                 stage1.name()
             );
         }
-        Ok(stage1.run(pod, &cfg)?)
+        stage1.run(pod, &cfg).map_err(|e| {
+            teardown_after_failed_start(networker.as_ref(), &info.path);
+            e.into()
+        })
     }
 
     fn prepare_pod(
@@ -452,6 +470,13 @@ impl Runtime {
         write_json(&layout::app_rootfs_spec(pod_dir, name), &spec)?;
         crate::failpoint::failpoint("prepare.app-ready");
         Ok(())
+    }
+}
+
+/// A pod that never started keeps no network: its leases and rules go now, not at gc.
+fn teardown_after_failed_start(networker: &dyn Networker, pod_dir: &Path) {
+    if let Err(e) = block_on(networker.teardown(pod_dir)) {
+        tracing::warn!("network teardown of {}: {e}; gc will retry", pod_dir.display());
     }
 }
 

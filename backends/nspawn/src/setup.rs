@@ -19,7 +19,7 @@ use rkt_engine::fsutil;
 use rkt_engine::pod::layout::{self, AppRootfs};
 use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig};
 use rkt_engine::schema::{PodManifest, VolumeKind};
-use rkt_engine::stage::RunConfig;
+use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
 
 use crate::NspawnError;
 use crate::cgroups::PodCgroups;
@@ -86,19 +86,37 @@ pub fn prepare_stage1_rootfs(
     Ok(())
 }
 
-/// rkt's rules: on the host's network the apps see the host's /etc/hosts and
-/// /etc/resolv.conf; in a pod network they get a hosts file naming the pod and
-/// keep their image's resolv.conf.
+/// rkt's precedence: the `--dns*` / `--hosts-entry` flags, then the network's
+/// DNS result, then by network: on the host's network the host's files, in a pod
+/// network a hosts file naming the pod and the image's own resolv.conf.
 fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
-    match (file, cfg.net.netns.is_some()) {
-        (_, false) => std::fs::read(file.app_path()).ok(),
-        (EtcFile::Hosts, true) => Some(
-            format!(
-                "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
-            )
-            .into_bytes(),
-        ),
-        (EtcFile::ResolvConf, true) => None,
+    let in_netns = cfg.net.netns.is_some();
+    let generated_hosts = |extra: &[(String, String)]| {
+        let mut text = format!(
+            "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+        );
+        for (ip, host) in extra {
+            text.push_str(&format!("{ip}\t{host}\n"));
+        }
+        Some(text.into_bytes())
+    };
+    match file {
+        EtcFile::Hosts => match &cfg.hosts {
+            HostsMode::Host => std::fs::read(file.app_path()).ok(),
+            HostsMode::Entries(entries) => generated_hosts(entries),
+            HostsMode::Default if in_netns => generated_hosts(&[]),
+            HostsMode::Default => std::fs::read(file.app_path()).ok(),
+        },
+        EtcFile::ResolvConf => match &cfg.dns {
+            DnsMode::Host => std::fs::read(file.app_path()).ok(),
+            DnsMode::None => None,
+            DnsMode::Explicit(dns) => Some(dns.to_resolv_conf().into_bytes()),
+            DnsMode::Default => match &cfg.net.dns {
+                Some(dns) => Some(dns.to_resolv_conf().into_bytes()),
+                None if in_netns => None,
+                None => std::fs::read(file.app_path()).ok(),
+            },
+        },
     }
 }
 

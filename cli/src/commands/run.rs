@@ -8,7 +8,7 @@ use clap::Args;
 use rkt_engine::runner::{PrepareRequest, RunRequest};
 use rkt_engine::schema::{EnvVar, ExposedPort, Mount, Volume};
 use rkt_engine::stage::registry;
-use rkt_engine::stage::{FetchPolicy, NetRequest, PullPolicy};
+use rkt_engine::stage::{DnsMode, DnsSettings, FetchPolicy, HostsMode, NetRequest, PullPolicy};
 
 use crate::apps::parse_apps;
 use crate::flags::{GlobalFlags, refuse};
@@ -238,9 +238,93 @@ pub struct RunArgs {
     /// The pod's hostname (default: rkt-<uuid>; stage1s with their own UTS namespace)
     #[arg(long)]
     pub hostname: Option<String>,
+    #[command(flatten)]
+    pub dns: DnsFlags,
     /// IMAGE [per-app flags] [-- ARGS... [---]] ...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+/// resolv.conf and hosts for the pod's apps.
+#[derive(Debug, Args, Default)]
+pub struct DnsFlags {
+    /// Name servers for the pod's resolv.conf; `host` (the host's resolv.conf)
+    /// or `none` (leave the image's) alone
+    #[arg(long, value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// resolv.conf search domains
+    #[arg(long, value_delimiter = ',')]
+    pub dns_search: Vec<String>,
+    /// resolv.conf options
+    #[arg(long, value_delimiter = ',')]
+    pub dns_opt: Vec<String>,
+    /// resolv.conf domain
+    #[arg(long)]
+    pub dns_domain: Option<String>,
+    /// Entries for the pod's /etc/hosts (IP=HOSTNAME), or `host` for the host's file
+    #[arg(long)]
+    pub hosts_entry: Vec<String>,
+}
+
+impl DnsFlags {
+    pub fn dns_mode(&self) -> Result<DnsMode> {
+        let others = !self.dns_search.is_empty() || !self.dns_opt.is_empty() || self.dns_domain.is_some();
+        let special = |word: &str| self.dns.iter().any(|d| d == word);
+        for word in ["host", "none"] {
+            if special(word) {
+                refuse(
+                    self.dns.len() > 1 || others,
+                    &format!("--dns={word} cannot be combined with other --dns* flags"),
+                )?;
+                return Ok(if word == "host" {
+                    DnsMode::Host
+                } else {
+                    DnsMode::None
+                });
+            }
+        }
+        for ip in &self.dns {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                bail!("--dns {ip:?}: not an IP address, host or none");
+            }
+        }
+        if self.dns.is_empty() && !others {
+            return Ok(DnsMode::Default);
+        }
+        Ok(DnsMode::Explicit(DnsSettings {
+            nameservers: self.dns.clone(),
+            domain: self.dns_domain.clone(),
+            search: self.dns_search.clone(),
+            options: self.dns_opt.clone(),
+        }))
+    }
+
+    pub fn hosts_mode(&self) -> Result<HostsMode> {
+        if self.hosts_entry.iter().any(|h| h == "host") {
+            refuse(
+                self.hosts_entry.len() > 1,
+                "--hosts-entry=host cannot be combined with other entries",
+            )?;
+            return Ok(HostsMode::Host);
+        }
+        if self.hosts_entry.is_empty() {
+            return Ok(HostsMode::Default);
+        }
+        let mut entries = Vec::new();
+        for entry in &self.hosts_entry {
+            let Some((ip, host)) = entry.split_once('=') else {
+                bail!("--hosts-entry {entry:?}: want IP=HOSTNAME or host");
+            };
+            if ip.parse::<std::net::IpAddr>().is_err()
+                || host.is_empty()
+                || host.contains(char::is_whitespace)
+            {
+                bail!("--hosts-entry {entry:?}: want IP=HOSTNAME or host");
+            }
+            entries.push((ip.to_string(), host.to_string()));
+        }
+        Ok(HostsMode::Entries(entries))
+    }
 }
 
 pub fn parse_net(flags: &[String]) -> NetRequest {
@@ -254,7 +338,10 @@ pub fn parse_net(flags: &[String]) -> NetRequest {
             None => (n.to_string(), None),
         })
         .collect();
-    NetRequest { networks }
+    NetRequest {
+        networks,
+        local_config: None,
+    }
 }
 
 pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
@@ -262,6 +349,10 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         parse_net(&["default".to_string()])
     } else {
         parse_net(&args.net)
+    };
+    let net = NetRequest {
+        local_config: Some(global.local_config.clone()),
+        ..net
     };
     let none = net.networks.iter().any(|(n, _)| n == "none");
     refuse(
@@ -294,6 +385,8 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         interactive: args.interactive,
         debug: global.debug,
         hostname: args.hostname,
+        dns: args.dns.dns_mode()?,
+        hosts: args.dns.hosts_mode()?,
     };
     let runtime = global.runtime()?;
     let exit = runtime.run(&request)?;

@@ -36,6 +36,10 @@ pub fn run_prepared(global: &GlobalFlags, args: RunPreparedArgs) -> Result<u8> {
     } else {
         parse_net(&args.net)
     };
+    let net = rkt_engine::stage::NetRequest {
+        local_config: Some(global.local_config.clone()),
+        ..net
+    };
     refuse(
         args.mds_register && net.networks.iter().any(|(n, _)| n == "none"),
         "--mds-register flag does not work with --net=none; use 'host', 'default' or an equivalent network",

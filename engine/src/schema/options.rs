@@ -165,15 +165,28 @@ impl Mount {
 }
 
 impl ExposedPort {
-    /// rkt's `--port NAME:HOSTPORT`.
+    /// rkt's `--port NAME:[HOSTIP:]HOSTPORT`.
     pub fn from_flag(s: &str) -> Result<Self, SchemaError> {
-        let Some((name, port)) = s.split_once(':') else {
+        let (Some((name, rest)), Some((_, port))) = (s.split_once(':'), s.rsplit_once(':')) else {
             return Err(SchemaError::invalid(
                 "",
-                format!("{s:?} is not in name:port format"),
+                format!("{s:?} is not in name:[hostip:]port format"),
             ));
         };
         let name = ACName::new(name).map_err(|e| e.at("name"))?;
+        let host_ip = match rest.rsplit_once(':') {
+            Some((ip, _)) => {
+                let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                if ip.parse::<std::net::IpAddr>().is_err() {
+                    return Err(SchemaError::invalid(
+                        "hostIP",
+                        format!("{ip:?} is not an IP address"),
+                    ));
+                }
+                Some(ip.to_string())
+            }
+            None => None,
+        };
         let host_port = match port.parse::<u16>() {
             Ok(p) if p >= 1 => p,
             _ => {
@@ -186,6 +199,7 @@ impl ExposedPort {
         Ok(ExposedPort {
             name,
             host_port: Some(host_port),
+            host_ip,
         })
     }
 }
@@ -359,7 +373,7 @@ mod tests {
         assert_eq!((p.name.as_str(), p.host_port), ("http", Some(8080)));
         assert_eq!(
             err(ExposedPort::from_flag("x")),
-            r#""x" is not in name:port format"#
+            r#""x" is not in name:[hostip:]port format"#
         );
         assert!(err(ExposedPort::from_flag("HTTP:80")).starts_with("name: \"HTTP\""));
         assert_eq!(
@@ -368,7 +382,14 @@ mod tests {
         );
         assert!(err(ExposedPort::from_flag("http:65536")).starts_with("hostPort:"));
         assert!(err(ExposedPort::from_flag("http:")).starts_with("hostPort:"));
-        assert!(err(ExposedPort::from_flag("http:8080:1")).starts_with("hostPort:"));
+        assert!(err(ExposedPort::from_flag("http:8080:1")).starts_with("hostIP:"));
+        let p = ExposedPort::from_flag("http:127.0.0.1:8080").expect("with a host IP");
+        assert_eq!(
+            (p.host_ip.as_deref(), p.host_port),
+            (Some("127.0.0.1"), Some(8080))
+        );
+        let p = ExposedPort::from_flag("http:[::1]:8080").expect("IPv6 host IP");
+        assert_eq!(p.host_ip.as_deref(), Some("::1"));
     }
 
     #[test]

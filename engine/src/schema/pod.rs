@@ -245,6 +245,9 @@ pub struct ExposedPort {
     pub name: ACName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
+    /// rkt's `hostIP`: forward only on this host address.
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
 }
 
 validated_serde!(ExposedPort, ExposedPort::validate);
@@ -253,6 +256,14 @@ impl ExposedPort {
     pub fn validate(&self) -> Result<(), SchemaError> {
         if self.host_port == Some(0) {
             return Err(SchemaError::invalid("hostPort", "must be in 1..=65535, got 0"));
+        }
+        if let Some(ip) = &self.host_ip
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(SchemaError::invalid(
+                "hostIP",
+                format!("{ip:?} is not an IP address"),
+            ));
         }
         Ok(())
     }

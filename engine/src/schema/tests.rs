@@ -557,7 +557,11 @@ fn pod_manifest() -> impl Strategy<Value = PodManifest> {
                     annotations,
                     ports: ports
                         .into_iter()
-                        .map(|(name, host_port)| ExposedPort { name, host_port })
+                        .map(|(name, host_port)| ExposedPort {
+                            name,
+                            host_port,
+                            host_ip: None,
+                        })
                         .collect(),
                     user_annotations,
                     user_labels,

@@ -75,6 +75,8 @@ pub struct RunConfig {
     /// `--insecure-options` given to run or run-prepared: capabilities, paths
     /// and seccomp lift the matching default restrictions.
     pub insecure: InsecureOptions,
+    pub dns: DnsMode,
+    pub hosts: HostsMode,
 }
 
 /// How a pod ended, as `rkt run` reports it.
@@ -110,12 +112,16 @@ pub trait Stage1: Send + Sync {
 pub struct NetRequest {
     /// Network names with optional CNI args; empty means the host's network.
     pub networks: Vec<(String, Option<String>)>,
+    /// `--local-config`: named networks live in its `net.d/`.
+    #[serde(default)]
+    pub local_config: Option<PathBuf>,
 }
 
 impl NetRequest {
     pub fn host() -> Self {
         NetRequest {
             networks: vec![("host".into(), None)],
+            local_config: None,
         }
     }
     pub fn is_host(&self) -> bool {
@@ -129,6 +135,69 @@ pub struct NetInfo {
     /// Path of the pod's network namespace; None for the host's.
     pub netns: Option<PathBuf>,
     pub networks: Vec<NetworkAttachment>,
+    /// DNS settings the networks' plugins returned (first non-empty wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSettings>,
+}
+
+/// resolv.conf content: from `--dns*` flags or a network's result.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct DnsSettings {
+    pub nameservers: Vec<String>,
+    pub domain: Option<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
+
+impl DnsSettings {
+    pub fn is_empty(&self) -> bool {
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
+    }
+
+    /// resolv.conf(5) text.
+    pub fn to_resolv_conf(&self) -> String {
+        let mut out = String::new();
+        for ns in &self.nameservers {
+            out.push_str(&format!("nameserver {ns}\n"));
+        }
+        if let Some(domain) = &self.domain {
+            out.push_str(&format!("domain {domain}\n"));
+        }
+        if !self.search.is_empty() {
+            out.push_str(&format!("search {}\n", self.search.join(" ")));
+        }
+        if !self.options.is_empty() {
+            out.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        out
+    }
+}
+
+/// `--dns*` and `--hosts-entry`, as rkt takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DnsMode {
+    /// No flag: the network's DNS result, else the image's resolv.conf.
+    #[default]
+    Default,
+    /// `--dns=host`: the host's resolv.conf.
+    Host,
+    /// `--dns=none`: no resolv.conf from rkt (the image's stays).
+    None,
+    /// `--dns=IP...` with `--dns-search`, `--dns-opt`, `--dns-domain`.
+    Explicit(DnsSettings),
+}
+
+/// `--hosts-entry`: `host` (the host's /etc/hosts) or IP=HOST entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostsMode {
+    #[default]
+    Default,
+    Host,
+    Entries(Vec<(String, String)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
