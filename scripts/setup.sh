@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what rkt-rs needs on a fresh Debian 12 machine (as root): the static
-# busybox its test and example images are built from. Idempotent and quiet when
-# everything is already there.
+# busybox its test and example images are built from, and for the remote-image
+# tests gnupg (keys and signatures), docker-registry and skopeo (a registry to
+# push OCI images into). Idempotent and quiet when everything is already there.
 set -euo pipefail
 
-packages=(busybox-static)
+packages=(busybox-static gnupg docker-registry skopeo)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

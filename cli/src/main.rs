@@ -60,6 +60,8 @@ pub enum Command {
     Status(commands::status::StatusArgs),
     /// Garbage-collect pods no longer in use
     Gc(commands::gc::GcArgs),
+    /// Trust a key for verifying images
+    Trust(commands::trust::TrustArgs),
     /// Print the version and the backends this build can use
     Version,
 }
@@ -126,6 +128,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::List(_) => "list",
         Command::Status(_) => "status",
         Command::Gc(_) => "gc",
+        Command::Trust(_) => "trust",
         Command::Version => "version",
     }
 }

@@ -1,8 +1,15 @@
 //! ImageFinders: where images come from. Each source registers itself by name;
 //! the engine tries them in name order and takes the first that handles a reference.
 //!
-//! Only local files ship so far; http(s), discovery, docker:// and OCI follow.
+//! Local files (`file`) and http(s) URLs (`http`); signatures are checked against
+//! the keys `rkt trust` keeps (`keystore`).
 
+mod aci;
 mod file;
+mod http;
+pub mod keystore;
+mod progress;
+pub mod transport;
 
 pub use file::FileFinder;
+pub use http::HttpFinder;

@@ -11,6 +11,7 @@ pub mod run;
 pub mod run_prepared;
 pub mod status;
 pub mod stop;
+pub mod trust;
 pub mod version;
 
 use anyhow::Result;
@@ -31,6 +32,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::List(args) => list::list(global, args),
         Command::Status(args) => status::status(global, args),
         Command::Gc(args) => gc::gc(global, args),
+        Command::Trust(args) => trust::trust(global, args),
         Command::Version => version::version(),
     }
 }

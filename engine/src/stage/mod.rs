@@ -214,6 +214,28 @@ pub struct FetchPolicy {
     pub insecure: InsecureOptions,
     /// `--signature`: a detached signature for a local image.
     pub signature: Option<PathBuf>,
+    /// Where trusted keys (`trustedkeys/`) and registry credentials (`auth.d/`) live.
+    pub config: ConfigDirs,
+    /// `--trust-keys-from-https`: trust the keys a discovery answer names when they
+    /// come over verified https.
+    pub trust_keys_from_https: bool,
+}
+
+/// rkt's configuration directories: `--local-config` (the admin's, written by
+/// `rkt trust`) and `--system-config` (the vendor's); local entries win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDirs {
+    pub local: PathBuf,
+    pub system: PathBuf,
+}
+
+impl Default for ConfigDirs {
+    fn default() -> Self {
+        ConfigDirs {
+            local: PathBuf::from("/etc/rkt"),
+            system: PathBuf::from("/usr/lib/rkt"),
+        }
+    }
 }
 
 #[async_trait]

@@ -15,6 +15,7 @@ mod extract;
 mod filecache;
 mod index;
 mod layout;
+mod remote;
 mod resolve;
 mod tree;
 mod whitelist;
@@ -30,6 +31,7 @@ use std::time::SystemTime;
 use crate::schema::{ACIdentifier, ImageId, ImageManifest, Label};
 
 pub use copy::copy_tree;
+pub use remote::{RemoteRecord, read_manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,174 @@
+//! Downloading one ACI (and its detached signature) into the store: the part the
+//! http(s) and discovery sources share.
+//!
+//! Unverified (`--insecure-options=image`), the body is streamed straight into the
+//! store's import, which hashes it as it goes. Verified, it is first streamed into a
+//! temp file under the store (the image's name, read from its manifest, decides
+//! which keys may sign it), checked against the signature, and only then imported:
+//! an image that fails verification never enters the store.
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::time::SystemTime;
+
+use rkt_engine::schema::ImageId;
+use rkt_engine::stage::{BackendError, FetchPolicy, PullPolicy};
+use rkt_engine::store::{RemoteRecord, Store, read_manifest};
+use ureq::http::StatusCode;
+
+use crate::keystore::Keystore;
+use crate::progress::Progress;
+use crate::transport::{self, Transport, header};
+
+/// Where an image and its signature are.
+pub struct AciLocation {
+    pub image: String,
+    pub signature: String,
+}
+
+impl AciLocation {
+    /// rkt's convention: the signature sits beside the image, `.asc` appended.
+    pub fn beside(url: &str) -> Self {
+        AciLocation {
+            image: url.to_string(),
+            signature: format!("{url}.asc"),
+        }
+    }
+}
+
+/// What the store already knows about `key` (a URL, or a discovery name), as the pull
+/// policy allows it to be used without asking the server: `Ok(Some(id))` to use it.
+pub fn cached(store: &Store, key: &str, policy: &FetchPolicy) -> Result<Option<RemoteRecord>, BackendError> {
+    let record = store
+        .remote(key)
+        .map_err(|e| BackendError::Other(format!("{key}: {e}")))?;
+    match policy.pull {
+        PullPolicy::Never => match record {
+            Some(record) => Ok(Some(record)),
+            None => Err(BackendError::Other(format!(
+                "image {key} is not in the store, and the pull policy forbids fetching it"
+            ))),
+        },
+        PullPolicy::New => Ok(record),
+        PullPolicy::Update => Ok(record.filter(|r| r.is_fresh(SystemTime::now()))),
+    }
+}
+
+/// Fetches the image at `location` (conditionally, when `previous` has an ETag),
+/// verifies it unless the policy says not to, imports it, and records the answer
+/// under `key`.
+pub fn fetch(
+    store: &Store,
+    transport: &Transport,
+    key: &str,
+    location: &AciLocation,
+    previous: Option<RemoteRecord>,
+    policy: &FetchPolicy,
+) -> Result<ImageId, BackendError> {
+    let url = location.image.as_str();
+    let etag = previous.as_ref().and_then(|p| p.etag.clone());
+    let mut headers = Vec::new();
+    if let Some(etag) = etag.as_deref() {
+        headers.push(("If-None-Match", etag));
+    }
+    let response = transport.get(url, &headers)?;
+    let max_age = transport::max_age(header(&response, "cache-control"));
+    if response.status() == StatusCode::NOT_MODIFIED
+        && let Some(previous) = previous
+    {
+        tracing::debug!(url, "not modified");
+        let record = RemoteRecord {
+            max_age,
+            checked_at: SystemTime::now(),
+            ..previous
+        };
+        store
+            .set_remote(&record)
+            .map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
+        return Ok(record.id);
+    }
+    transport::expect_ok(url, &response)?;
+    let etag = header(&response, "etag").map(str::to_string);
+    let length = header(&response, "content-length").and_then(|n| n.parse().ok());
+
+    let signature = if policy.insecure.image {
+        None
+    } else {
+        let response = transport.get(&location.signature, &[])?;
+        if response.status() != StatusCode::OK {
+            return Err(BackendError::Other(format!(
+                "image {url} has no signature (GET {} answered {}); pass --insecure-options=image to fetch it unverified",
+                location.signature,
+                response.status().as_u16()
+            )));
+        }
+        Some(transport::read_small(&location.signature, response)?)
+    };
+
+    let body = Interrupted {
+        inner: Progress::new(response.into_body().into_reader(), url, length),
+        url,
+    };
+    let id = match signature {
+        None => import(store, &mut { body }, url)?,
+        Some(signature) => import_verified(store, body, url, &signature, policy)?,
+    };
+    store
+        .set_remote(&RemoteRecord {
+            url: key.to_string(),
+            id: id.clone(),
+            etag,
+            max_age,
+            checked_at: SystemTime::now(),
+        })
+        .map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
+    Ok(id)
+}
+
+fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Result<ImageId, BackendError> {
+    store
+        .import(archive, origin)
+        .map_err(|e| BackendError::Other(format!("{origin}: {e}")))
+}
+
+fn import_verified(
+    store: &Store,
+    mut body: impl Read,
+    url: &str,
+    signature: &[u8],
+    policy: &FetchPolicy,
+) -> Result<ImageId, BackendError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| BackendError::Other(format!("{url}: {what}: {e}"));
+    let dir = store.download_dir().map_err(|e| fail("download", &e))?;
+    // Deleted when dropped: a failed or refused download leaves nothing behind.
+    let mut download = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(&dir)
+        .map_err(|e| fail("create temp file", &e))?;
+    std::io::copy(&mut body, download.as_file_mut()).map_err(|e| fail("download", &e))?;
+    let file = download.as_file_mut();
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
+    let manifest = read_manifest(&mut BufReader::new(&mut *file)).map_err(|e| fail("image", &e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
+    let name = manifest.name.as_str();
+    let keystore = Keystore::new(&policy.config);
+    let fingerprint = keystore
+        .verify(name, BufReader::with_capacity(256 << 10, &mut *file), signature)
+        .map_err(|e| BackendError::Other(format!("image {url} ({name}) cannot be verified: {e}")))?;
+    tracing::debug!(url, name, fingerprint, "signature verified");
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
+    import(store, &mut BufReader::with_capacity(256 << 10, file), url)
+}
+
+/// Names the URL when the connection breaks mid-body (truncated download).
+struct Interrupted<'a, R> {
+    inner: R,
+    url: &'a str,
+}
+
+impl<R: Read> Read for Interrupted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("download of {} broke off: {e}", self.url)))
+    }
+}

@@ -1,0 +1,544 @@
+//! Images from remote sources through the real `rkt` binary, against real servers the
+//! tests start on 127.0.0.1: http(s) URLs with ETag / max-age caching, redirects and
+//! broken downloads; detached signatures made by gpg and checked against keys added
+//! by `rkt trust`. Every refusal is a one-line 254 with the store unchanged.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{harness, one_line_254};
+use http::{Route, Server};
+use rkt_conformance::harness::RunOutput;
+use rkt_conformance::{AciSpec, Rkt};
+
+const NAME: &str = "example.com/remote/app";
+
+/// Everything below `dir` (names only), to prove a failed command changed nothing.
+fn snapshot(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                out.push(e.path());
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Files in the store's temp dir: a finished or failed fetch leaves none.
+fn temp_files(h: &Rkt) -> Vec<PathBuf> {
+    snapshot(&h.dir.join("cas").join("tmp"))
+}
+
+fn image_bytes(h: &Rkt, spec: &AciSpec) -> Vec<u8> {
+    std::fs::read(h.image(spec).expect("build image")).expect("read image")
+}
+
+/// Puts an unrelated image in the store, so the store's directories exist and a
+/// snapshot taken now compares like with like.
+fn warm(h: &Rkt) {
+    let local = h.image(&AciSpec::busybox("example.com/other")).expect("image");
+    let out = h.rkt(&["fetch", "--insecure-options=image", local.to_str().expect("utf8")]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+}
+
+fn fetch(h: &Rkt, extra: &[&str], url: &str) -> RunOutput {
+    let mut args = vec!["fetch"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    h.rkt(&args)
+}
+
+/// A throwaway gpg home with one signing key; gnupg from Debian.
+struct Gpg {
+    home: tempfile::TempDir,
+    pub user: String,
+}
+
+impl Gpg {
+    fn new(test: &str, user: &str) -> Option<Gpg> {
+        if Command::new("gpg").arg("--version").output().is_err() {
+            eprintln!("{test}: skipped: needs gnupg (gpg)");
+            return None;
+        }
+        let home = tempfile::Builder::new()
+            .prefix("rkt-gpg-")
+            .tempdir()
+            .expect("gpg home");
+        let gpg = Gpg {
+            home,
+            user: user.to_string(),
+        };
+        gpg.run(&[
+            "--quick-gen-key",
+            &format!("{user} <{user}@example.com>"),
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        Some(gpg)
+    }
+
+    fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gpg");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The armored public key, written to a file.
+    fn export(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.pub.asc", self.user));
+        std::fs::write(&path, self.run(&["--armor", "--export", &self.user])).expect("write key");
+        path
+    }
+
+    fn fingerprint(&self) -> String {
+        let text =
+            String::from_utf8(self.run(&["--with-colons", "--fingerprint", &self.user])).expect("utf8");
+        text.lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("fingerprint")
+            .to_ascii_lowercase()
+    }
+
+    /// An armored detached signature of `data`.
+    fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let input = dir.path().join("data");
+        std::fs::write(&input, data).expect("write data");
+        let output = dir.path().join("data.asc");
+        self.run(&[
+            "--local-user",
+            &self.user,
+            "--armor",
+            "--detach-sign",
+            "--output",
+            output.to_str().expect("utf8 path"),
+            input.to_str().expect("utf8 path"),
+        ]);
+        std::fs::read(output).expect("read signature")
+    }
+}
+
+/// The config dirs a test's keys live in (never the machine's /etc/rkt).
+struct Config {
+    local: PathBuf,
+    system: PathBuf,
+}
+
+impl Config {
+    fn new(h: &Rkt) -> Config {
+        let local = h.work().join("etc-rkt");
+        let system = h.work().join("usr-lib-rkt");
+        Config { local, system }
+    }
+    fn flags(&self) -> Vec<String> {
+        vec![
+            format!("--local-config={}", self.local.display()),
+            format!("--system-config={}", self.system.display()),
+        ]
+    }
+    fn trust(&self, h: &Rkt, scope: &str, key: &Path) -> RunOutput {
+        let mut args: Vec<String> = self.flags();
+        args.extend([
+            "trust".to_string(),
+            scope.to_string(),
+            "--skip-fingerprint-review".to_string(),
+            key.display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        h.rkt(&args)
+    }
+    fn fetch(&self, h: &Rkt, insecure: &str, image: &str) -> RunOutput {
+        let mut args: Vec<String> = self.flags();
+        args.extend([
+            "fetch".to_string(),
+            format!("--insecure-options={insecure}"),
+            image.to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        h.rkt(&args)
+    }
+}
+
+#[test]
+fn http_image_is_fetched_once_and_refetched_only_when_changed() {
+    let Some(h) = harness("http_image_is_fetched_once_and_refetched_only_when_changed") else {
+        return;
+    };
+    let server = Server::start();
+    let v1 = image_bytes(&h, &AciSpec::busybox(NAME));
+    server.route("/app.aci", Route::ok(v1.clone()).etag("\"v1\""));
+    let url = server.url("/app.aci");
+
+    let first = fetch(&h, &["--insecure-options=image,http"], &url);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let id = first.stdout.trim().to_string();
+    assert!(id.starts_with("sha512-"), "{}", first.describe());
+    assert_eq!(server.hits("/app.aci"), 1);
+    // The same bytes from a local file give the same ID: the URL's content was stored.
+    let local = h.image(&AciSpec::busybox(NAME)).expect("image");
+    let from_file = h.rkt(&["fetch", "--insecure-options=image", local.to_str().expect("utf8")]);
+    assert_eq!(from_file.stdout.trim(), id);
+
+    // pull-policy new (the default): the store answers, the server is not asked.
+    let again = fetch(&h, &["--insecure-options=image,http"], &url);
+    assert_eq!(again.stdout.trim(), id, "{}", again.describe());
+    assert_eq!(server.hits("/app.aci"), 1, "{:?}", server.log());
+
+    // update: a conditional GET, answered 304, nothing downloaded.
+    let update = fetch(
+        &h,
+        &["--insecure-options=image,http", "--pull-policy=update"],
+        &url,
+    );
+    assert_eq!(update.stdout.trim(), id, "{}", update.describe());
+    assert_eq!(server.hits("/app.aci"), 2);
+
+    // The image changes on the server: update fetches the new one.
+    let mut spec = AciSpec::busybox(NAME);
+    spec.files.push(("/version".into(), b"2".to_vec(), 0o644));
+    server.route("/app.aci", Route::ok(image_bytes(&h, &spec)).etag("\"v2\""));
+    let changed = fetch(
+        &h,
+        &["--insecure-options=image,http", "--pull-policy=update"],
+        &url,
+    );
+    assert_eq!(changed.code, 0, "{}", changed.describe());
+    assert_ne!(changed.stdout.trim(), id);
+    assert_eq!(server.hits("/app.aci"), 3);
+
+    // never: the store only, even for a URL.
+    server.remove("/app.aci");
+    let never = fetch(
+        &h,
+        &["--insecure-options=image,http", "--pull-policy=never"],
+        &url,
+    );
+    assert_eq!(never.stdout.trim(), changed.stdout.trim(), "{}", never.describe());
+    assert_eq!(server.hits("/app.aci"), 3);
+    assert!(temp_files(&h).is_empty(), "{:?}", temp_files(&h));
+}
+
+#[test]
+fn max_age_spares_the_request_and_never_needs_the_store() {
+    let Some(h) = harness("max_age_spares_the_request_and_never_needs_the_store") else {
+        return;
+    };
+    let server = Server::start();
+    let url = server.url("/cached.aci");
+    let never = fetch(
+        &h,
+        &["--insecure-options=image,http", "--pull-policy=never"],
+        &url,
+    );
+    one_line_254(&never, "not in the store");
+    assert_eq!(server.hits("/cached.aci"), 0);
+
+    let bytes = image_bytes(&h, &AciSpec::busybox(NAME));
+    server.route(
+        "/cached.aci",
+        Route::ok(bytes)
+            .etag("\"c\"")
+            .cache_control("public, max-age=3600"),
+    );
+    let first = fetch(&h, &["--insecure-options=image,http"], &url);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let update = fetch(
+        &h,
+        &["--insecure-options=image,http", "--pull-policy=update"],
+        &url,
+    );
+    assert_eq!(update.stdout, first.stdout, "{}", update.describe());
+    assert_eq!(
+        server.hits("/cached.aci"),
+        1,
+        "fresh for an hour: not asked again"
+    );
+}
+
+#[test]
+fn redirects_are_followed_and_the_image_runs() {
+    let Some(h) = harness("redirects_are_followed_and_the_image_runs") else {
+        return;
+    };
+    let server = Server::start();
+    let mut spec = AciSpec::busybox(NAME);
+    spec.exec = vec!["/bin/sh".into(), "-c".into(), "echo remote-ok; exit 3".into()];
+    server.route("/real/app.aci", Route::ok(image_bytes(&h, &spec)));
+    server.route("/app.aci", Route::redirect(&server.url("/real/app.aci")));
+    let out = h.rkt(&[
+        "run",
+        "--insecure-options=image,http",
+        "--stage1=fly",
+        &server.url("/app.aci"),
+    ]);
+    assert_eq!(out.code, 3, "{}", out.describe());
+    assert!(out.stdout.contains("remote-ok"), "{}", out.describe());
+    assert_eq!(server.hits("/real/app.aci"), 1);
+}
+
+#[test]
+fn plain_http_needs_the_insecure_option() {
+    let Some(h) = harness("plain_http_needs_the_insecure_option") else {
+        return;
+    };
+    let server = Server::start();
+    server.route("/app.aci", Route::ok(image_bytes(&h, &AciSpec::busybox(NAME))));
+    warm(&h);
+    let before = snapshot(&h.dir);
+    let out = fetch(&h, &["--insecure-options=image"], &server.url("/app.aci"));
+    one_line_254(&out, "--insecure-options=http");
+    assert_eq!(server.hits("/app.aci"), 0, "refused before sending anything");
+    assert_eq!(snapshot(&h.dir), before);
+}
+
+#[test]
+fn broken_downloads_leave_the_store_unchanged() {
+    let Some(h) = harness("broken_downloads_leave_the_store_unchanged") else {
+        return;
+    };
+    let server = Server::start();
+    let bytes = image_bytes(&h, &AciSpec::busybox(NAME));
+    server.route("/truncated.aci", Route::ok(bytes.clone()).truncated());
+    // A tampered blob: the bytes of a tar cut in the middle of an entry.
+    server.route("/garbage.aci", Route::ok(bytes[..bytes.len() / 3].to_vec()));
+    warm(&h);
+    let before = snapshot(&h.dir);
+    for (path, mentions) in [
+        ("/truncated.aci", "/truncated.aci"),
+        ("/garbage.aci", "/garbage.aci"),
+        ("/missing.aci", "404"),
+    ] {
+        let out = fetch(&h, &["--insecure-options=image,http"], &server.url(path));
+        one_line_254(&out, mentions);
+        assert_eq!(snapshot(&h.dir), before, "{path} changed the store");
+    }
+}
+
+#[test]
+fn concurrent_fetches_of_one_url_agree() {
+    let Some(h) = harness("concurrent_fetches_of_one_url_agree") else {
+        return;
+    };
+    let server = Server::start();
+    server.route("/app.aci", Route::ok(image_bytes(&h, &AciSpec::busybox(NAME))));
+    let url = server.url("/app.aci");
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            h.command(&["fetch", "--insecure-options=image,http", &url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rkt fetch")
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("wait");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    let index: Vec<_> = snapshot(&h.dir.join("cas").join("index"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(index.len(), 1, "{index:?}");
+    assert!(temp_files(&h).is_empty(), "{:?}", temp_files(&h));
+}
+
+#[test]
+fn signed_http_images_need_a_trusted_key() {
+    let test = "signed_http_images_need_a_trusted_key";
+    let Some(h) = harness(test) else { return };
+    let Some(owner) = Gpg::new(test, "owner") else {
+        return;
+    };
+    let Some(stranger) = Gpg::new(test, "stranger") else {
+        return;
+    };
+    let config = Config::new(&h);
+    let server = Server::start();
+    let bytes = image_bytes(&h, &AciSpec::busybox(NAME));
+    server.route("/app.aci", Route::ok(bytes.clone()));
+    let url = server.url("/app.aci");
+
+    // Unsigned: refused.
+    warm(&h);
+    let before = snapshot(&h.dir);
+    one_line_254(&config.fetch(&h, "http", &url), "no signature");
+    assert_eq!(snapshot(&h.dir), before);
+
+    // Signed, but no key trusted yet.
+    server.route("/app.aci.asc", Route::ok(owner.sign(&bytes)));
+    one_line_254(&config.fetch(&h, "http", &url), "no keys are trusted");
+    assert_eq!(snapshot(&h.dir), before);
+
+    // A key trusted for a parent prefix of the image's name verifies it.
+    let key = owner.export(h.work());
+    let trusted = config.trust(&h, "--prefix=example.com/remote", &key);
+    assert_eq!(trusted.code, 0, "{}", trusted.describe());
+    let key_file = config
+        .local
+        .join("trustedkeys/prefix.d/example.com/remote")
+        .join(owner.fingerprint());
+    assert!(
+        key_file.is_file(),
+        "{} missing: {}",
+        key_file.display(),
+        trusted.describe()
+    );
+
+    // Signed by a stranger: refused.
+    server.route("/app.aci.asc", Route::ok(stranger.sign(&bytes)));
+    one_line_254(&config.fetch(&h, "http", &url), "not trusted");
+    // The owner's signature over different bytes: refused.
+    server.route("/app.aci.asc", Route::ok(owner.sign(b"something else")));
+    one_line_254(&config.fetch(&h, "http", &url), "bad signature");
+    assert_eq!(snapshot(&h.dir), before);
+
+    server.route("/app.aci.asc", Route::ok(owner.sign(&bytes)));
+    let good = config.fetch(&h, "http", &url);
+    assert_eq!(good.code, 0, "{}", good.describe());
+    assert!(good.stdout.trim().starts_with("sha512-"));
+    assert!(temp_files(&h).is_empty(), "{:?}", temp_files(&h));
+}
+
+#[test]
+fn local_images_verify_with_a_signature_beside_or_given() {
+    let test = "local_images_verify_with_a_signature_beside_or_given";
+    let Some(h) = harness(test) else { return };
+    let Some(owner) = Gpg::new(test, "owner") else {
+        return;
+    };
+    let config = Config::new(&h);
+    let image = h.image(&AciSpec::busybox(NAME)).expect("image");
+    let bytes = std::fs::read(&image).expect("read");
+    let image_arg = image.to_str().expect("utf8");
+
+    one_line_254(&config.fetch(&h, "none", image_arg), "no signature found");
+    let key = owner.export(h.work());
+    // --root: trusted for every name.
+    assert_eq!(config.trust(&h, "--root", &key).code, 0);
+    assert!(
+        config
+            .local
+            .join("trustedkeys/root.d")
+            .join(owner.fingerprint())
+            .is_file()
+    );
+
+    let elsewhere = h.work().join("detached.sig");
+    std::fs::write(&elsewhere, owner.sign(&bytes)).expect("write sig");
+    let mut args = config.flags();
+    args.extend([
+        "fetch".to_string(),
+        format!("--signature={}", elsewhere.display()),
+        image_arg.to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let given = h.rkt(&args);
+    assert_eq!(given.code, 0, "{}", given.describe());
+
+    let beside = PathBuf::from(format!("{image_arg}.asc"));
+    std::fs::write(&beside, owner.sign(b"not the image")).expect("write sig");
+    one_line_254(&config.fetch(&h, "none", image_arg), "bad signature");
+    std::fs::write(&beside, owner.sign(&bytes)).expect("write sig");
+    let found = config.fetch(&h, "none", image_arg);
+    assert_eq!(found.code, 0, "{}", found.describe());
+    assert_eq!(found.stdout, given.stdout);
+}
+
+#[test]
+fn trust_shows_the_fingerprint_and_asks() {
+    let test = "trust_shows_the_fingerprint_and_asks";
+    let Some(h) = harness(test) else { return };
+    let Some(owner) = Gpg::new(test, "owner") else {
+        return;
+    };
+    let config = Config::new(&h);
+    let key = owner.export(h.work());
+    let ask = |answer: &str| {
+        let mut args = config.flags();
+        args.extend([
+            "trust".to_string(),
+            "--prefix=example.com/app".to_string(),
+            key.display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = h
+            .command(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trust");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("answer");
+        child.wait_with_output().expect("wait")
+    };
+    let prefix_dir = config.local.join("trustedkeys/prefix.d/example.com/app");
+    let refused = ask("no\n");
+    assert_eq!(refused.status.code(), Some(254));
+    let shown = String::from_utf8_lossy(&refused.stderr).to_string();
+    let spaced = owner.fingerprint().to_ascii_uppercase();
+    assert!(shown.contains(&spaced[..4]), "fingerprint shown: {shown}");
+    assert!(shown.contains("owner@example.com"), "{shown}");
+    assert!(!prefix_dir.exists(), "refused key was stored");
+
+    let accepted = ask("yes\n");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(prefix_dir.join(owner.fingerprint()).is_file());
+
+    // A file that is not a key: one line, nothing stored.
+    let junk = h.work().join("junk.asc");
+    std::fs::write(&junk, b"not a key").expect("write");
+    one_line_254(&config.trust(&h, "--prefix=example.com/junk", &junk), "junk.asc");
+    assert!(
+        !config
+            .local
+            .join("trustedkeys/prefix.d/example.com/junk")
+            .exists()
+    );
+}
