@@ -542,3 +542,118 @@ fn trust_shows_the_fingerprint_and_asks() {
             .exists()
     );
 }
+
+/// A discovery page naming `template` for every image under `prefix`.
+fn discovery_page(prefix: &str, templates: &[&str]) -> Vec<u8> {
+    let mut html = String::from("<html><head>\n");
+    for template in templates {
+        html.push_str(&format!(
+            "<meta name=\"ac-discovery\" content=\"{prefix} {template}\">\n"
+        ));
+    }
+    html.push_str("</head><body>rkt images</body></html>\n");
+    html.into_bytes()
+}
+
+#[test]
+fn discovery_finds_a_signed_image_by_name_and_version() {
+    let test = "discovery_finds_a_signed_image_by_name_and_version";
+    let Some(h) = harness(test) else { return };
+    let Some(owner) = Gpg::new(test, "owner") else {
+        return;
+    };
+    let config = Config::new(&h);
+    let server = Server::start();
+    let host = server.addr.clone();
+    let name = format!("{host}/app");
+    // The first template needs a label the image string does not give: skipped.
+    let page = discovery_page(
+        &name,
+        &[
+            &format!("http://{host}/nope/{{name}}-{{channel}}.{{ext}}"),
+            &format!("http://{host}/aci/{{name}}-{{version}}-{{os}}-{{arch}}.{{ext}}"),
+        ],
+    );
+    server.route("/app", Route::ok(page));
+    let bytes = image_bytes(&h, &AciSpec::busybox(NAME));
+    let image_path = format!("/aci/{name}-1.0-linux-amd64.aci");
+    server.route(&image_path, Route::ok(bytes.clone()));
+    server.route(&format!("{image_path}.asc"), Route::ok(owner.sign(&bytes)));
+    let key = owner.export(h.work());
+    assert_eq!(config.trust(&h, "--prefix=example.com/remote", &key).code, 0);
+
+    let image = format!("{name}:1.0");
+    let first = config.fetch(&h, "http", &image);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    assert!(first.stdout.trim().starts_with("sha512-"));
+    assert_eq!(server.hits("/app"), 1, "{:?}", server.log());
+    assert_eq!(server.hits(&image_path), 1);
+    assert!(
+        server.log().iter().any(|p| p == "/app?ac-discovery=1"),
+        "{:?}",
+        server.log()
+    );
+    // Known now: the store answers, nothing is asked.
+    let again = config.fetch(&h, "http", &image);
+    assert_eq!(again.stdout, first.stdout, "{}", again.describe());
+    assert_eq!(server.hits("/app"), 1);
+    // Another version is discovered anew, and the server has none.
+    let missing = config.fetch(&h, "http", &format!("{name}:2.0"));
+    one_line_254(&missing, "2.0");
+}
+
+#[test]
+fn discovery_retries_on_parent_paths_and_takes_label_queries() {
+    let Some(h) = harness("discovery_retries_on_parent_paths_and_takes_label_queries") else {
+        return;
+    };
+    let server = Server::start();
+    let host = server.addr.clone();
+    // Only the host's root page answers; the name's own paths are 404.
+    let page = discovery_page(
+        &host,
+        &[&format!(
+            "http://{host}/images/{{name}}/{{channel}}-{{version}}.{{ext}}"
+        )],
+    );
+    server.route("/", Route::ok(page));
+    let name = format!("{host}/team/app");
+    let image_path = format!("/images/{name}/beta-3.1.aci");
+    server.route(&image_path, Route::ok(image_bytes(&h, &AciSpec::busybox(NAME))));
+
+    warm(&h);
+    let before = snapshot(&h.dir);
+    let unlabelled = fetch(&h, &["--insecure-options=image,http"], &format!("{name}:3.1"));
+    one_line_254(&unlabelled, "channel");
+    assert_eq!(snapshot(&h.dir), before);
+
+    let out = fetch(
+        &h,
+        &["--insecure-options=image,http"],
+        &format!("{name}:3.1,channel=beta"),
+    );
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(
+        server.hits("/team/app") >= 1 && server.hits("/team") >= 1,
+        "{:?}",
+        server.log()
+    );
+    assert_eq!(server.hits(&image_path), 1);
+}
+
+#[test]
+fn discovery_without_an_answer_is_one_line() {
+    let Some(h) = harness("discovery_without_an_answer_is_one_line") else {
+        return;
+    };
+    let server = Server::start();
+    warm(&h);
+    let before = snapshot(&h.dir);
+    let out = fetch(
+        &h,
+        &["--insecure-options=image,http"],
+        &format!("{}/ghost:1", server.addr),
+    );
+    one_line_254(&out, "no image endpoint");
+    assert_eq!(snapshot(&h.dir), before);
+}

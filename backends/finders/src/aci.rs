@@ -35,17 +35,22 @@ impl AciLocation {
     }
 }
 
-/// What the store already knows about `key` (a URL, or a discovery name), as the pull
-/// policy allows it to be used without asking the server: `Ok(Some(id))` to use it.
-pub fn cached(store: &Store, key: &str, policy: &FetchPolicy) -> Result<Option<RemoteRecord>, BackendError> {
+/// What the store already knows about `key` (a URL, or a discovered name shown to the
+/// user as `shown`), when the pull policy allows using it without asking the server.
+pub fn cached(
+    store: &Store,
+    key: &str,
+    shown: &str,
+    policy: &FetchPolicy,
+) -> Result<Option<RemoteRecord>, BackendError> {
     let record = store
         .remote(key)
-        .map_err(|e| BackendError::Other(format!("{key}: {e}")))?;
+        .map_err(|e| BackendError::Other(format!("{shown}: {e}")))?;
     match policy.pull {
         PullPolicy::Never => match record {
             Some(record) => Ok(Some(record)),
             None => Err(BackendError::Other(format!(
-                "image {key} is not in the store, and the pull policy forbids fetching it"
+                "image {shown} is not in the store, and the pull policy forbids fetching it"
             ))),
         },
         PullPolicy::New => Ok(record),
@@ -122,6 +127,20 @@ pub fn fetch(
         })
         .map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
     Ok(id)
+}
+
+/// Records that `key` (a discovered name) yielded `id`, so `--pull-policy=new` finds
+/// it again without discovery. No max-age: `update` always rediscovers.
+pub fn remember(store: &Store, key: &str, id: &ImageId) -> Result<(), BackendError> {
+    store
+        .set_remote(&RemoteRecord {
+            url: key.to_string(),
+            id: id.clone(),
+            etag: None,
+            max_age: None,
+            checked_at: SystemTime::now(),
+        })
+        .map_err(|e| BackendError::Other(format!("{key}: {e}")))
 }
 
 fn import(store: &Store, archive: &mut dyn Read, origin: &str) -> Result<ImageId, BackendError> {

@@ -50,7 +50,7 @@ impl ImageFinder for HttpFinder {
         let previous = store
             .remote(url)
             .map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
-        if let Some(record) = aci::cached(store, url, policy)? {
+        if let Some(record) = aci::cached(store, url, url, policy)? {
             tracing::debug!(url, id = %record.id, "using the stored image");
             return Ok(record.id);
         }

@@ -142,6 +142,11 @@ fn serve(stream: TcpStream, state: &State) {
         Err(_) => return,
     });
     let mut stream = stream;
+    // A TLS ClientHello (clients try https first): this server speaks plain http only.
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).is_err() || first[0] == 0x16 {
+        return;
+    }
     // One request per connection keeps the server trivial; clients reconnect.
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
