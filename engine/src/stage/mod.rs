@@ -150,7 +150,8 @@ pub enum ImageRef {
     Id(String),
     /// A local file (`./x.aci`, `/x.aci`, `file:///x.aci`).
     Path(PathBuf),
-    /// A URL with a scheme other than file (`https://`, `docker://`).
+    /// A URL with a scheme other than file (`https://`, `docker://`), or an OCI
+    /// layout or archive (`oci:DIR[:TAG]`, `oci-archive:FILE`).
     Url(String),
     /// `name[:version]`, resolved through the store, then discovery.
     Name(String),
@@ -165,7 +166,7 @@ impl ImageRef {
         if let Some(path) = s.strip_prefix("file://") {
             return ImageRef::Path(PathBuf::from(path));
         }
-        if s.contains("://") {
+        if s.contains("://") || s.starts_with("oci:") || s.starts_with("oci-archive:") {
             return ImageRef::Url(s.to_string());
         }
         if s.starts_with('/') || s.starts_with('.') || Path::new(s).exists() {

@@ -14,6 +14,7 @@ mod dirfd;
 mod extract;
 mod filecache;
 mod index;
+mod layers;
 mod layout;
 mod remote;
 mod resolve;

@@ -1,0 +1,151 @@
+//! Docker/OCI images: their layers are kept by digest, so an image sharing layers
+//! with one fetched before downloads only the layers that are new; an image is made
+//! by applying its layers in order (whiteouts honoured, through the same safe
+//! extraction as ACIs) and storing the result as an ordinary ACI.
+//!
+//! ```text
+//! cas/layers/sha256/<64 hex>        a layer blob as the registry sent it (compressed)
+//! ```
+//!
+//! A layer blob is written to a temp file while its sha256 is computed and renamed
+//! into place only when the digest matches: a tampered or truncated blob never
+//! lands, and concurrent fetches of one layer each rename a complete copy.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::layout::{Scratch, create_durable_dir};
+use super::{IoContext, Store, StoreError, cas, decompress, extract};
+use crate::schema::{ImageId, ImageManifest};
+
+impl Store {
+    fn layer_root(&self) -> PathBuf {
+        self.dir.join("layers").join("sha256")
+    }
+
+    /// `sha256:<64 hex>` -> where that layer is (or would be) kept.
+    fn layer_file(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .ok_or_else(|| StoreError::InvalidReference {
+                reference: digest.to_string(),
+                reason: "a layer digest is sha256: followed by 64 lowercase hex digits".into(),
+            })?;
+        Ok(self.layer_root().join(hex))
+    }
+
+    /// The stored layer with this digest, if there is one.
+    pub fn layer(&self, digest: &str) -> Result<Option<PathBuf>, StoreError> {
+        let path = self.layer_file(digest)?;
+        Ok(path.is_file().then_some(path))
+    }
+
+    /// Stores a layer blob read from `blob`, checking it against `digest`.
+    pub fn put_layer(&self, digest: &str, blob: &mut dyn Read) -> Result<PathBuf, StoreError> {
+        let path = self.layer_file(digest)?;
+        self.ensure_dirs(&[self.tmp_dir()])?;
+        let scratch = Scratch::new(self, "layer");
+        let shown = scratch.path().display().to_string();
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(scratch.path())
+            .ctx(|| format!("create {shown}"))?;
+        let mut out = BufWriter::with_capacity(256 << 10, file);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match blob.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::Corrupt(format!("layer {digest}: {e}"))),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).ctx(|| format!("write {shown}"))?;
+        }
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if got != digest {
+            return Err(StoreError::Corrupt(format!(
+                "layer {digest}: the content's digest is {got}"
+            )));
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| StoreError::io(format!("write {shown}"), e.into_error()))?;
+        file.sync_all().ctx(|| format!("fsync {shown}"))?;
+        let root = self.layer_root();
+        self.ensure_dirs(&[self.dir.join("layers")])?;
+        create_durable_dir(&root)?;
+        std::fs::rename(scratch.path(), &path).ctx(|| format!("store layer {}", path.display()))?;
+        scratch.keep();
+        crate::fsutil::fsync_dir(&root).ctx(|| format!("fsync {}", root.display()))?;
+        Ok(path)
+    }
+
+    /// Applies the stored layers `digests` in order and imports the result, with
+    /// `manifest`, as an ACI. Nothing but the finished image is left behind.
+    pub fn import_layers(
+        &self,
+        manifest: &ImageManifest,
+        digests: &[String],
+        origin: &str,
+    ) -> Result<ImageId, StoreError> {
+        self.ensure_dirs(&[self.tmp_dir()])?;
+        let work = Scratch::new(self, "layers");
+        let rootfs = work.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
+        let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
+        for digest in digests {
+            let path = self
+                .layer(digest)?
+                .ok_or_else(|| StoreError::NotFound(format!("layer {digest}")))?;
+            let mut file = BufReader::with_capacity(
+                256 << 10,
+                File::open(&path).ctx(|| format!("open {}", path.display()))?,
+            );
+            let stream = decompress::uncompressed(&mut file)
+                .map_err(|e| StoreError::Corrupt(format!("layer {digest}: {e}")))?;
+            extract::unpack_layer(stream, root.as_fd()).map_err(|e| match e {
+                StoreError::Corrupt(why) => StoreError::Corrupt(format!("layer {digest}: {why}")),
+                other => other,
+            })?;
+        }
+        let aci = work.path().join("image.aci");
+        write_aci(manifest, &rootfs, &aci)?;
+        let mut file = BufReader::with_capacity(
+            256 << 10,
+            File::open(&aci).ctx(|| format!("open {}", aci.display()))?,
+        );
+        cas::import(self, &mut file, origin)
+    }
+}
+
+/// Tars `manifest` and the directory `rootfs` (symlinks kept as symlinks) into `out`.
+fn write_aci(manifest: &ImageManifest, rootfs: &Path, out: &Path) -> Result<(), StoreError> {
+    let shown = out.display().to_string();
+    let file = File::create(out).ctx(|| format!("create {shown}"))?;
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(256 << 10, file));
+    tar.follow_symlinks(false);
+    let bytes = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mtime(0);
+    tar.append_data(&mut header, "manifest", bytes.as_slice())
+        .ctx(|| format!("write {shown}"))?;
+    tar.append_dir_all("rootfs", rootfs)
+        .ctx(|| format!("write {shown}"))?;
+    tar.into_inner()
+        .ctx(|| format!("write {shown}"))?
+        .into_inner()
+        .map_err(|e| StoreError::io(format!("write {shown}"), e.into_error()))?;
+    Ok(())
+}
