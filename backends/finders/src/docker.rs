@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use rkt_engine::schema::ImageId;
-use rkt_engine::stage::{BackendError, ConfigDirs, FetchPolicy, ImageFinder, ImageRef, PullPolicy, Registration};
+use rkt_engine::stage::{
+    BackendError, ConfigDirs, FetchPolicy, ImageFinder, ImageRef, PullPolicy, Registration,
+};
 use rkt_engine::store::{RemoteRecord, Store};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -76,8 +78,9 @@ impl DockerRef {
                 && s.split('/').all(|p| {
                     !p.is_empty()
                         && p != ".."
-                        && p.bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+                        && p.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                        })
                 })
         };
         if !valid(&repository) {
@@ -140,7 +143,9 @@ fn credentials(dirs: &ConfigDirs, registry: &str) -> Option<Credentials> {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<DockerAuth>(&b).ok());
             match parsed {
-                Some(auth) if auth.rkt_kind == "dockerAuth" && auth.registries.iter().any(|r| r == registry) => {
+                Some(auth)
+                    if auth.rkt_kind == "dockerAuth" && auth.registries.iter().any(|r| r == registry) =>
+                {
                     return Some(auth.credentials);
                 }
                 Some(_) => {}
@@ -152,7 +157,10 @@ fn credentials(dirs: &ConfigDirs, registry: &str) -> Option<Credentials> {
 }
 
 fn basic(creds: &Credentials) -> String {
-    format!("Basic {}", base64(format!("{}:{}", creds.user, creds.password).as_bytes()))
+    format!(
+        "Basic {}",
+        base64(format!("{}:{}", creds.user, creds.password).as_bytes())
+    )
 }
 
 fn base64(input: &[u8]) -> String {
@@ -178,7 +186,9 @@ fn challenge(value: &str) -> (String, BTreeMap<String, String>) {
     let mut params = BTreeMap::new();
     let mut rest = rest.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
         let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.split_once('"') {
@@ -222,19 +232,28 @@ impl Registry<'_> {
                     return Err(BackendError::Other(format!(
                         "{}: the registry refused our credentials (401){}",
                         self.image_shown(),
-                        if self.creds.is_none() { "; add them to auth.d" } else { "" }
+                        if self.creds.is_none() {
+                            "; add them to auth.d"
+                        } else {
+                            ""
+                        }
                     )));
                 }
                 return Ok(response);
             }
             retried = true;
-            let value = header(&response, "www-authenticate").unwrap_or_default().to_string();
+            let value = header(&response, "www-authenticate")
+                .unwrap_or_default()
+                .to_string();
             self.authenticate(&value)?;
         }
     }
 
     fn image_shown(&self) -> String {
-        format!("docker://{}/{}:{}", self.image.registry, self.image.repository, self.image.reference)
+        format!(
+            "docker://{}/{}:{}",
+            self.image.registry, self.image.repository, self.image.reference
+        )
     }
 
     fn authenticate(&mut self, challenge_value: &str) -> Result<(), BackendError> {
@@ -252,7 +271,10 @@ impl Registry<'_> {
             },
             "bearer" => {
                 let realm = params.get("realm").ok_or_else(|| {
-                    BackendError::Other(format!("{}: a Bearer challenge without realm", self.image_shown()))
+                    BackendError::Other(format!(
+                        "{}: a Bearer challenge without realm",
+                        self.image_shown()
+                    ))
                 })?;
                 let mut url = realm.clone();
                 let mut sep = if url.contains('?') { '&' } else { '?' };
@@ -265,7 +287,10 @@ impl Registry<'_> {
                 }
                 if !params.contains_key("scope") {
                     url.push(sep);
-                    url.push_str(&format!("scope={}", encode(&format!("repository:{}:pull", self.image.repository))));
+                    url.push_str(&format!(
+                        "scope={}",
+                        encode(&format!("repository:{}:pull", self.image.repository))
+                    ));
                 }
                 let auth = self.creds.as_ref().map(basic);
                 let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
@@ -277,9 +302,10 @@ impl Registry<'_> {
                 }
                 let token: Token = serde_json::from_slice(&body)
                     .map_err(|e| BackendError::Other(format!("{url}: not a token answer: {e}")))?;
-                let token = token.token.or(token.access_token).ok_or_else(|| {
-                    BackendError::Other(format!("{url}: the token answer has no token"))
-                })?;
+                let token = token
+                    .token
+                    .or(token.access_token)
+                    .ok_or_else(|| BackendError::Other(format!("{url}: the token answer has no token")))?;
                 self.auth = Some(format!("Bearer {token}"));
                 Ok(())
             }
@@ -394,8 +420,8 @@ fn fetch_from(
     let manifest = oci::parse_manifest(&bytes).map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
     let (config, _) = registry.blob(&manifest.config.digest)?;
     let config = read_verified(config, &manifest.config)?;
-    let config: ImageConfig =
-        serde_json::from_slice(&config).map_err(|e| BackendError::Other(format!("{url}: image config: {e}")))?;
+    let config: ImageConfig = serde_json::from_slice(&config)
+        .map_err(|e| BackendError::Other(format!("{url}: image config: {e}")))?;
     let mut digests = Vec::new();
     for layer in &manifest.layers {
         let stored = store
@@ -461,7 +487,9 @@ impl ImageFinder for DockerFinder {
         policy: &FetchPolicy,
     ) -> Result<ImageId, BackendError> {
         let ImageRef::Url(url) = reference else {
-            return Err(BackendError::Other(format!("{reference} is not a docker:// reference")));
+            return Err(BackendError::Other(format!(
+                "{reference} is not a docker:// reference"
+            )));
         };
         let image = DockerRef::parse(url).map_err(BackendError::Other)?;
         if !policy.insecure.image {
@@ -510,8 +538,9 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse() {
-        let (scheme, params) =
-            challenge(r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull""#);
+        let (scheme, params) = challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull""#,
+        );
         assert_eq!(scheme, "bearer");
         assert_eq!(params["realm"], "https://auth.example/token");
         assert_eq!(params["scope"], "repository:a:pull");

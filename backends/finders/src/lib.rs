@@ -10,8 +10,8 @@ mod discovery;
 mod docker;
 mod file;
 mod http;
-pub mod oci;
 pub mod keystore;
+pub mod oci;
 mod progress;
 pub mod transport;
 

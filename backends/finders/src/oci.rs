@@ -137,7 +137,10 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("image manifest: {e}"))?;
     for layer in &manifest.layers {
         if layer.media_type.contains("zstd") {
-            return Err(format!("layer {}: zstd-compressed layers are not supported", layer.digest));
+            return Err(format!(
+                "layer {}: zstd-compressed layers are not supported",
+                layer.digest
+            ));
         }
     }
     Ok(manifest)
@@ -168,8 +171,12 @@ pub fn aci_manifest(name: &str, tag: Option<&str>, config: &ImageConfig) -> Resu
     let mut ports = Vec::new();
     for key in c.exposed_ports.iter().flat_map(|m| m.keys()) {
         let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-        let port: u16 = port.parse().map_err(|_| format!("exposed port {key:?} is not a port"))?;
-        ports.push(serde_json::json!({"name": format!("{port}-{protocol}"), "protocol": protocol, "port": port}));
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("exposed port {key:?} is not a port"))?;
+        ports.push(
+            serde_json::json!({"name": format!("{port}-{protocol}"), "protocol": protocol, "port": port}),
+        );
     }
     let mut labels = vec![
         serde_json::json!({"name": "os", "value": std::env::consts::OS}),
@@ -214,7 +221,9 @@ fn sanitize_name(name: &str) -> String {
             }
         })
         .collect();
-    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 /// `blobs/<alg>/<hex>` of a layout, for a digest checked to name nothing else.
@@ -246,7 +255,8 @@ fn import_layout(
 ) -> Result<ImageId, String> {
     let index_path = layout.join("index.json");
     let index = std::fs::read(&index_path).map_err(|e| format!("{}: {e}", index_path.display()))?;
-    let index: Index = serde_json::from_slice(&index).map_err(|e| format!("{}: {e}", index_path.display()))?;
+    let index: Index =
+        serde_json::from_slice(&index).map_err(|e| format!("{}: {e}", index_path.display()))?;
     const REF_NAME: &str = "org.opencontainers.image.ref.name";
     let chosen = match tag {
         Some(tag) => index
@@ -287,12 +297,16 @@ fn import_layout(
         if store.layer(&layer.digest).map_err(|e| e.to_string())?.is_none() {
             let path = blob_path(layout, &layer.digest)?;
             let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            store.put_layer(&layer.digest, &mut file).map_err(|e| e.to_string())?;
+            store
+                .put_layer(&layer.digest, &mut file)
+                .map_err(|e| e.to_string())?;
         }
         digests.push(layer.digest.clone());
     }
     let aci = aci_manifest(name, tag, &config)?;
-    store.import_layers(&aci, &digests, origin).map_err(|e| e.to_string())
+    store
+        .import_layers(&aci, &digests, origin)
+        .map_err(|e| e.to_string())
 }
 
 /// Unpacks an OCI archive (regular files and directories only, names checked) into
@@ -305,7 +319,10 @@ fn unpack_archive(store: &Store, file: &Path) -> Result<tempfile::TempDir, Strin
         .map_err(|e| e.to_string())?;
     let input = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(input));
-    for entry in archive.entries().map_err(|e| format!("{}: {e}", file.display()))? {
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("{}: {e}", file.display()))?
+    {
         let mut entry = entry.map_err(|e| format!("{}: {e}", file.display()))?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
@@ -316,7 +333,10 @@ fn unpack_archive(store: &Store, file: &Path) -> Result<tempfile::TempDir, Strin
             .unpack_in(out.path())
             .map_err(|e| format!("{}: {e}", file.display()))?;
         if !inside {
-            return Err(format!("{}: an entry names a path outside the archive", file.display()));
+            return Err(format!(
+                "{}: an entry names a path outside the archive",
+                file.display()
+            ));
         }
     }
     Ok(out)
@@ -341,7 +361,11 @@ fn image_name(path: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = sanitize_name(&stem);
-    if name.is_empty() { "oci/image".to_string() } else { format!("oci/{name}") }
+    if name.is_empty() {
+        "oci/image".to_string()
+    } else {
+        format!("oci/{name}")
+    }
 }
 
 #[async_trait]
@@ -400,7 +424,10 @@ mod tests {
         let m = aci_manifest("127.0.0.1-5000/team/app", Some("v1"), &config).expect("manifest");
         let json = serde_json::to_value(&m).expect("json");
         assert_eq!(json["name"], "127.0.0.1-5000/team/app");
-        assert_eq!(json["app"]["exec"], serde_json::json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(
+            json["app"]["exec"],
+            serde_json::json!(["/bin/sh", "-c", "echo hi"])
+        );
         assert_eq!(json["app"]["user"], "1000");
         assert_eq!(json["app"]["group"], "2000");
         assert_eq!(json["app"]["workingDirectory"], "/srv");

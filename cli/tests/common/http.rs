@@ -20,6 +20,7 @@ pub struct Route {
     pub location: Option<String>,
     /// Announce the whole length but close after half the body.
     pub truncate: bool,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Route {
@@ -43,6 +44,14 @@ impl Route {
     }
     pub fn cache_control(mut self, value: &str) -> Self {
         self.cache_control = Some(value.to_string());
+        self
+    }
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
         self
     }
     pub fn truncated(mut self) -> Self {
@@ -199,6 +208,9 @@ fn serve(stream: TcpStream, state: &State) {
     }
     if let Some(ct) = &route.content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    for (name, value) in &route.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     if let Some(location) = &route.location {
         head.push_str(&format!("Location: {location}\r\n"));

@@ -251,9 +251,7 @@ impl Extractor<'_> {
         let names: Vec<std::ffi::OsString> = if name.as_bytes() == OPAQUE {
             let listing = std::fs::read_dir(crate::fsutil::proc_fd_path(parent.as_fd()))
                 .ctx(|| format!("whiteout {shown}"))?;
-            listing
-                .filter_map(|e| e.ok().map(|e| e.file_name()))
-                .collect()
+            listing.filter_map(|e| e.ok().map(|e| e.file_name())).collect()
         } else {
             vec![name.to_owned()]
         };

@@ -101,6 +101,7 @@ impl Store {
         let rootfs = work.path().join("rootfs");
         std::fs::create_dir_all(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
         let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
+        let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
         for digest in digests {
             let path = self
                 .layer(digest)?
@@ -116,6 +117,7 @@ impl Store {
                 other => other,
             })?;
         }
+        settle_dir_times(&rootfs, started)?;
         let aci = work.path().join("image.aci");
         write_aci(manifest, &rootfs, &aci)?;
         let mut file = BufReader::with_capacity(
@@ -126,14 +128,45 @@ impl Store {
     }
 }
 
+/// Directories no layer listed (implicit parents, the root) carry the time of this
+/// import; they get the epoch instead, so the same layers always make the same
+/// image ID (concurrent or repeated fetches agree).
+fn settle_dir_times(root: &Path, since: std::time::SystemTime) -> Result<(), StoreError> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ctx(|| format!("list {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("list {}", dir.display()))?;
+            // file_type() does not follow symlinks: only real directories are walked.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+        let meta = std::fs::symlink_metadata(&dir).ctx(|| format!("stat {}", dir.display()))?;
+        if meta.modified().is_ok_and(|m| m >= since) {
+            let epoch = TimeSpec::new(0, 0);
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &dir,
+                &epoch,
+                &epoch,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .ctx(|| format!("set times of {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Tars `manifest` and the directory `rootfs` (symlinks kept as symlinks) into `out`.
 fn write_aci(manifest: &ImageManifest, rootfs: &Path, out: &Path) -> Result<(), StoreError> {
     let shown = out.display().to_string();
     let file = File::create(out).ctx(|| format!("create {shown}"))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(256 << 10, file));
     tar.follow_symlinks(false);
-    let bytes = serde_json::to_vec_pretty(manifest)
-        .map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);
