@@ -1141,3 +1141,78 @@ fn registry_errors_are_one_line_and_change_nothing() {
     );
     assert_eq!(server.log().len(), hits);
 }
+
+#[test]
+fn registry_credentials_come_from_auth_d() {
+    let Some(h) = harness("registry_credentials_come_from_auth_d") else {
+        return;
+    };
+    let server = Server::start();
+    let host = server.addr.clone();
+    let (base, _, _) = layers();
+    let layer = base.tar();
+    let config = br#"{"config":{"Cmd":["/bin/sh","-c","echo authorized"]}}"#.to_vec();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(&layer), "size": layer.len()}]
+    });
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    // "u:p" in base64.
+    let basic = "Basic dTpw";
+    let serve = |repo: &str, auth: &str, challenge: &str| {
+        let routes = [
+            (format!("/v2/{repo}/manifests/v1"), manifest.clone()),
+            (format!("/v2/{repo}/blobs/{}", sha256(&config)), config.clone()),
+            (format!("/v2/{repo}/blobs/{}", sha256(&layer)), layer.clone()),
+        ];
+        for (path, body) in routes {
+            server.route(
+                &path,
+                Route::ok(body)
+                    .requires(auth)
+                    .header("WWW-Authenticate", challenge),
+            );
+        }
+    };
+    serve("basic/app", basic, "Basic realm=\"test\"");
+    serve(
+        "bearer/app",
+        "Bearer tok",
+        &format!("Bearer realm=\"http://{host}/token\",service=\"test\""),
+    );
+    server.route(
+        "/token",
+        Route::ok(br#"{"token":"tok"}"#.to_vec())
+            .requires(basic)
+            .header("WWW-Authenticate", "Basic realm=\"token\""),
+    );
+    let config_dir = h.work().join("etc-rkt");
+    std::fs::create_dir_all(config_dir.join("auth.d")).expect("auth.d");
+    std::fs::write(
+        config_dir.join("auth.d/test.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "rktKind": "dockerAuth", "rktVersion": "v1",
+            "registries": [host], "credentials": {"user": "u", "password": "p"}
+        }))
+        .expect("json"),
+    )
+    .expect("write auth");
+    let local = format!("--local-config={}", config_dir.display());
+    for repo in ["basic/app", "bearer/app"] {
+        let image = format!("docker://{host}/{repo}:v1");
+        let out = h.rkt(&[
+            &local,
+            "run",
+            "--insecure-options=image,http",
+            "--stage1=fly",
+            &image,
+        ]);
+        assert_eq!(out.code, 0, "{repo}: {}", out.describe());
+        assert!(out.stdout.contains("authorized"), "{}", out.describe());
+    }
+    assert_eq!(server.hits("/token"), 1, "{:?}", server.log());
+}

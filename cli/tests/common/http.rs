@@ -21,6 +21,8 @@ pub struct Route {
     /// Announce the whole length but close after half the body.
     pub truncate: bool,
     pub headers: Vec<(String, String)>,
+    /// The `Authorization` value this route requires; otherwise 401 (with `headers`).
+    pub auth: Option<String>,
 }
 
 impl Route {
@@ -52,6 +54,10 @@ impl Route {
     }
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    pub fn requires(mut self, authorization: &str) -> Self {
+        self.auth = Some(authorization.to_string());
         self
     }
     pub fn truncated(mut self) -> Self {
@@ -186,6 +192,15 @@ fn serve(stream: TcpStream, state: &State) {
         let _ = stream
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found");
         return;
+    };
+    let route = match &route.auth {
+        Some(wanted) if headers.get("authorization") != Some(wanted) => Route {
+            status: 401,
+            body: Vec::new(),
+            headers: route.headers.clone(),
+            ..Route::default()
+        },
+        _ => route,
     };
     let mut head = String::new();
     let not_modified =
