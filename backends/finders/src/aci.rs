@@ -7,7 +7,7 @@
 //! which keys may sign it), checked against the signature, and only then imported:
 //! an image that fails verification never enters the store.
 
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::time::SystemTime;
 
 use rkt_engine::schema::ImageId;
@@ -15,7 +15,7 @@ use rkt_engine::stage::{BackendError, FetchPolicy, PullPolicy};
 use rkt_engine::store::{RemoteRecord, Store, read_manifest};
 use ureq::http::StatusCode;
 
-use crate::keystore::Keystore;
+use crate::keystore::{self, Keystore};
 use crate::progress::Progress;
 use crate::transport::{self, Transport, header};
 
@@ -163,19 +163,65 @@ fn import_verified(
         .prefix(".download-")
         .tempfile_in(&dir)
         .map_err(|e| fail("create temp file", &e))?;
-    std::io::copy(&mut body, download.as_file_mut()).map_err(|e| fail("download", &e))?;
+    // The signature is checked as the bytes arrive (one pass over the network
+    // stream, teed into the temp file) with whichever trusted key made it; whether
+    // that key may sign this image depends on the name in its manifest, known
+    // only afterwards.
+    let keystore = Keystore::new(&policy.config);
+    let unverified =
+        |e: &dyn std::fmt::Display| BackendError::Other(format!("image {url} cannot be verified: {e}"));
+    let keys = keystore.all_keys().map_err(|e| unverified(&e))?;
+    if keys.is_empty() {
+        return Err(unverified(
+            &"no keys are trusted at all (add one with `rkt trust --prefix=NAME KEY`)",
+        ));
+    }
+    let fingerprint = {
+        let mut tee = Tee {
+            inner: &mut body,
+            out: std::io::BufWriter::with_capacity(256 << 10, download.as_file_mut()),
+            error: None,
+        };
+        let verdict = keystore::verify_with(&keys, url, &mut tee, signature);
+        if let Some(e) = tee.error.take() {
+            return Err(fail("write download", &e));
+        }
+        // The verifier reads to the end; make sure nothing is left unread either way.
+        std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| fail("download", &e))?;
+        tee.out.flush().map_err(|e| fail("write download", &e))?;
+        verdict.map_err(|e| unverified(&e))?
+    };
     let file = download.as_file_mut();
     file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
     let manifest = read_manifest(&mut BufReader::new(&mut *file)).map_err(|e| fail("image", &e))?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
     let name = manifest.name.as_str();
-    let keystore = Keystore::new(&policy.config);
-    let fingerprint = keystore
-        .verify(name, BufReader::with_capacity(256 << 10, &mut *file), signature)
-        .map_err(|e| BackendError::Other(format!("image {url} ({name}) cannot be verified: {e}")))?;
+    if !keystore.trusts(name, &fingerprint).map_err(|e| unverified(&e))? {
+        return Err(BackendError::Other(format!(
+            "image {url} ({name}) cannot be verified: signed by key {fingerprint}, which is not trusted for {name:?}"
+        )));
+    }
     tracing::debug!(url, name, fingerprint, "signature verified");
     file.seek(SeekFrom::Start(0)).map_err(|e| fail("rewind", &e))?;
     import(store, &mut BufReader::with_capacity(256 << 10, file), url)
+}
+
+/// Copies what is read into `out`; a write error is kept (and reading stops).
+struct Tee<R, W> {
+    inner: R,
+    out: W,
+    error: Option<std::io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.out.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.error = Some(e);
+            return Err(std::io::Error::new(kind, "cannot write the download"));
+        }
+        Ok(n)
+    }
 }
 
 /// Names the URL when the connection breaks mid-body (truncated download).

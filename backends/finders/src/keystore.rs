@@ -179,54 +179,94 @@ impl Keystore {
         Ok(keys)
     }
 
+    /// Every key in both config directories, whatever it is trusted for.
+    pub fn all_keys(&self) -> Result<Vec<TrustedKey>, TrustError> {
+        let mut keys = Vec::new();
+        for config in [&self.dirs.local, &self.dirs.system] {
+            read_keys(&Self::scope_dir(config, &Scope::Root), &mut keys)?;
+            let mut pending = vec![config.join("trustedkeys").join("prefix.d")];
+            while let Some(dir) = pending.pop() {
+                read_keys(&dir, &mut keys)?;
+                let Ok(listing) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in listing.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        pending.push(entry.path());
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Whether the key with `fingerprint` is trusted for `name`.
+    pub fn trusts(&self, name: &str, fingerprint: &str) -> Result<bool, TrustError> {
+        Ok(self
+            .keys_for(name)?
+            .iter()
+            .any(|k| self::fingerprint(&k.key) == fingerprint))
+    }
+
     /// Checks that `signature` (armored or binary, detached) signs the bytes `data`
     /// yields and was made by a key trusted for `name`; returns that key's fingerprint.
     pub fn verify(&self, name: &str, data: impl Read, signature: &[u8]) -> Result<String, TrustError> {
-        let signature = parse_signature(signature)?;
         let keys = self.keys_for(name)?;
         if keys.is_empty() {
             return Err(TrustError::NoKeys {
                 name: name.to_string(),
             });
         }
-        let issuers = issuer_names(&signature);
-        let matches = |id: &[u8], fp: &[u8]| {
-            signature
-                .signature
-                .issuer_key_id()
-                .iter()
-                .any(|k| k.as_ref() == id)
-                || signature
-                    .signature
-                    .issuer_fingerprint()
-                    .iter()
-                    .any(|f| f.as_bytes() == fp)
-        };
-        for trusted in &keys {
-            let primary = &trusted.key;
-            let owner = fingerprint(primary);
-            let verdict = if matches(primary.legacy_key_id().as_ref(), primary.fingerprint().as_bytes()) {
-                signature.signature.verify(primary, data)
-            } else if let Some(sub) = primary
-                .public_subkeys
-                .iter()
-                .find(|sub| matches(sub.legacy_key_id().as_ref(), sub.fingerprint().as_bytes()))
-            {
-                signature.signature.verify(sub, data)
-            } else {
-                continue;
-            };
-            // The data has been consumed by the one key that claims the signature.
-            return verdict.map(|()| owner.clone()).map_err(|e| TrustError::Invalid {
-                fingerprint: owner,
-                reason: e.to_string(),
-            });
-        }
-        Err(TrustError::Untrusted {
-            name: name.to_string(),
-            issuer: issuers,
-        })
+        verify_with(&keys, name, data, signature)
     }
+}
+
+/// Verifies `data` against `signature` with the one key of `keys` that made it;
+/// `name` only words the errors.
+pub fn verify_with(
+    keys: &[TrustedKey],
+    name: &str,
+    data: impl Read,
+    signature: &[u8],
+) -> Result<String, TrustError> {
+    let signature = parse_signature(signature)?;
+    let issuers = issuer_names(&signature);
+    let matches = |id: &[u8], fp: &[u8]| {
+        signature
+            .signature
+            .issuer_key_id()
+            .iter()
+            .any(|k| k.as_ref() == id)
+            || signature
+                .signature
+                .issuer_fingerprint()
+                .iter()
+                .any(|f| f.as_bytes() == fp)
+    };
+    for trusted in keys {
+        let primary = &trusted.key;
+        let owner = fingerprint(primary);
+        let verdict = if matches(primary.legacy_key_id().as_ref(), primary.fingerprint().as_bytes()) {
+            signature.signature.verify(primary, data)
+        } else if let Some(sub) = primary
+            .public_subkeys
+            .iter()
+            .find(|sub| matches(sub.legacy_key_id().as_ref(), sub.fingerprint().as_bytes()))
+        {
+            signature.signature.verify(sub, data)
+        } else {
+            continue;
+        };
+        // The data has been consumed by the one key that claims the signature.
+        return verdict.map(|()| owner.clone()).map_err(|e| TrustError::Invalid {
+            fingerprint: owner,
+            reason: e.to_string(),
+        });
+    }
+    Err(TrustError::Untrusted {
+        name: name.to_string(),
+        issuer: issuers,
+    })
 }
 
 fn parse_signature(bytes: &[u8]) -> Result<DetachedSignature, TrustError> {
