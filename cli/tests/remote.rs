@@ -531,6 +531,37 @@ fn trust_shows_the_fingerprint_and_asks() {
     );
     assert!(prefix_dir.join(owner.fingerprint()).is_file());
 
+    // No key given: the prefix's discovery page names it (ac-discovery-pubkeys).
+    let server = Server::start();
+    let prefix = format!("{}/keys", server.addr);
+    let page = format!(
+        "<html><head><meta name=\"ac-discovery-pubkeys\" content=\"{prefix} {}\"></head></html>",
+        server.url("/pub.asc")
+    );
+    server.route("/keys", Route::ok(page.into_bytes()));
+    server.route("/pub.asc", Route::ok(std::fs::read(&key).expect("key")));
+    let mut args = config.flags();
+    args.extend([
+        "trust".to_string(),
+        format!("--prefix={prefix}"),
+        "--insecure-allow-http".to_string(),
+        "--skip-fingerprint-review".to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let discovered = h.rkt(&args);
+    assert_eq!(discovered.code, 0, "{}", discovered.describe());
+    assert!(
+        config
+            .local
+            .join("trustedkeys/prefix.d")
+            .join(&prefix)
+            .join(owner.fingerprint())
+            .is_file(),
+        "{}",
+        discovered.describe()
+    );
+    assert_eq!(server.hits("/pub.asc"), 1);
+
     // A file that is not a key: one line, nothing stored.
     let junk = h.work().join("junk.asc");
     std::fs::write(&junk, b"not a key").expect("write");
@@ -849,6 +880,32 @@ fn oci_layouts_and_archives_run_with_whiteouts_applied() {
     ]);
     assert_eq!(from_archive.code, 0, "{}", from_archive.describe());
     assert_eq!(from_dir.stdout, from_archive.stdout);
+
+    // Four processes rendering one new image at once agree on it: one image, no
+    // temp files left.
+    let mut extra = Layer::default();
+    extra.files.push(("extra/file".into(), b"e".to_vec(), 0o644));
+    oci_layout(&layout, &[("v3", vec![&base, &data, &extra])], "true");
+    let v3 = format!("oci:{}:v3", layout.display());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            h.command(&["fetch", "--insecure-options=image", &v3])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rkt fetch")
+        })
+        .collect();
+    let ids: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("wait");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    assert!(temp_files(&h).is_empty(), "{:?}", temp_files(&h));
 
     // A tampered layer blob (one not in the store yet): one line, the store gains nothing.
     let mut unique = Layer::default();

@@ -212,9 +212,20 @@ fn endpoints(html: &str, name: &str) -> Endpoints {
     found
 }
 
-/// Asks each candidate path in turn; the first page with a matching `ac-discovery`
-/// tag wins. Returns its endpoints and whether it came over https.
-fn discover(transport: &Transport, app: &App) -> Result<(Endpoints, bool), BackendError> {
+/// What a discovery is looking for: image templates, or signing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Images,
+    Keys,
+}
+
+/// Asks each candidate path in turn; the first page with a matching tag of the
+/// wanted kind wins. Returns its endpoints and whether it came over https.
+fn discover(transport: &Transport, app: &App, wanted: Wanted) -> Result<(Endpoints, bool), BackendError> {
+    let (tag, what) = match wanted {
+        Wanted::Images => ("ac-discovery", "image endpoint"),
+        Wanted::Keys => ("ac-discovery-pubkeys", "public key"),
+    };
     let mut tried = Vec::new();
     for candidate in app.candidates() {
         let mut schemes = vec!["https"];
@@ -226,21 +237,33 @@ fn discover(transport: &Transport, app: &App) -> Result<(Endpoints, bool), Backe
             match transport.get_small(&url, &[]) {
                 Ok(page) => {
                     let found = endpoints(&String::from_utf8_lossy(&page), &app.name);
-                    if !found.templates.is_empty() {
-                        tracing::debug!(url, templates = found.templates.len(), "discovered");
+                    let hit = match wanted {
+                        Wanted::Images => !found.templates.is_empty(),
+                        Wanted::Keys => !found.pubkeys.is_empty(),
+                    };
+                    if hit {
+                        tracing::debug!(url, tag, "discovered");
                         return Ok((found, scheme == "https"));
                     }
-                    tried.push(format!("{url}: no matching ac-discovery tag"));
+                    tried.push(format!("{url}: no matching {tag} tag"));
                 }
                 Err(e) => tried.push(e.to_string()),
             }
         }
     }
     Err(BackendError::Other(format!(
-        "discovery of {} found no image endpoint ({})",
+        "discovery of {} found no {what} ({})",
         app.name,
         tried.join("; ")
     )))
+}
+
+/// `rkt trust --prefix=NAME` without a key: the key URLs the prefix's discovery
+/// page names (`ac-discovery-pubkeys`).
+pub fn discover_keys(transport: &Transport, prefix: &str) -> Result<Vec<String>, BackendError> {
+    let app = App::parse(prefix).map_err(BackendError::Other)?;
+    let (found, _) = discover(transport, &app, Wanted::Keys)?;
+    Ok(found.pubkeys.into_iter().map(|(_, url)| url).collect())
 }
 
 /// `--trust-keys-from-https`: trusts the keys a page served over verified https
@@ -307,7 +330,7 @@ impl ImageFinder for DiscoveryFinder {
             return Ok(record.id);
         }
         let transport = Transport::new(&policy.insecure);
-        let (found, over_https) = discover(&transport, &app)?;
+        let (found, over_https) = discover(&transport, &app, Wanted::Images)?;
         if policy.trust_keys_from_https && over_https && !policy.insecure.tls {
             trust_discovered_keys(&transport, &app, &found, policy)?;
         }

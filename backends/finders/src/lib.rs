@@ -6,7 +6,7 @@
 //! the keys `rkt trust` keeps (`keystore`).
 
 mod aci;
-mod discovery;
+pub mod discovery;
 mod docker;
 mod file;
 mod http;

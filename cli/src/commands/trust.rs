@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use rkt_backend_finders::discovery;
 use rkt_backend_finders::keystore::{self, Keystore, Scope};
 use rkt_backend_finders::transport::Transport;
 use rkt_engine::stage::InsecureOptions;
@@ -25,7 +26,8 @@ pub struct TrustArgs {
     /// Allow fetching keys over plain http
     #[arg(long)]
     pub insecure_allow_http: bool,
-    /// Key files or http(s) URLs (armored or binary OpenPGP public keys)
+    /// Key files or http(s) URLs (armored or binary OpenPGP public keys); none: the
+    /// keys the prefix's discovery page names
     #[arg(value_name = "KEY-URL-OR-FILE")]
     pub keys: Vec<String>,
 }
@@ -40,16 +42,18 @@ pub fn trust(global: &GlobalFlags, args: TrustArgs) -> Result<u8> {
         (None, true) => Scope::Root,
         _ => bail!("one of --prefix=NAME or --root is required"),
     };
-    refuse(
-        args.keys.is_empty(),
-        "no key given: pass a key file or URL (key discovery by prefix is not supported yet)",
-    )?;
     let insecure = InsecureOptions {
         http: global.insecure_options.http || args.insecure_allow_http,
         ..global.insecure_options
     };
+    let keys = match (&scope, args.keys.is_empty()) {
+        (_, false) => args.keys.clone(),
+        // rkt's way: the keys the prefix's discovery page names.
+        (Scope::Prefix(prefix), true) => discovery::discover_keys(&Transport::new(&insecure), prefix)?,
+        (Scope::Root, true) => bail!("--root needs a key file or URL"),
+    };
     let store = Keystore::new(&global.config_dirs());
-    for location in &args.keys {
+    for location in &keys {
         let bytes = read_key(location, &insecure)?;
         let key = keystore::parse_key(&bytes).with_context(|| location.clone())?;
         let err = &mut std::io::stderr();
