@@ -370,7 +370,9 @@ mod tests {
         assert!(store.keys_for("example.com/app").expect("list").is_empty());
         let err = store
             .verify("example.com/app", &b"data"[..], b"garbage")
-            .expect_err("garbage signature");
+            .expect_err("no keys");
+        assert!(matches!(err, TrustError::NoKeys { .. }), "{err}");
+        let err = verify_with(&[], "example.com/app", &b"data"[..], b"garbage").expect_err("garbage");
         assert!(matches!(err, TrustError::BadSignature(_)), "{err}");
     }
 }
