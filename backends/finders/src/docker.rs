@@ -371,31 +371,33 @@ fn fetch(
     previous: Option<RemoteRecord>,
 ) -> Result<ImageId, BackendError> {
     let creds = credentials(&policy.config, &image.registry);
-    let mut schemes = vec!["https"];
-    if policy.insecure.http {
-        schemes.push("http");
+    let base = registry_base(transport, &image.registry, policy.insecure.http)?;
+    let mut registry = Registry {
+        transport,
+        base,
+        image,
+        creds,
+        auth: None,
+    };
+    let manifest = registry.manifest(&image.reference)?;
+    fetch_from(store, &mut registry, url, image, manifest, previous)
+}
+
+/// The registry's base URL: https when it answers there (any status: `/v2/` may
+/// well want authentication), else plain http when the user allowed it — as the
+/// docker client does, by pinging `/v2/`.
+fn registry_base(transport: &Transport, host: &str, http_allowed: bool) -> Result<String, BackendError> {
+    let https = format!("https://{host}");
+    let refused = match transport.get(&format!("{https}/v2/"), &[]) {
+        Ok(_) => return Ok(https),
+        Err(e) => e,
+    };
+    if !http_allowed {
+        return Err(refused);
     }
-    let mut last_error = None;
-    for scheme in schemes {
-        let mut registry = Registry {
-            transport,
-            base: format!("{scheme}://{}", image.registry),
-            image,
-            creds: creds.clone(),
-            auth: None,
-        };
-        let manifest = match registry.manifest(&image.reference) {
-            Ok(found) => found,
-            // Only a connection failure is a reason to try plain http.
-            Err(e) if e.to_string().contains("GET ") => {
-                last_error = Some(e);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        return fetch_from(store, &mut registry, url, image, manifest, previous);
-    }
-    Err(last_error.unwrap_or_else(|| BackendError::Other(format!("{url}: no registry reachable"))))
+    let http = format!("http://{host}");
+    transport.get(&format!("{http}/v2/"), &[])?;
+    Ok(http)
 }
 
 fn fetch_from(
@@ -403,14 +405,13 @@ fn fetch_from(
     registry: &mut Registry<'_>,
     url: &str,
     image: &DockerRef,
-    (mut bytes, mut media_type, mut digest): (Vec<u8>, String, String),
+    (mut bytes, media_type, mut digest): (Vec<u8>, String, String),
     previous: Option<RemoteRecord>,
 ) -> Result<ImageId, BackendError> {
     if oci::is_index(&bytes, &media_type) {
         let chosen = oci::pick_platform(&bytes).map_err(|e| BackendError::Other(format!("{url}: {e}")))?;
-        (bytes, media_type, digest) = registry.manifest(&chosen)?;
+        (bytes, _, digest) = registry.manifest(&chosen)?;
     }
-    let _ = media_type;
     if let Some(previous) = previous
         && previous.etag.as_deref() == Some(digest.as_str())
     {
