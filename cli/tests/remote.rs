@@ -423,7 +423,14 @@ fn signed_http_images_need_a_trusted_key() {
 
     // Signed by a stranger: refused.
     server.route("/app.aci.asc", Route::ok(stranger.sign(&bytes)));
-    one_line_254(&config.fetch(&h, "http", &url), "not trusted");
+    one_line_254(&config.fetch(&h, "http", &url), "not among the trusted keys");
+    // Trusted, but for other names only: still refused, once the image's name is read.
+    let stranger_key = stranger.export(h.work());
+    assert_eq!(config.trust(&h, "--prefix=other.org", &stranger_key).code, 0);
+    one_line_254(
+        &config.fetch(&h, "http", &url),
+        &format!("not trusted for \"{NAME}\""),
+    );
     // The owner's signature over different bytes: refused.
     server.route("/app.aci.asc", Route::ok(owner.sign(b"something else")));
     one_line_254(&config.fetch(&h, "http", &url), "bad signature");

@@ -182,7 +182,7 @@ fn import_verified(
             out: std::io::BufWriter::with_capacity(256 << 10, download.as_file_mut()),
             error: None,
         };
-        let verdict = keystore::verify_with(&keys, url, &mut tee, signature);
+        let verdict = keystore::verify_with(&keys, None, &mut tee, signature);
         if let Some(e) = tee.error.take() {
             return Err(fail("write download", &e));
         }

@@ -37,6 +37,8 @@ pub enum TrustError {
     NoKeys { name: String },
     #[error("signed by key {issuer}, which is not trusted for {name:?}")]
     Untrusted { name: String, issuer: String },
+    #[error("signed by key {issuer}, which is not among the trusted keys")]
+    UnknownSigner { issuer: String },
     #[error("bad signature from key {fingerprint}: {reason}")]
     Invalid { fingerprint: String, reason: String },
     #[error("{0}")]
@@ -217,15 +219,15 @@ impl Keystore {
                 name: name.to_string(),
             });
         }
-        verify_with(&keys, name, data, signature)
+        verify_with(&keys, Some(name), data, signature)
     }
 }
 
 /// Verifies `data` against `signature` with the one key of `keys` that made it;
-/// `name` only words the errors.
+/// `name` (the image name the keys were chosen for, if any) only words the errors.
 pub fn verify_with(
     keys: &[TrustedKey],
-    name: &str,
+    name: Option<&str>,
     data: impl Read,
     signature: &[u8],
 ) -> Result<String, TrustError> {
@@ -263,9 +265,12 @@ pub fn verify_with(
             reason: e.to_string(),
         });
     }
-    Err(TrustError::Untrusted {
-        name: name.to_string(),
-        issuer: issuers,
+    Err(match name {
+        Some(name) => TrustError::Untrusted {
+            name: name.to_string(),
+            issuer: issuers,
+        },
+        None => TrustError::UnknownSigner { issuer: issuers },
     })
 }
 
@@ -372,7 +377,7 @@ mod tests {
             .verify("example.com/app", &b"data"[..], b"garbage")
             .expect_err("no keys");
         assert!(matches!(err, TrustError::NoKeys { .. }), "{err}");
-        let err = verify_with(&[], "example.com/app", &b"data"[..], b"garbage").expect_err("garbage");
+        let err = verify_with(&[], None, &b"data"[..], b"garbage").expect_err("garbage");
         assert!(matches!(err, TrustError::BadSignature(_)), "{err}");
     }
 }
