@@ -2,10 +2,11 @@
 # Installs what rkt-rs needs on a fresh Debian 12 machine (as root): the static
 # busybox its test and example images are built from, and for the remote-image
 # tests gnupg (keys and signatures), docker-registry and skopeo (a registry to
-# push OCI images into). Idempotent and quiet when everything is already there.
+# push OCI images into) and openssl (a TLS server for the https tests).
+# Idempotent and quiet when everything is already there.
 set -euo pipefail
 
-packages=(busybox-static gnupg docker-registry skopeo)
+packages=(busybox-static gnupg docker-registry skopeo openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

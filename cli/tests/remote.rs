@@ -1280,3 +1280,98 @@ fn registry_credentials_come_from_auth_d() {
     }
     assert_eq!(server.hits("/token"), 1, "{:?}", server.log());
 }
+
+/// `openssl s_server -WWW`: files from `dir` over https with a self-signed
+/// certificate; killed on drop.
+struct TlsServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl TlsServer {
+    fn start(test: &str, dir: &Path) -> Option<TlsServer> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("{test}: skipped: needs openssl");
+            return None;
+        }
+        let generated = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(dir)
+            .output()
+            .expect("openssl req");
+        assert!(
+            generated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new("openssl")
+            .args([
+                "s_server", "-WWW", "-cert", "cert.pem", "-key", "key.pem", "-accept", &addr,
+            ])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        // Ready once it prints ACCEPT; EOF first means it died.
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines.by_ref().map_while(Result::ok).any(|l| l.contains("ACCEPT"));
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("openssl s_server did not start");
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(TlsServer { child, addr })
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn unverified_tls_needs_the_insecure_option() {
+    let test = "unverified_tls_needs_the_insecure_option";
+    let Some(h) = harness(test) else { return };
+    let www = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        www.path().join("app.aci"),
+        image_bytes(&h, &AciSpec::busybox(NAME)),
+    )
+    .expect("write image");
+    let Some(server) = TlsServer::start(test, www.path()) else {
+        return;
+    };
+    let url = format!("https://{}/app.aci", server.addr);
+    warm(&h);
+    let before = snapshot(&h.dir);
+    let refused = fetch(&h, &["--insecure-options=image"], &url);
+    one_line_254(&refused, "--insecure-options=tls");
+    assert_eq!(snapshot(&h.dir), before);
+    let allowed = fetch(&h, &["--insecure-options=image,tls"], &url);
+    assert_eq!(allowed.code, 0, "{}", allowed.describe());
+    assert!(allowed.stdout.trim().starts_with("sha512-"));
+}

@@ -76,8 +76,11 @@ impl Transport {
     }
 
     fn describe(&self, url: &str, error: ureq::Error) -> BackendError {
+        // Certificate failures arrive as rustls errors or wrapped in I/O errors.
+        let tls_failure = matches!(error, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+            || error.to_string().contains("certificate");
         let hint = match &error {
-            ureq::Error::Rustls(_) | ureq::Error::Tls(_) if !self.insecure.tls => {
+            _ if tls_failure && !self.insecure.tls => {
                 " (pass --insecure-options=tls to skip certificate checks)"
             }
             ureq::Error::RequireHttpsOnly(_) => " (pass --insecure-options=http to allow plain http)",
