@@ -1305,6 +1305,9 @@ impl TlsServer {
             ])
             .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
             .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            // A server certificate, not a CA: it is its own trust anchor in the tests.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "extendedKeyUsage=serverAuth"])
             .args(["-keyout", "key.pem", "-out", "cert.pem"])
             .current_dir(dir)
             .output()
@@ -1374,4 +1377,61 @@ fn unverified_tls_needs_the_insecure_option() {
     let allowed = fetch(&h, &["--insecure-options=image,tls"], &url);
     assert_eq!(allowed.code, 0, "{}", allowed.describe());
     assert!(allowed.stdout.trim().starts_with("sha512-"));
+}
+
+#[test]
+fn discovery_over_verified_https_can_trust_the_keys_it_names() {
+    let test = "discovery_over_verified_https_can_trust_the_keys_it_names";
+    let Some(h) = harness(test) else { return };
+    let Some(owner) = Gpg::new(test, "owner") else {
+        return;
+    };
+    let www = tempfile::tempdir().expect("tempdir");
+    let Some(server) = TlsServer::start(test, www.path()) else {
+        return;
+    };
+    let host = server.addr.clone();
+    // The image's name sits under the prefix the page trusts keys for ("127.0.0.1";
+    // an AC name cannot carry the port).
+    let bytes = image_bytes(&h, &AciSpec::busybox("127.0.0.1/app"));
+    let page = format!(
+        "<meta name=\"ac-discovery\" content=\"{host}/app https://{host}/app-{{version}}.{{ext}}\">\n\
+         <meta name=\"ac-discovery-pubkeys\" content=\"127.0.0.1 https://{host}/pub.asc\">\n"
+    );
+    let files: [(&str, Vec<u8>); 4] = [
+        ("app?ac-discovery=1", page.into_bytes()),
+        ("app-1.0.aci", bytes.clone()),
+        ("app-1.0.aci.asc", owner.sign(&bytes)),
+        ("pub.asc", std::fs::read(owner.export(h.work())).expect("key")),
+    ];
+    for (name, body) in files {
+        std::fs::write(www.path().join(name), body).expect("write");
+    }
+    let config = Config::new(&h);
+    let cert = www.path().join("cert.pem");
+    let fetch_with = |extra: &[&str]| {
+        let mut args = config.flags();
+        args.push("fetch".into());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{host}/app:1.0"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = h
+            .command(&args)
+            .env("SSL_CERT_FILE", &cert)
+            .output()
+            .expect("rkt");
+        RunOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    one_line_254(&fetch_with(&[]), "no keys are trusted");
+    let trusted = fetch_with(&["--trust-keys-from-https"]);
+    assert_eq!(trusted.code, 0, "{}", trusted.describe());
+    let key_file = config
+        .local
+        .join("trustedkeys/prefix.d/127.0.0.1")
+        .join(owner.fingerprint());
+    assert!(key_file.is_file(), "{}", trusted.describe());
 }

@@ -70,6 +70,22 @@ pub fn fetch(
     policy: &FetchPolicy,
 ) -> Result<ImageId, BackendError> {
     let url = location.image.as_str();
+    // The signature first: it is small, an unsigned image fails before its body is
+    // opened, and servers that take one connection at a time are served in turn.
+    let signature = if policy.insecure.image {
+        None
+    } else {
+        let response = transport.get(&location.signature, &[])?;
+        if response.status() != StatusCode::OK {
+            return Err(BackendError::Other(format!(
+                "image {url} has no signature (GET {} answered {}); pass --insecure-options=image to fetch it unverified",
+                location.signature,
+                response.status().as_u16()
+            )));
+        }
+        Some(transport::read_small(&location.signature, response)?)
+    };
+
     let etag = previous.as_ref().and_then(|p| p.etag.clone());
     let mut headers = Vec::new();
     if let Some(etag) = etag.as_deref() {
@@ -94,20 +110,6 @@ pub fn fetch(
     transport::expect_ok(url, &response)?;
     let etag = header(&response, "etag").map(str::to_string);
     let length = header(&response, "content-length").and_then(|n| n.parse().ok());
-
-    let signature = if policy.insecure.image {
-        None
-    } else {
-        let response = transport.get(&location.signature, &[])?;
-        if response.status() != StatusCode::OK {
-            return Err(BackendError::Other(format!(
-                "image {url} has no signature (GET {} answered {}); pass --insecure-options=image to fetch it unverified",
-                location.signature,
-                response.status().as_u16()
-            )));
-        }
-        Some(transport::read_small(&location.signature, response)?)
-    };
 
     let body = Interrupted {
         inner: Progress::new(response.into_body().into_reader(), url, length),

@@ -25,6 +25,7 @@ impl Transport {
     pub fn new(insecure: &InsecureOptions) -> Self {
         let tls = ureq::tls::TlsConfig::builder()
             .disable_verification(insecure.tls)
+            .root_certs(root_certs())
             .build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
@@ -88,6 +89,30 @@ impl Transport {
         };
         BackendError::Other(format!("GET {url}: {error}{hint}"))
     }
+}
+
+/// The certificates https is verified against, found the way rkt (Go) and curl
+/// find them: `$SSL_CERT_FILE`, else the system bundle (so an admin's own CA
+/// counts), else Mozilla's roots built into the binary.
+fn root_certs() -> ureq::tls::RootCerts {
+    use ureq::tls::{PemItem, RootCerts, parse_pem};
+    let path = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let Ok(pem) = std::fs::read(&path) else {
+        return RootCerts::WebPki;
+    };
+    let certs: Vec<_> = parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        tracing::warn!(path = %path.display(), "no certificates found; using the built-in roots");
+        return RootCerts::WebPki;
+    }
+    RootCerts::new_with_certs(&certs)
 }
 
 /// A one-line error for a status other than 200.
