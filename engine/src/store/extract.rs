@@ -244,10 +244,19 @@ impl Extractor<'_> {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            // Nothing below to hide.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // Nothing below to hide (a symlink or file is not a directory to hide in).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)) => {
+                return Ok(());
+            }
             Err(e) => return Err(StoreError::io(format!("whiteout {shown}"), e)),
         };
+        // `.wh..` and `.wh...` would name the directory itself or its parent.
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(StoreError::Unsafe {
+                path: shown.to_string(),
+                reason: "whiteout of `.` or `..`".into(),
+            });
+        }
         let names: Vec<std::ffi::OsString> = if name.as_bytes() == OPAQUE {
             let listing = std::fs::read_dir(crate::fsutil::proc_fd_path(parent.as_fd()))
                 .ctx(|| format!("whiteout {shown}"))?;
@@ -570,6 +579,72 @@ mod tests {
             Err(StoreError::Unsafe { reason: got, .. }) => assert!(got.contains(reason), "{got:?}"),
             other => panic!("expected Unsafe({reason}), got {other:?}"),
         }
+    }
+
+    /// A Docker/OCI layer: (name, kind, link target, data) entries, no manifest.
+    fn layer(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, target, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            if *kind == EntryType::Symlink {
+                tar.append_link(&mut h, name, target).expect("link");
+            } else {
+                tar.append_data(&mut h, name, *data).expect("entry");
+            }
+        }
+        tar.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn layer_whiteouts_remove_only_inside_the_root() {
+        let f = Fixture::new();
+        let fd = crate::fsutil::open_dir(&f.root).expect("open root");
+        let canary = f.canary_str();
+        unpack_layer(
+            &layer(&[
+                ("a/", EntryType::Directory, "", b""),
+                ("a/gone", EntryType::Regular, "", b"g"),
+                ("a/kept", EntryType::Regular, "", b"k"),
+                ("d/old/deep", EntryType::Regular, "", b"o"),
+                ("escape", EntryType::Symlink, &canary, b""),
+            ])[..],
+            fd.as_fd(),
+        )
+        .expect("lower layer");
+        unpack_layer(
+            &layer(&[
+                ("a/.wh.gone", EntryType::Regular, "", b""),
+                ("d/.wh..wh..opq", EntryType::Regular, "", b""),
+                ("d/new", EntryType::Regular, "", b"n"),
+                // Through a symlink to the canary: resolved inside the root, finds nothing.
+                ("escape/.wh.secret", EntryType::Regular, "", b""),
+            ])[..],
+            fd.as_fd(),
+        )
+        .expect("upper layer");
+        assert!(!f.root.join("a/gone").exists());
+        assert!(f.root.join("a/kept").exists());
+        assert!(!f.root.join("d/old").exists());
+        assert!(f.root.join("d/new").exists());
+        assert!(!f.root.join("a/.wh.gone").exists(), "whiteouts are not files");
+        for name in [".wh..", "a/.wh..."] {
+            assert_unsafe(
+                unpack_layer(&layer(&[(name, EntryType::Regular, "", b"")])[..], fd.as_fd()),
+                "whiteout of",
+            );
+        }
+        assert!(f.root.join("a/kept").exists());
+        f.assert_canary_untouched();
     }
 
     #[test]
