@@ -705,6 +705,7 @@ fn discovery_without_an_answer_is_one_line() {
 struct Layer {
     files: Vec<(String, Vec<u8>, u32)>,
     symlinks: Vec<(String, String)>,
+    hardlinks: Vec<(String, String)>,
 }
 
 impl Layer {
@@ -741,6 +742,10 @@ impl Layer {
             let mut h = header(tar::EntryType::Symlink, 0o777, 0);
             tar.append_link(&mut h, path, target).expect("symlink");
         }
+        for (path, target) in &self.hardlinks {
+            let mut h = header(tar::EntryType::Link, 0o755, 0);
+            tar.append_link(&mut h, path, target).expect("hard link");
+        }
         tar.into_inner().expect("tar")
     }
 }
@@ -764,6 +769,7 @@ fn busybox_layer() -> Layer {
     for applet in ["sh", "test", "echo", "pwd", "cat", "ls"] {
         layer.symlinks.push((format!("bin/{applet}"), "busybox".into()));
     }
+    layer.hardlinks.push(("bin/linked".into(), "bin/busybox".into()));
     layer
 }
 
@@ -835,7 +841,7 @@ type BTreeMapAlias = std::collections::BTreeMap<String, Vec<String>>;
 
 /// The script the test images run: proves layer order and whiteouts from inside.
 const WHITEOUT_CHECK: &str = "test -e /data/keep && ! test -e /data/gone && test -e /data/dir/new \
-     && ! test -e /data/dir/old && echo \"$GREETING from $(pwd)\"";
+     && ! test -e /data/dir/old && test /bin/linked -ef /bin/busybox && echo \"$GREETING from $(pwd)\"";
 
 fn layers() -> (Layer, Layer, Layer) {
     let base = busybox_layer();

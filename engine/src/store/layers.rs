@@ -159,12 +159,13 @@ fn settle_dir_times(root: &Path, since: std::time::SystemTime) -> Result<(), Sto
     Ok(())
 }
 
-/// Tars `manifest` and the directory `rootfs` (symlinks kept as symlinks) into `out`.
+/// Tars `manifest` and the directory `rootfs` into `out`: entries in sorted order
+/// (the same tree always gives the same bytes), symlinks kept as symlinks, files
+/// with several links stored once and then as hard links.
 fn write_aci(manifest: &ImageManifest, rootfs: &Path, out: &Path) -> Result<(), StoreError> {
     let shown = out.display().to_string();
     let file = File::create(out).ctx(|| format!("create {shown}"))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(256 << 10, file));
-    tar.follow_symlinks(false);
     let bytes =
         serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
     let mut header = tar::Header::new_gnu();
@@ -174,11 +175,65 @@ fn write_aci(manifest: &ImageManifest, rootfs: &Path, out: &Path) -> Result<(), 
     header.set_mtime(0);
     tar.append_data(&mut header, "manifest", bytes.as_slice())
         .ctx(|| format!("write {shown}"))?;
-    tar.append_dir_all("rootfs", rootfs)
-        .ctx(|| format!("write {shown}"))?;
+    let mut linked = std::collections::HashMap::new();
+    append_tree(&mut tar, rootfs, Path::new("rootfs"), &mut linked).ctx(|| format!("write {shown}"))?;
     tar.into_inner()
         .ctx(|| format!("write {shown}"))?
         .into_inner()
         .map_err(|e| StoreError::io(format!("write {shown}"), e.into_error()))?;
+    Ok(())
+}
+
+/// Appends `dir` (as `name`) and everything below it. `linked` maps (device, inode)
+/// of multiply-linked files to the name they were first stored under.
+fn append_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+    linked: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(dir)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_size(0);
+    tar.append_data(&mut header, name, io::empty())?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let entry_name = name.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            append_tree(tar, &path, &entry_name, linked)?;
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        if kind.is_symlink() {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, &entry_name, std::fs::read_link(&path)?)?;
+        } else if kind.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = linked.get(&key) {
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_size(0);
+                    tar.append_link(&mut header, &entry_name, first)?;
+                    continue;
+                }
+                linked.insert(key, entry_name.clone());
+            }
+            tar.append_data(&mut header, &entry_name, File::open(&path)?)?;
+        } else if kind.is_fifo() {
+            header.set_entry_type(tar::EntryType::Fifo);
+            header.set_size(0);
+            tar.append_data(&mut header, &entry_name, io::empty())?;
+        }
+        // Sockets and device nodes are never extracted into a rootfs; nothing to keep.
+    }
     Ok(())
 }
