@@ -160,9 +160,11 @@ fn import_verified(
 ) -> Result<ImageId, BackendError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| BackendError::Other(format!("{url}: {what}: {e}"));
     let dir = store.download_dir().map_err(|e| fail("download", &e))?;
-    // Deleted when dropped: a failed or refused download leaves nothing behind.
+    // Deleted when dropped: a failed or refused download leaves nothing behind. The
+    // pid in the name (`<what>-<pid>-<suffix>`, the store's convention for temps)
+    // lets a store sweep remove it if this process is killed.
     let mut download = tempfile::Builder::new()
-        .prefix(".download-")
+        .prefix(&format!(".download-{}-", std::process::id()))
         .tempfile_in(&dir)
         .map_err(|e| fail("create temp file", &e))?;
     // The signature is checked as the bytes arrive (one pass over the network

@@ -314,7 +314,7 @@ fn import_layout(
 fn unpack_archive(store: &Store, file: &Path) -> Result<tempfile::TempDir, String> {
     let dir = store.download_dir().map_err(|e| e.to_string())?;
     let out = tempfile::Builder::new()
-        .prefix(".oci-archive-")
+        .prefix(&format!(".oci-archive-{}-", std::process::id()))
         .tempdir_in(dir)
         .map_err(|e| e.to_string())?;
     let input = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
