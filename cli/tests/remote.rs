@@ -202,6 +202,10 @@ fn http_image_is_fetched_once_and_refetched_only_when_changed() {
 
     let first = fetch(&h, &["--insecure-options=image,http"], &url);
     assert_eq!(first.code, 0, "{}", first.describe());
+    assert_eq!(
+        first.stderr, "",
+        "no progress output when stderr is not a terminal"
+    );
     let id = first.stdout.trim().to_string();
     assert!(id.starts_with("sha512-"), "{}", first.describe());
     assert_eq!(server.hits("/app.aci"), 1);
@@ -1440,4 +1444,33 @@ fn discovery_over_verified_https_can_trust_the_keys_it_names() {
         .join("trustedkeys/prefix.d/127.0.0.1")
         .join(owner.fingerprint());
     assert!(key_file.is_file(), "{}", trusted.describe());
+}
+
+#[test]
+fn downloads_show_progress_on_a_terminal() {
+    let Some(h) = harness("downloads_show_progress_on_a_terminal") else {
+        return;
+    };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("downloads_show_progress_on_a_terminal: skipped: needs script (bsdutils)");
+        return;
+    }
+    let server = Server::start();
+    server.route("/app.aci", Route::ok(image_bytes(&h, &AciSpec::busybox(NAME))));
+    let command = format!(
+        "{} --dir={} fetch --insecure-options=image,http {}",
+        common::bin().display(),
+        h.dir.display(),
+        server.url("/app.aci")
+    );
+    // script(1) gives rkt a pseudo-terminal and copies what it drew to stdout.
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert!(drawn.contains("Downloading"), "{drawn}");
+    assert!(drawn.contains("sha512-"), "{drawn}");
 }

@@ -26,6 +26,8 @@ impl<R: Read> Progress<R> {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(format!("Downloading {name}"));
+            // Drawn at once: a short download would otherwise finish unseen.
+            bar.tick();
             bar
         });
         Progress { inner, bar }
