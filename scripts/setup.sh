@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what rkt-rs needs on a fresh Debian 12 machine (as root): the static
-# busybox its test and example images are built from, and systemd-nspawn
-# (systemd-container) for the nspawn stage1, the CNI plugins and iptables for pod
-# networks. Idempotent and quiet when
-# everything is already there.
+# busybox its test and example images are built from; systemd-nspawn
+# (systemd-container) for the nspawn stage1; the CNI plugins and iptables for pod
+# networks; for the remote-image tests gnupg (keys and signatures), docker-registry
+# and skopeo (a registry to push OCI images into) and openssl (a TLS server for the
+# https tests). Idempotent and quiet when everything is already there.
 set -euo pipefail
 
-packages=(busybox-static systemd-container containernetworking-plugins iptables)
+packages=(busybox-static systemd-container containernetworking-plugins iptables gnupg docker-registry skopeo openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

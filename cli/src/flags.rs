@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use rkt_engine::pod::PodsDir;
 use rkt_engine::runner::Runtime;
-use rkt_engine::stage::InsecureOptions;
+use rkt_engine::stage::{ConfigDirs, InsecureOptions};
 use uuid::Uuid;
 
 #[derive(Debug, Args)]
@@ -36,6 +36,14 @@ pub struct GlobalFlags {
 impl GlobalFlags {
     pub fn runtime(&self) -> Result<Runtime> {
         Ok(Runtime::open(&self.dir)?)
+    }
+
+    /// Where `rkt trust` keeps keys and `auth.d` lives.
+    pub fn config_dirs(&self) -> ConfigDirs {
+        ConfigDirs {
+            local: self.local_config.clone(),
+            system: self.system_config.clone(),
+        }
     }
 
     /// For commands that only read: creates nothing under `--dir`.

@@ -65,6 +65,8 @@ pub enum Command {
     Image(commands::image::ImageArgs),
     /// Print the output the apps of a pod wrote (nspawn pods)
     Logs(commands::logs::LogsArgs),
+    /// Trust a key for verifying images
+    Trust(commands::trust::TrustArgs),
     /// Print the version and the backends this build can use
     Version,
 }
@@ -145,6 +147,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Gc(_) => "gc",
         Command::Image(args) => args.name(),
         Command::Logs(_) => "logs",
+        Command::Trust(_) => "trust",
         Command::Version => "version",
     }
 }

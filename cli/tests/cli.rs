@@ -56,7 +56,10 @@ fn version_lists_backends() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("fly") && text.contains("available"), "{text}");
-    assert!(text.contains("image sources: file"), "{text}");
+    assert!(
+        text.contains("image sources: discovery, docker, file, http, oci"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -159,7 +159,9 @@ impl Runtime {
             ImageRef::Id(_) => return Ok(self.store.resolve(reference)?),
             ImageRef::Name(name) => match self.store.resolve(name) {
                 Ok(id) => return Ok(id),
-                Err(StoreError::NotFound(_)) => {}
+                // Not a store name (a discovery string: `host:port/app`, `,label=v`):
+                // the image sources decide.
+                Err(StoreError::NotFound(_) | StoreError::InvalidReference { .. }) => {}
                 Err(e) => return Err(e.into()),
             },
             ImageRef::Path(_) | ImageRef::Url(_) => {}

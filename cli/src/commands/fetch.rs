@@ -1,6 +1,6 @@
 //! `rkt fetch`: bring images into the store and print their IDs.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use rkt_engine::stage::{FetchPolicy, PullPolicy};
 
@@ -17,6 +17,13 @@ pub struct FetchArgs {
     /// Fetch images ignoring the store
     #[arg(long)]
     pub no_store: bool,
+    /// When to fetch: new (only when not in the store), update (when the remote
+    /// changed), never (the store only)
+    #[arg(long, value_name = "POLICY")]
+    pub pull_policy: Option<String>,
+    /// Trust the keys a discovery answer names when fetched over verified https
+    #[arg(long)]
+    pub trust_keys_from_https: bool,
     /// Print the full image ID (the default; kept for rkt compatibility)
     #[arg(long)]
     pub full: bool,
@@ -34,14 +41,19 @@ pub fn fetch(global: &GlobalFlags, args: FetchArgs) -> Result<u8> {
         "--signature applies to a single image",
     )?;
     let runtime = global.runtime()?;
+    let pull = match (args.pull_policy.as_deref(), args.store_only, args.no_store) {
+        (Some("new") | None, false, false) => PullPolicy::New,
+        (Some("update"), false, false) | (None, false, true) => PullPolicy::Update,
+        (Some("never"), false, false) | (None, true, false) => PullPolicy::Never,
+        (Some(p), false, false) => bail!("--pull-policy={p}: must be new, update or never"),
+        _ => bail!("--pull-policy cannot be combined with --store-only or --no-store"),
+    };
     let policy = FetchPolicy {
-        pull: match (args.store_only, args.no_store) {
-            (true, _) => PullPolicy::Never,
-            (_, true) => PullPolicy::Update,
-            _ => PullPolicy::New,
-        },
+        pull,
         insecure: global.insecure_options,
         signature: args.signature.clone(),
+        config: global.config_dirs(),
+        trust_keys_from_https: args.trust_keys_from_https,
     };
     for image in &args.images {
         let id = runtime

@@ -13,6 +13,7 @@ pub mod run;
 pub mod run_prepared;
 pub mod status;
 pub mod stop;
+pub mod trust;
 pub mod version;
 
 use anyhow::Result;
@@ -35,6 +36,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc(args) => gc::gc(global, args),
         Command::Image(args) => image::image(global, args),
         Command::Logs(args) => logs::logs(global, args),
+        Command::Trust(args) => trust::trust(global, args),
         Command::Version => version::version(),
     }
 }

@@ -22,9 +22,10 @@ pub struct PrepareArgs {
 }
 
 pub fn prepare(global: &GlobalFlags, args: PrepareArgs) -> Result<u8> {
-    let request = args
+    let mut request = args
         .pod
         .request(args.stage1.backend()?, global.insecure_options, &args.images)?;
+    request.fetch.config = global.config_dirs();
     let runtime = global.runtime()?;
     let pod = runtime.prepare(&request)?;
     // rkt prints nothing else on stdout here either; --quiet is accepted so

@@ -213,6 +213,7 @@ impl PodFlags {
                 pull,
                 insecure,
                 signature: None,
+                ..FetchPolicy::default()
             },
             uuid_file_save: self.uuid_file_save.clone(),
         })
@@ -371,9 +372,10 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         args.mds_register,
         "--mds-register: the metadata service is not available in this build yet",
     )?;
-    let prepare = args
+    let mut prepare = args
         .pod
         .request(args.stage1.backend()?, global.insecure_options, &args.images)?;
+    prepare.fetch.config = global.config_dirs();
     refuse(
         args.interactive && prepare.apps.len() > 1,
         "interactive option only supports one image",

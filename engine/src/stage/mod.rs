@@ -224,7 +224,8 @@ pub enum ImageRef {
     Id(String),
     /// A local file (`./x.aci`, `/x.aci`, `file:///x.aci`).
     Path(PathBuf),
-    /// A URL with a scheme other than file (`https://`, `docker://`).
+    /// A URL with a scheme other than file (`https://`, `docker://`), or an OCI
+    /// layout or archive (`oci:DIR[:TAG]`, `oci-archive:FILE`).
     Url(String),
     /// `name[:version]`, resolved through the store, then discovery.
     Name(String),
@@ -239,7 +240,7 @@ impl ImageRef {
         if let Some(path) = s.strip_prefix("file://") {
             return ImageRef::Path(PathBuf::from(path));
         }
-        if s.contains("://") {
+        if s.contains("://") || s.starts_with("oci:") || s.starts_with("oci-archive:") {
             return ImageRef::Url(s.to_string());
         }
         if s.starts_with('/') || s.starts_with('.') || Path::new(s).exists() {
@@ -288,6 +289,28 @@ pub struct FetchPolicy {
     pub insecure: InsecureOptions,
     /// `--signature`: a detached signature for a local image.
     pub signature: Option<PathBuf>,
+    /// Where trusted keys (`trustedkeys/`) and registry credentials (`auth.d/`) live.
+    pub config: ConfigDirs,
+    /// `--trust-keys-from-https`: trust the keys a discovery answer names when they
+    /// come over verified https.
+    pub trust_keys_from_https: bool,
+}
+
+/// rkt's configuration directories: `--local-config` (the admin's, written by
+/// `rkt trust`) and `--system-config` (the vendor's); local entries win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDirs {
+    pub local: PathBuf,
+    pub system: PathBuf,
+}
+
+impl Default for ConfigDirs {
+    fn default() -> Self {
+        ConfigDirs {
+            local: PathBuf::from("/etc/rkt"),
+            system: PathBuf::from("/usr/lib/rkt"),
+        }
+    }
 }
 
 #[async_trait]

@@ -33,11 +33,27 @@ use crate::fsutil::{mkdir_all_in_root, open_in_root};
 const PATH_MAX: usize = libc::PATH_MAX as usize;
 const NAME_MAX: usize = 255;
 const ROOTFS: &[u8] = b"rootfs";
+/// A layer entry named `.wh.NAME` deletes NAME from the layers below...
+const WHITEOUT: &[u8] = b".wh.";
+/// ...and `.wh..wh..opq` (what is left after `.wh.`) everything in its directory.
+const OPAQUE: &[u8] = b".wh..opq";
 
 /// Extracts the `rootfs/` entries of the tar `archive` into the directory `root`.
 /// On error the directory is left half-filled: the caller owns it and throws it away.
 pub(super) fn unpack(archive: impl Read, root: BorrowedFd<'_>) -> Result<(), StoreError> {
+    unpack_as(archive, root, false)
+}
+
+/// Applies a Docker/OCI layer tar (names relative to the root, no `rootfs/`) on top
+/// of what `root` holds, with the same guarantees, honouring whiteouts: `.wh.NAME`
+/// removes NAME from the layers below, `.wh..wh..opq` empties its directory.
+pub(super) fn unpack_layer(archive: impl Read, root: BorrowedFd<'_>) -> Result<(), StoreError> {
+    unpack_as(archive, root, true)
+}
+
+fn unpack_as(archive: impl Read, root: BorrowedFd<'_>, layer: bool) -> Result<(), StoreError> {
     let mut extractor = Extractor {
+        layer,
         root,
         parent: None,
         parent_stale: false,
@@ -111,6 +127,8 @@ impl Meta {
 }
 
 struct Extractor<'r> {
+    /// A Docker/OCI layer: names are relative to the root and whiteouts apply.
+    layer: bool,
     root: BorrowedFd<'r>,
     /// The parent directory of the previous entry: archives list siblings together,
     /// so most entries skip the in-root walk from the top.
@@ -136,7 +154,7 @@ impl Extractor<'_> {
         }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let rel = rootfs_path(&raw).map_err(|reason| StoreError::Unsafe {
+        let rel = self.entry_path(&raw).map_err(|reason| StoreError::Unsafe {
             path: shown.clone(),
             reason: reason.into(),
         })?;
@@ -166,6 +184,11 @@ impl Extractor<'_> {
         };
         let name = name.to_owned();
 
+        if self.layer
+            && let Some(whited_out) = name.as_bytes().strip_prefix(WHITEOUT)
+        {
+            return self.whiteout(parent_rel, OsStr::from_bytes(whited_out), &shown);
+        }
         if matches!(kind, EntryType::Char | EntryType::Block) {
             tracing::warn!(path = %shown, "skipping device node in image");
             return Ok(());
@@ -197,6 +220,63 @@ impl Extractor<'_> {
             self.parent = Some((parent_rel.to_path_buf(), parent));
         }
         result
+    }
+
+    /// Where an entry lands below the root: after `rootfs/` in an ACI, as named in a layer.
+    fn entry_path(&self, raw: &[u8]) -> Result<Option<PathBuf>, &'static str> {
+        if !self.layer {
+            return rootfs_path(raw);
+        }
+        let mut prefixed = ROOTFS.to_vec();
+        prefixed.push(b'/');
+        prefixed.extend_from_slice(raw);
+        rootfs_path(&prefixed)
+    }
+
+    /// Removes what a whiteout names (`OPAQUE`: everything in the directory) from
+    /// the layers below, without following symlinks and without leaving the root.
+    fn whiteout(&mut self, parent_rel: &Path, name: &OsStr, shown: &str) -> Result<(), StoreError> {
+        self.parent = None;
+        let parent = match open_in_root(
+            self.root,
+            parent_rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // Nothing below to hide (a symlink or file is not a directory to hide in).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(StoreError::io(format!("whiteout {shown}"), e)),
+        };
+        // `.wh..` and `.wh...` would name the directory itself or its parent.
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(StoreError::Unsafe {
+                path: shown.to_string(),
+                reason: "whiteout of `.` or `..`".into(),
+            });
+        }
+        let names: Vec<std::ffi::OsString> = if name.as_bytes() == OPAQUE {
+            let listing = std::fs::read_dir(crate::fsutil::proc_fd_path(parent.as_fd()))
+                .ctx(|| format!("whiteout {shown}"))?;
+            listing.filter_map(|e| e.ok().map(|e| e.file_name())).collect()
+        } else {
+            vec![name.to_owned()]
+        };
+        for victim in names {
+            match fstatat(&parent, victim.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if dirfd::is_dir(&st) => {
+                    let path = crate::fsutil::proc_fd_path(parent.as_fd()).join(&victim);
+                    crate::fsutil::remove_tree(&path).ctx(|| format!("whiteout {shown}"))?;
+                }
+                Ok(_) => unlinkat(&parent, victim.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                    .ctx(|| format!("whiteout {shown}"))?,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(StoreError::io(format!("whiteout {shown}"), e.into())),
+            }
+        }
+        Ok(())
     }
 
     /// The parent directory of an entry, from the cache or resolved (and created)
@@ -356,7 +436,8 @@ impl Extractor<'_> {
             reason,
         };
         let target_shown = String::from_utf8_lossy(target).into_owned();
-        let target_rel = rootfs_path(target)
+        let target_rel = self
+            .entry_path(target)
             .map_err(|reason| unsafe_link(format!("hard link target {target_shown:?}: {reason}")))?
             .ok_or_else(|| unsafe_link(format!("hard link target {target_shown:?} is outside rootfs/")))?;
         let target_fd = open_in_root(
@@ -498,6 +579,72 @@ mod tests {
             Err(StoreError::Unsafe { reason: got, .. }) => assert!(got.contains(reason), "{got:?}"),
             other => panic!("expected Unsafe({reason}), got {other:?}"),
         }
+    }
+
+    /// A Docker/OCI layer: (name, kind, link target, data) entries, no manifest.
+    fn layer(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, target, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            h.set_size(data.len() as u64);
+            if *kind == EntryType::Symlink {
+                tar.append_link(&mut h, name, target).expect("link");
+            } else {
+                tar.append_data(&mut h, name, *data).expect("entry");
+            }
+        }
+        tar.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn layer_whiteouts_remove_only_inside_the_root() {
+        let f = Fixture::new();
+        let fd = crate::fsutil::open_dir(&f.root).expect("open root");
+        let canary = f.canary_str();
+        unpack_layer(
+            &layer(&[
+                ("a/", EntryType::Directory, "", b""),
+                ("a/gone", EntryType::Regular, "", b"g"),
+                ("a/kept", EntryType::Regular, "", b"k"),
+                ("d/old/deep", EntryType::Regular, "", b"o"),
+                ("escape", EntryType::Symlink, &canary, b""),
+            ])[..],
+            fd.as_fd(),
+        )
+        .expect("lower layer");
+        unpack_layer(
+            &layer(&[
+                ("a/.wh.gone", EntryType::Regular, "", b""),
+                ("d/.wh..wh..opq", EntryType::Regular, "", b""),
+                ("d/new", EntryType::Regular, "", b"n"),
+                // Through a symlink to the canary: resolved inside the root, finds nothing.
+                ("escape/.wh.secret", EntryType::Regular, "", b""),
+            ])[..],
+            fd.as_fd(),
+        )
+        .expect("upper layer");
+        assert!(!f.root.join("a/gone").exists());
+        assert!(f.root.join("a/kept").exists());
+        assert!(!f.root.join("d/old").exists());
+        assert!(f.root.join("d/new").exists());
+        assert!(!f.root.join("a/.wh.gone").exists(), "whiteouts are not files");
+        for name in [".wh..", "a/.wh..."] {
+            assert_unsafe(
+                unpack_layer(&layer(&[(name, EntryType::Regular, "", b"")])[..], fd.as_fd()),
+                "whiteout of",
+            );
+        }
+        assert!(f.root.join("a/kept").exists());
+        f.assert_canary_untouched();
     }
 
     #[test]

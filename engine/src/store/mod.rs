@@ -14,8 +14,10 @@ mod dirfd;
 mod extract;
 mod filecache;
 mod index;
+mod layers;
 mod layout;
 mod output;
+mod remote;
 mod resolve;
 mod sweep;
 mod tree;
@@ -35,6 +37,7 @@ use crate::schema::{ACIdentifier, ImageId, ImageManifest, Label};
 pub use copy::copy_tree;
 pub use layout::TreesLock;
 pub use output::DirContent;
+pub use remote::{RemoteRecord, read_manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
