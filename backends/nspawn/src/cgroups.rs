@@ -271,14 +271,37 @@ pub fn remove(pod: &Path) -> Result<(), NspawnError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(NspawnError::io(format!("reading {}", record_path.display()), e)),
     };
+    // Only this pod's cgroups: a tampered record must not make gc remove, or
+    // kill the processes of, anything else.
+    let own = pod
+        .file_name()
+        .and_then(|uuid| uuid.to_str())
+        .map(|uuid| format!("rkt-{uuid}"));
+    let dirs: Vec<&Path> = record
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains("/../"))
+        .map(Path::new)
+        .filter(|dir| {
+            dir.starts_with(CGROUP_ROOT)
+                && own
+                    .as_deref()
+                    .is_some_and(|own| dir.components().any(|c| c.as_os_str() == own))
+        })
+        .collect();
+    // The pod is no longer running (nobody holds its lock), but its processes
+    // die asynchronously: when its init is SIGKILLed, the kernel kills the
+    // rest of its pid namespace and they exit after the lock is released. Kill
+    // any straggler and wait, on cgroup2's populated flag, until none is left:
+    // rmdir of a cgroup that still holds a task fails with EBUSY.
+    for dir in &dirs {
+        kill_members(dir);
+    }
+    for dir in dirs.iter().filter(|d| d.join("cgroup.events").exists()) {
+        wait_unpopulated(dir, EMPTY_TIMEOUT);
+    }
     let mut first_error = None;
-    for line in record.lines().rev().filter(|l| !l.is_empty()) {
-        // Only directories that are cgroups (a tampered record must not make
-        // gc remove anything else).
+    for line in dirs.iter().rev().filter_map(|d| d.to_str()) {
         let dir = Path::new(line);
-        if !dir.starts_with(CGROUP_ROOT) || line.contains("/../") {
-            continue;
-        }
         match remove_cgroup(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -292,6 +315,60 @@ pub fn remove(pod: &Path) -> Result<(), NspawnError> {
         None => {
             let _ = std::fs::remove_file(&record_path);
             Ok(())
+        }
+    }
+}
+
+/// How long gc waits for a killed pod's processes to leave its cgroups.
+const EMPTY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// SIGKILLs every process in `dir` and the cgroups below it.
+fn kill_members(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_members(&entry.path());
+        }
+    }
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Waits until the cgroup2 directory `dir` holds no process (its `populated`
+/// flag is 0), woken by the kernel's notification on `cgroup.events`; gives
+/// up after `timeout` (the rmdir that follows then reports what is left).
+fn wait_unpopulated(dir: &Path, timeout: std::time::Duration) {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let Ok(mut events) = std::fs::File::open(dir.join("cgroup.events")) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut text = String::new();
+        if events.rewind().is_err() || events.read_to_string(&mut text).is_err() {
+            return;
+        }
+        if text.lines().any(|l| l.trim() == "populated 0") {
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            events.as_fd(),
+            nix::poll::PollFlags::POLLPRI | nix::poll::PollFlags::POLLERR,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)).is_err() {
+            return;
         }
     }
 }
@@ -388,6 +465,11 @@ mod tests {
         .unwrap();
         remove(dir.path()).unwrap();
         assert!(victim.is_dir(), "a path outside /sys/fs/cgroup is never removed");
+        // A cgroup that is not the pod's own (`rkt-<uuid>`) is neither drained
+        // nor removed: this one would hold every process of the machine.
+        std::fs::write(dir.path().join(RECORD), "/sys/fs/cgroup/unified\n").unwrap();
+        remove(dir.path()).unwrap();
+        assert!(Path::new("/sys/fs/cgroup/unified").is_dir() || !Path::new("/sys/fs/cgroup").exists());
         assert!(!dir.path().join(RECORD).exists());
         remove(dir.path()).unwrap();
     }
