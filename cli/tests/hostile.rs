@@ -2,7 +2,8 @@
 //! either refused with a one-line error (exit 254) naming what is wrong, or runs
 //! with a safe result; a canary file outside the data dir is never touched, and gc
 //! leaves nothing behind. (`..`, absolute names, symlink/hardlink escapes and
-//! device nodes are in robustness.rs.)
+//! device nodes are in robustness.rs for ACIs; the same escapes as OCI layers,
+//! whiteouts included, are at the end of this file.)
 //!
 //! Also a malicious app inside a fly pod (CVE-2019-5736): it can neither open the
 //! host's `rkt` binary for writing through /proc/<rkt pid>/exe, nor find any
@@ -484,4 +485,236 @@ fn a_fly_app_cannot_reach_rkt_or_the_store() {
         }
     }
     assert!(sha(bin()) == before, "the rkt binary changed");
+}
+
+// ---------------------------------------------------------------------------------
+// Hostile OCI layers (`oci:DIR`): layers are applied by their own extractor
+// (whiteouts, hardlinks into earlier layers), so the ACI cases are not enough.
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The busybox base as an OCI layer: the ACI's rootfs entries, `rootfs/` dropped.
+fn busybox_layer() -> Vec<RawEntry> {
+    let strip = |name: &[u8]| name.strip_prefix(b"rootfs/").map(<[u8]>::to_vec);
+    raw_entries_of(&AciSpec::busybox("example.com/hostile-oci"), None)
+        .expect("base")
+        .into_iter()
+        .filter_map(|mut entry| {
+            entry.name = strip(&entry.name)?;
+            if entry.kind == tar::EntryType::Link {
+                entry.link = entry.link.as_deref().and_then(strip);
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+/// An OCI layout under the work dir holding one image: the busybox layer, then
+/// `hostile` as a second layer. Returns its `oci:DIR` reference.
+fn oci_image(rkt: &Rkt, name: &str, hostile: &[RawEntry]) -> String {
+    let dir = rkt.work().join(name);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let put = |bytes: &[u8]| {
+        let digest = sha256_of(bytes);
+        std::fs::write(blobs.join(&digest[7..]), bytes).expect("blob");
+        serde_json::json!({"digest": digest, "size": bytes.len()})
+    };
+    let layer = |entries: &[RawEntry]| {
+        let mut d = put(&raw_tar(entries, true).expect("tar"));
+        d["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        d
+    };
+    let layers = vec![layer(&busybox_layer()), layer(hostile)];
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["true"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l["digest"].clone()).collect::<Vec<_>>()}
+    });
+    let mut config = put(&serde_json::to_vec(&config).expect("json"));
+    config["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": layers
+    });
+    let mut manifest = put(&serde_json::to_vec(&manifest).expect("json"));
+    manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("index");
+    format!("oci:{}", dir.display())
+}
+
+/// `..` enough times to climb from anywhere in the store to `/`, then `path`.
+fn climbing_to(path: &Path) -> Vec<u8> {
+    let mut name = "../".repeat(24).into_bytes();
+    name.extend_from_slice(
+        path.strip_prefix("/")
+            .expect("absolute")
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    name
+}
+
+fn raw_link(kind: tar::EntryType, name: &[u8], target: &[u8]) -> RawEntry {
+    RawEntry {
+        kind,
+        link: Some(target.to_vec()),
+        ..RawEntry::file(name, b"", 0o777)
+    }
+}
+
+/// Runs `rkt run oci:DIR` once per hostile layer (so a refusal of one case does
+/// not hide the next): each refused with one line (254) or run (0), the canary
+/// (content, mtime and link count) and the store intact, nothing escaped to
+/// `escaped` (a path beside the canary), gc leaving nothing.
+fn check_oci(test: &str, build: impl FnOnce(&Path) -> Vec<Vec<RawEntry>>) {
+    let Some(rkt) = harness(test) else {
+        return;
+    };
+    let canary = Canary::new(&rkt);
+    let nlink = std::fs::metadata(&canary.0).expect("stat").nlink();
+    let escaped = rkt.work().join("escaped");
+    for (n, hostile) in build(&canary.0).iter().enumerate() {
+        let case = format!("{test} #{n}");
+        let image = oci_image(&rkt, &format!("layout-{n}"), hostile);
+        let run = rkt.run(&[&image, "--exec", "/bin/true"]);
+        eprintln!("{case}: run: {}", run.describe());
+        if run.code != 0 {
+            one_line_254(&run, "");
+        }
+        canary.assert_untouched(&case);
+        assert_eq!(
+            std::fs::metadata(&canary.0).expect("stat").nlink(),
+            nlink,
+            "{case}: the canary gained a hard link"
+        );
+        assert!(
+            std::fs::symlink_metadata(&escaped).is_err(),
+            "{case}: {} was written outside the store",
+            escaped.display()
+        );
+        assert!(
+            support::store_problems(&rkt).is_empty(),
+            "{case}: {:?}",
+            support::store_problems(&rkt)
+        );
+        let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+        assert_eq!(gc.code, 0, "{case}: {}", gc.describe());
+        let left = leftovers(&rkt);
+        assert!(left.is_empty(), "{case}: {left:?}");
+    }
+}
+
+#[test]
+fn an_oci_layer_with_dotdot_names_stays_inside() {
+    check_oci("an_oci_layer_with_dotdot_names_stays_inside", |canary| {
+        let escaped = canary.with_file_name("escaped");
+        vec![
+            vec![RawEntry::file(climbing_to(canary), b"pwned\n", 0o644)],
+            vec![RawEntry::file(climbing_to(&escaped), b"pwned\n", 0o644)],
+            vec![RawEntry::file("bin/../../escaped", b"pwned\n", 0o644)],
+        ]
+    });
+}
+
+#[test]
+fn an_oci_layer_writing_through_an_absolute_symlink_stays_inside() {
+    check_oci(
+        "an_oci_layer_writing_through_an_absolute_symlink_stays_inside",
+        |canary| {
+            let dir = canary.parent().expect("work dir").as_os_str().as_encoded_bytes();
+            let relative = &climbing_to(canary)[24 * 3..];
+            vec![
+                vec![
+                    raw_link(tar::EntryType::Symlink, b"evil", dir),
+                    RawEntry::file("evil/canary", b"pwned\n", 0o644),
+                ],
+                vec![
+                    raw_link(tar::EntryType::Symlink, b"evil", dir),
+                    RawEntry::file("evil/escaped", b"pwned\n", 0o644),
+                ],
+                vec![
+                    raw_link(tar::EntryType::Symlink, b"up", b"../../../../../../../../../.."),
+                    RawEntry::file([b"up/".as_slice(), relative].concat(), b"pwned\n", 0o644),
+                ],
+                // Symlink first in one layer, the file in the next is the same thing
+                // here: the second layer is applied over the first's tree.
+                vec![
+                    raw_link(tar::EntryType::Symlink, b"bin/evil", dir),
+                    RawEntry::dir("bin/evil"),
+                    RawEntry::file("bin/evil/canary", b"pwned\n", 0o644),
+                ],
+            ]
+        },
+    );
+}
+
+#[test]
+fn an_oci_whiteout_cannot_remove_outside_the_rootfs() {
+    check_oci("an_oci_whiteout_cannot_remove_outside_the_rootfs", |canary| {
+        let dir = canary.parent().expect("work dir");
+        let mut through_dotdot = climbing_to(dir);
+        through_dotdot.extend_from_slice(b"/.wh.canary");
+        vec![
+            vec![RawEntry::file(through_dotdot, b"", 0o644)],
+            // The whiteout of `..` (in the root and below it).
+            vec![RawEntry::file(".wh...", b"", 0o644)],
+            vec![RawEntry::file("bin/.wh...", b"", 0o644)],
+            vec![
+                raw_link(
+                    tar::EntryType::Symlink,
+                    b"evil",
+                    dir.as_os_str().as_encoded_bytes(),
+                ),
+                RawEntry::file("evil/.wh.canary", b"", 0o644),
+            ],
+            vec![
+                raw_link(
+                    tar::EntryType::Symlink,
+                    b"evil",
+                    dir.as_os_str().as_encoded_bytes(),
+                ),
+                RawEntry::file("evil/.wh..wh..opq", b"", 0o644),
+            ],
+        ]
+    });
+}
+
+#[test]
+fn an_oci_hardlink_to_a_host_path_is_refused_or_harmless() {
+    check_oci(
+        "an_oci_hardlink_to_a_host_path_is_refused_or_harmless",
+        |canary| {
+            vec![
+                vec![
+                    raw_link(
+                        tar::EntryType::Link,
+                        b"abs",
+                        canary.as_os_str().as_encoded_bytes(),
+                    ),
+                    RawEntry::file("abs", b"pwned\n", 0o644),
+                ],
+                vec![
+                    raw_link(tar::EntryType::Link, b"rel", &climbing_to(canary)),
+                    RawEntry::file("rel", b"pwned\n", 0o644),
+                ],
+                // Through a symlink to the host directory.
+                vec![
+                    raw_link(
+                        tar::EntryType::Symlink,
+                        b"evil",
+                        canary.parent().expect("work dir").as_os_str().as_encoded_bytes(),
+                    ),
+                    raw_link(tar::EntryType::Link, b"via", b"evil/canary"),
+                    RawEntry::file("via", b"pwned\n", 0o644),
+                ],
+            ]
+        },
+    );
 }

@@ -45,3 +45,60 @@ pub fn aci_import(data: &[u8]) {
         "written beside the store: {names:?}"
     );
 }
+
+/// The appc discovery meta-tag parser (pages come from any server the name points
+/// at). Input: the first line is the app name, the rest the page. Every content
+/// comes from the page; every endpoint is a prefix of the name with one URL.
+pub fn discovery_meta(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (name, html) = text.split_once('\n').unwrap_or(("example.com/app", &text));
+    let (tags, templates, pubkeys) = rkt_backend_finders::discovery::fuzz_meta_tags(html, name);
+    for (_, content) in &tags {
+        assert!(
+            html.contains(content.as_str()),
+            "content {content:?} not from the page"
+        );
+    }
+    for (prefix, url) in templates.iter().chain(&pubkeys) {
+        assert!(
+            name.starts_with(prefix.as_str()),
+            "{prefix:?} is not a prefix of {name:?}"
+        );
+        assert!(
+            !url.is_empty() && !url.contains(char::is_whitespace),
+            "url {url:?}"
+        );
+    }
+}
+
+/// The CNI result parser (a plugin's stdout), under each configuration version
+/// rkt accepts; an address it reports carries no prefix length.
+pub fn cni_result(data: &[u8]) {
+    for version in ["0.2.0", "0.3.1", "0.4.0", "1.0.0"] {
+        if let Ok((Some(ip), _)) = rkt_backend_cni::fuzz_parse_result(data, version) {
+            assert!(!ip.contains('/'), "address {ip:?} keeps its prefix length");
+        }
+    }
+}
+
+/// The docker/OCI manifest, index and image-config parsers, as the docker://
+/// and oci: sources chain them: an index picks a platform; a manifest lists
+/// layers; a config becomes an ACI manifest that must itself be valid.
+pub fn oci_manifest(data: &[u8]) {
+    use rkt_backend_finders::oci;
+    if oci::is_index(data, "") {
+        let _ = oci::pick_platform(data);
+    }
+    if let Ok(manifest) = oci::parse_manifest(data) {
+        assert!(
+            manifest.layers.iter().all(|l| !l.media_type.contains("zstd")),
+            "a zstd layer was accepted"
+        );
+    }
+    if let Ok(config) = serde_json::from_slice::<oci::ImageConfig>(data) {
+        if let Ok(aci) = oci::aci_manifest("fuzz/image", Some("latest"), &config) {
+            let json = aci.to_json();
+            rkt_engine::schema::ImageManifest::from_json(&json).expect("the ACI manifest parses again");
+        }
+    }
+}

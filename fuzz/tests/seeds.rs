@@ -36,3 +36,18 @@ fn pod_manifest_seeds() {
 fn aci_import_seeds() {
     replay("aci_import", rkt_fuzz::aci_import);
 }
+
+#[test]
+fn discovery_meta_seeds() {
+    replay("discovery_meta", rkt_fuzz::discovery_meta);
+}
+
+#[test]
+fn cni_result_seeds() {
+    replay("cni_result", rkt_fuzz::cni_result);
+}
+
+#[test]
+fn oci_manifest_seeds() {
+    replay("oci_manifest", rkt_fuzz::oci_manifest);
+}

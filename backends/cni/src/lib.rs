@@ -38,6 +38,22 @@ pub fn bench_cycle(container_id: &str, network: NetworkList) -> Result<(), CniEr
     deleted.map_err(|mut errors| errors.remove(0))
 }
 
+/// For fuzz/ only: parses a plugin's stdout as a result of `config_version` the
+/// way the client and the network record do, returning what rkt uses from it (the
+/// pod's address and DNS settings).
+#[doc(hidden)]
+pub fn fuzz_parse_result(
+    stdout: &[u8],
+    config_version: &str,
+) -> Result<(Option<String>, Option<rkt_engine::stage::DnsSettings>), CniError> {
+    let value: serde_json::Value = serde_json::from_slice(stdout).map_err(|e| CniError::BadResult {
+        plugin: "fuzz".into(),
+        reason: e.to_string(),
+    })?;
+    let result = result::CniResult::parse(&value, config_version)?;
+    Ok((result.ip(), result.dns()))
+}
+
 /// A built-in network by name (`default`, `default-restricted`, `none`).
 #[doc(hidden)]
 pub fn builtin_network(name: &str) -> Option<NetworkList> {

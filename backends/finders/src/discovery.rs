@@ -212,6 +212,23 @@ fn endpoints(html: &str, name: &str) -> Endpoints {
     found
 }
 
+/// For fuzz/ only: the meta-tag parser over an untrusted page. Returns every
+/// `(name, content)` meta tag, then the `(prefix, URL)` image templates and key
+/// URLs that would apply to the app `name`.
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn fuzz_meta_tags(
+    html: &str,
+    name: &str,
+) -> (
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+) {
+    let found = endpoints(html, name);
+    (meta_tags(html), found.templates, found.pubkeys)
+}
+
 /// What a discovery is looking for: image templates, or signing keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wanted {
