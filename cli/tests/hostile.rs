@@ -5,9 +5,10 @@
 //! device nodes are in robustness.rs for ACIs; the same escapes as OCI layers,
 //! whiteouts included, are at the end of this file.)
 //!
-//! Also a malicious app inside a fly pod (CVE-2019-5736): it can neither open the
-//! host's `rkt` binary for writing through /proc/<rkt pid>/exe, nor find any
-//! inherited descriptor (pod lock, store) beyond stdin, stdout and stderr.
+//! Also a malicious app inside a fly or an nspawn pod (CVE-2019-5736): it can
+//! neither open the host's `rkt` binary for writing through /proc/<pid>/exe of rkt
+//! or of any ancestor it can see, nor find any inherited descriptor (pod lock,
+//! store) beyond stdin, stdout and stderr.
 
 #[allow(dead_code)] // each test binary uses its own subset
 mod common;
@@ -717,4 +718,117 @@ fn an_oci_hardlink_to_a_host_path_is_refused_or_harmless() {
             ]
         },
     );
+}
+
+// ---------------------------------------------------------------------------------
+// CVE-2019-5736 in an nspawn pod: the app's ancestors inside the pod (stage1's
+// init is rkt's own binary) and its descriptors.
+
+/// Walks from the app up through every ancestor it can see, trying to open each
+/// one's exe for writing: one line per process.
+const ANCESTRY_PROBE: &str = r#"
+p=$$
+while [ -n "$p" ] && [ "$p" != 0 ]; do
+  exe=$(readlink /proc/$p/exe 2>/dev/null || echo hidden)
+  if ( : >> /proc/$p/exe ) 2>/dev/null; then w=writable; else w=refused; fi
+  echo "pid $p exe $exe $w"
+  next=
+  while read -r key value; do [ "$key" = PPid: ] && next=$value; done < /proc/$p/status
+  p=$next
+done
+"#;
+
+fn nspawn_harness(test: &str) -> Option<Rkt> {
+    harness(test)?; // root and busybox
+    let rkt = Rkt::new(bin(), "nspawn").expect("harness");
+    if !support::stage1_available(&rkt, "nspawn") {
+        eprintln!("{test}: skipped: rkt version does not list stage1 nspawn as available");
+        return None;
+    }
+    Some(rkt)
+}
+
+#[test]
+fn an_nspawn_app_cannot_reach_rkt_or_the_store() {
+    let test = "an_nspawn_app_cannot_reach_rkt_or_the_store";
+    let Some(rkt) = nspawn_harness(test) else {
+        return;
+    };
+    let before = sha(bin());
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/cve-2019-5736"))
+        .expect("image")
+        .display()
+        .to_string();
+    let probe = rkt.run(&[&image, "--exec", "/bin/sh", "--", "-c", ANCESTRY_PROBE]);
+    eprintln!("{test}: {}", probe.describe());
+    assert_eq!(probe.code, 0, "{}", probe.describe());
+    let lines: Vec<&str> = probe.stdout.lines().filter(|l| l.starts_with("pid ")).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("pid 1 ")),
+        "the probe never reached the pod's init: {}",
+        probe.stdout
+    );
+    let writable: Vec<&&str> = lines.iter().filter(|l| l.ends_with(" writable")).collect();
+    assert!(
+        writable.is_empty(),
+        "the app could open an ancestor's exe for writing: {writable:?}"
+    );
+
+    // A descriptor the caller leaks (no O_CLOEXEC) must not reach the app either.
+    let leaky = std::fs::File::open(&rkt.dir).expect("open data dir");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&leaky);
+    let mut cmd = rkt.command(&[
+        "run",
+        "--insecure-options=image",
+        "--stage1=nspawn",
+        "--net=host",
+        &image,
+        "--exec",
+        "/bin/ls",
+        "--",
+        "-l",
+        "/proc/self/fd",
+    ]);
+    // SAFETY: between fork and exec only fcntl, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let fds = finish_within("ls /proc/self/fd", cmd, LIMIT).out;
+    drop(leaky);
+    eprintln!("{test}: {}", fds.describe());
+    assert_eq!(fds.code, 0, "{}", fds.describe());
+    let data_dir = rkt.dir.to_string_lossy().into_owned();
+    let mut listed = Vec::new();
+    for line in fds.stdout.lines() {
+        let Some((left, target)) = line.split_once(" -> ") else {
+            continue;
+        };
+        let fd = left.rsplit(' ').next().unwrap_or("").to_string();
+        let own = target.starts_with("/proc/") && target.ends_with("/fd");
+        assert!(
+            !target.contains(&data_dir),
+            "an inherited fd reaches the data dir: {line}"
+        );
+        if !own {
+            listed.push(fd);
+        }
+    }
+    assert_eq!(
+        listed,
+        ["0", "1", "2"],
+        "descriptors beyond 0, 1, 2: {}",
+        fds.stdout
+    );
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    let left = leftovers(&rkt);
+    assert!(left.is_empty(), "{left:?}");
+    assert!(sha(bin()) == before, "the rkt binary changed");
 }
