@@ -102,10 +102,12 @@ impl LongPod {
     fn start(rkt: &Rkt, image: &str) -> LongPod {
         let uuid_file = rkt.work().join("long.uuid");
         let save = format!("--uuid-file-save={}", uuid_file.display());
+        let stage1 = format!("--stage1={}", rkt.stage1);
         let mut child = support::spawn(rkt.command(&[
             "run",
             "--insecure-options=image",
-            "--stage1=fly",
+            &stage1,
+            "--net=host",
             &save,
             image,
             "--exec",
@@ -165,8 +167,9 @@ struct Setup {
 }
 
 fn setup(rkt: &Rkt, scenario: Scenario, image: &str, other: &str) -> Setup {
+    let stage1 = format!("--stage1={}", rkt.stage1);
     let run_args = |args: &[&str]| -> Vec<String> {
-        ["run", "--insecure-options=image", "--stage1=fly"]
+        ["run", "--insecure-options=image", &stage1, "--net=host"]
             .iter()
             .chain(args)
             .map(|s| s.to_string())
@@ -195,14 +198,14 @@ fn setup(rkt: &Rkt, scenario: Scenario, image: &str, other: &str) -> Setup {
     let args = match scenario {
         Scenario::Fetch => vec!["fetch".into(), "--insecure-options=image".into(), image.into()],
         Scenario::Run => run_args(&[image, "--exec", "/bin/sh", "--", "-c", "exit 7"]),
-        Scenario::Prepare => ["prepare", "--insecure-options=image", "--stage1=fly", image]
+        Scenario::Prepare => ["prepare", "--insecure-options=image", &stage1, image]
             .map(String::from)
             .to_vec(),
         Scenario::RunPrepared => {
             let prepare = rkt.rkt(&[
                 "prepare",
                 "--insecure-options=image",
-                "--stage1=fly",
+                &stage1,
                 "--quiet",
                 image,
                 "--exec",
@@ -212,7 +215,11 @@ fn setup(rkt: &Rkt, scenario: Scenario, image: &str, other: &str) -> Setup {
                 "exit 7",
             ]);
             assert_eq!(prepare.code, 0, "setup prepare: {}", prepare.describe());
-            vec!["run-prepared".into(), prepare.stdout.trim().to_string()]
+            vec![
+                "run-prepared".into(),
+                "--net=host".into(),
+                prepare.stdout.trim().to_string(),
+            ]
         }
         Scenario::Stop => {
             let pod = LongPod::start(rkt, image);
@@ -257,8 +264,8 @@ struct Outcome {
 }
 
 /// Kills rkt at `step` of `scenario` in a fresh data dir and checks what is left.
-fn kill_at(step: &str, scenario: Scenario, image: &str, other: &str) -> Outcome {
-    let rkt = Rkt::new(bin(), "fly").expect("harness");
+fn kill_at(stage1: &str, step: &str, scenario: Scenario, image: &str, other: &str) -> Outcome {
+    let rkt = Rkt::new(bin(), stage1).expect("harness");
     let mut outcome = Outcome::default();
     let problems = &mut outcome.problems;
     let setup = setup(&rkt, scenario, image, other);
@@ -317,7 +324,8 @@ fn kill_at(step: &str, scenario: Scenario, image: &str, other: &str) -> Outcome 
         }
     }
 
-    // 4. gc cleans up everything.
+    // 4. gc cleans up everything (the pods' cgroups too, checked at the end).
+    let mut uuids = pod_uuids(&rkt);
     let gc = rkt.rkt(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
     if gc.code != 0 {
         problems.push(format!("gc after the kill: {}", gc.describe()));
@@ -337,12 +345,51 @@ fn kill_at(step: &str, scenario: Scenario, image: &str, other: &str) -> Outcome 
     if !verify.is_empty() {
         problems.push(format!("rkt image verify after the re-run: {verify:?}"));
     }
+    uuids.extend(pod_uuids(&rkt));
     let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
     if gc.code != 0 {
         problems.push(format!("final gc: {}", gc.describe()));
     }
     problems.extend(leftovers(&rkt).into_iter().map(|p| format!("at the end: {p}")));
+    problems.extend(
+        cgroups_of(&uuids)
+            .into_iter()
+            .map(|c| format!("cgroup left: {}", c.display())),
+    );
     outcome
+}
+
+/// The UUIDs of every pod directory in the data dir, whatever its state.
+fn pod_uuids(rkt: &Rkt) -> Vec<String> {
+    support::pod_dirs(&rkt.dir)
+        .iter()
+        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// Every cgroup named `rkt-<uuid>` of one of `uuids`, in any hierarchy under
+/// /sys/fs/cgroup.
+fn cgroups_of(uuids: &[String]) -> Vec<std::path::PathBuf> {
+    let names: Vec<String> = uuids.iter().map(|u| format!("rkt-{u}")).collect();
+    let mut found = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // Directories only, symlinks (cpu -> cpu,cpuacct) not followed.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if names.iter().any(|n| entry.file_name() == n.as_str()) {
+                found.push(path.clone());
+            }
+            stack.push(path);
+        }
+    }
+    found
 }
 
 #[test]
@@ -370,7 +417,7 @@ fn sigkill_at_every_step_loses_nothing() {
             table.push(format!("| {step} | covered by network.rs |"));
             continue;
         }
-        let outcome = kill_at(step, scenario, &image, &other);
+        let outcome = kill_at("fly", step, scenario, &image, &other);
         kills += 1;
         if outcome.orphan_blob {
             orphans += 1;
@@ -427,4 +474,43 @@ fn every_step_has_a_scenario_that_reaches_it() {
     for (step, _) in SHARED {
         assert!(STEPS.contains(step), "{step} is not a failpoint");
     }
+}
+
+#[test]
+fn sigkill_at_every_run_step_of_an_nspawn_pod_loses_nothing() {
+    let test = "sigkill_at_every_run_step_of_an_nspawn_pod_loses_nothing";
+    let Some(rkt) = harness(test) else {
+        return;
+    };
+    let rkt_nspawn = Rkt::new(bin(), "nspawn").expect("harness");
+    if !support::stage1_available(&rkt_nspawn, "nspawn") {
+        eprintln!("{test}: skipped: rkt version does not list stage1 nspawn as available");
+        return;
+    }
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/crash"))
+        .expect("image")
+        .display()
+        .to_string();
+    let mut failures = Vec::new();
+    let mut kills = 0;
+    for (step, scenario) in every_kill() {
+        let run_step = step.starts_with("run.") || step.starts_with("run-prepared.");
+        // The fly launcher's own steps: the nspawn backend declares none.
+        let fly_only = ["run.stage1-started", "run.exit-status-written"].contains(&step);
+        if !run_step || fly_only || !matches!(scenario, Scenario::Run | Scenario::RunPrepared) {
+            continue;
+        }
+        let outcome = kill_at("nspawn", step, scenario, &image, &image);
+        kills += 1;
+        if !outcome.problems.is_empty() {
+            failures.push(format!(
+                "{step} ({scenario:?}):\n  {}",
+                outcome.problems.join("\n  ")
+            ));
+        }
+    }
+    eprintln!("{test}: {kills} kills, {} lost", failures.len());
+    assert!(kills >= 6, "the run steps were not found: {kills}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
