@@ -10,6 +10,7 @@
 //! figures are always of the current source.
 
 mod bigimage;
+mod httpserve;
 mod measure;
 mod peers;
 mod report;
@@ -28,8 +29,8 @@ struct Args {
     /// gc) run a fraction of this, at least 3.
     #[arg(long, default_value_t = 200)]
     runs: usize,
-    /// Scenarios to run (default: all): fly, nspawn, kvm, series, big-image,
-    /// list-gc, rss, concurrent.
+    /// Scenarios to run (default: all): fly, nspawn, net, fetch, kvm, series,
+    /// big-image, list-gc, rss, concurrent.
     #[arg(long, num_args = 1..)]
     scenario: Vec<String>,
     /// The rkt binary (default: the release build next to this program, rebuilt

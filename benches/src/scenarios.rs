@@ -10,14 +10,17 @@ use anyhow::{Context, Result, bail};
 use rkt_conformance::AciSpec;
 
 use crate::bigimage;
+use crate::httpserve::FileServer;
 use crate::measure::{self, Measured};
 use crate::peers::{self, Peers};
 use crate::report::{Outcome, Side};
 use crate::stats::{Sample, Target, Unit};
 
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     "fly",
     "nspawn",
+    "net",
+    "fetch",
     "kvm",
     "series",
     "big-image",
@@ -88,6 +91,8 @@ impl Bench {
         match name {
             "fly" => self.fly().map(|o| vec![o]),
             "nspawn" => self.nspawn().map(|o| vec![o]),
+            "net" => self.net().map(|o| vec![o]),
+            "fetch" => self.fetch().map(|o| vec![o]),
             "kvm" => Ok(vec![Outcome::Skipped {
                 scenario: "`--stage1=kvm` /bin/true".into(),
                 reason: "not yet (kvm stage1 not landed)".into(),
@@ -121,15 +126,20 @@ impl Bench {
     }
 
     fn run_stage1(&self, data: &DataDir, stage1: &str) -> Command {
+        // The host's network, as the bare peers have.
+        self.run_on_net(data, stage1, "host")
+    }
+
+    fn run_on_net(&self, data: &DataDir, stage1: &str, net: &str) -> Command {
         let stage1 = format!("--stage1={stage1}");
+        let net = format!("--net={net}");
         self.rkt_in(
             &data.path,
             &[
                 "run",
                 "--insecure-options=image",
                 &stage1,
-                // The host's network, as the bare peers have.
-                "--net=host",
+                &net,
                 &data.image,
                 "--exec",
                 "/bin/true",
@@ -272,20 +282,26 @@ impl Bench {
             });
         };
         let mut rkt = Sample::new(
-            "`rkt run --stage1=nspawn IMAGE-ID --exec /bin/true`",
+            "`rkt run --stage1=nspawn --net=host IMAGE-ID --exec /bin/true`",
             Unit::Millis,
         );
         let mut bare = Sample::new(
             "`systemd-nspawn --register=no --keep-unit -q -D ROOTFS /bin/true`",
             Unit::Millis,
         );
+        let mut rkt_cpu = Sample::new("rkt nspawn CPU", Unit::Millis);
+        let mut bare_cpu = Sample::new("bare nspawn CPU", Unit::Millis);
         for round in 0..self.rounds(2, 10) {
             for side in rotation(round, 2) {
-                if side == 0 {
-                    rkt.push(measure::run(&mut self.run_stage1(&self.main, "nspawn"))?.millis());
+                let (sample, cpu, cmd) = if side == 0 {
+                    (&mut rkt, &mut rkt_cpu, self.run_stage1(&self.main, "nspawn"))
                 } else {
-                    push_optional(&mut bare, self.nspawn_bare())?;
-                }
+                    let Some(cmd) = self.nspawn_bare() else { continue };
+                    (&mut bare, &mut bare_cpu, cmd)
+                };
+                let m = measure::run(&mut { cmd })?;
+                sample.push(m.millis());
+                cpu.push(m.cpu_millis());
             }
             if round % 50 == 49 {
                 self.gc(&self.main)?;
@@ -299,7 +315,127 @@ impl Bench {
                 sample: bare,
                 target: Some(Target::AtMost(1.1)),
             }],
-            notes: Vec::new(),
+            notes: vec![format!(
+                "CPU time (user + sys) of one nspawn pod: median {} with rkt, {} with bare systemd-nspawn \
+                 (rkt's pod runs under its own seccomp filter, the bare container under nspawn's).",
+                show_median(&rkt_cpu),
+                show_median(&bare_cpu)
+            )],
+        })
+    }
+
+    /// The price of a pod network: the same nspawn pod on the default CNI network
+    /// (netns + ptp + host-local + masquerade) and on the host's. The network is
+    /// torn down by gc, as in rkt, so gc's cost per pod is noted beside.
+    fn net(&self) -> Result<Outcome> {
+        let scenario = "pod network, nspawn /bin/true".to_string();
+        if let Err(reason) = self.stage1_available("nspawn")? {
+            return Ok(Outcome::Skipped { scenario, reason });
+        }
+        let networked = self.data_dir("net-default")?;
+        let mut default = Sample::new("`rkt run --stage1=nspawn --net=default` /bin/true", Unit::Millis);
+        let mut host = Sample::new("`rkt run --stage1=nspawn --net=host` /bin/true", Unit::Millis);
+        let mut gc_default = Sample::new("gc per pod, --net=default", Unit::Millis);
+        let mut gc_host = Sample::new("gc per pod, --net=host", Unit::Millis);
+        // host-local hands out a /24: gc well before the leases run out.
+        const BATCH: usize = 20;
+        let rounds = self.rounds(2, 10);
+        for round in 0..rounds {
+            for side in rotation(round, 2) {
+                if side == 0 {
+                    default
+                        .push(measure::run(&mut self.run_on_net(&networked, "nspawn", "default"))?.millis());
+                } else {
+                    host.push(measure::run(&mut self.run_on_net(&self.main, "nspawn", "host"))?.millis());
+                }
+            }
+            if round % BATCH == BATCH - 1 || round == rounds - 1 {
+                let pods = (round % BATCH + 1) as f64;
+                gc_default.push(self.gc(&networked)?.millis() / pods);
+                gc_host.push(self.gc(&self.main)?.millis() / pods);
+            }
+        }
+        Ok(Outcome::Compared {
+            scenario,
+            subject: default,
+            peers: vec![Side {
+                sample: host,
+                target: None,
+            }],
+            notes: vec![format!(
+                "`rkt gc` per pod (batches of up to {BATCH}): median {} on the default network (CNI DEL, netns removal), \
+                 {} on the host's.",
+                show_median(&gc_default),
+                show_median(&gc_host)
+            )],
+        })
+    }
+
+    /// A remote image: `rkt fetch` of the 200 MB ACI over HTTP from 127.0.0.1,
+    /// against curl piped into sha512sum and tar (what a fetch must at least do:
+    /// download, hash, unpack).
+    fn fetch(&self) -> Result<Outcome> {
+        let aci = bigimage::big_aci(&self.work)?;
+        let server = FileServer::start(&aci)?;
+        let url = server.url.clone();
+        let mut rkt = Sample::new(
+            "`rkt fetch --insecure-options=image,http http://127.0.0.1:PORT/BIG.aci`, empty store",
+            Unit::Millis,
+        );
+        // The pipes are escaped: the label goes into a markdown table cell.
+        let mut curl = Sample::new(
+            "`curl -s URL \\| tee >(sha512sum >/dev/null) \\| tar -x -C EMPTY-DIR`",
+            Unit::Millis,
+        );
+        let mut rkt_cpu = Sample::new("rkt fetch CPU", Unit::Millis);
+        let mut curl_cpu = Sample::new("curl pipeline CPU", Unit::Millis);
+        let scratch = self.work.join("data").join("fetch");
+        for round in 0..self.rounds(40, 3) {
+            for side in rotation(round, 2) {
+                remove(&scratch)?;
+                std::fs::create_dir_all(&scratch)?;
+                sync()?;
+                let (sample, cpu, mut cmd) = if side == 0 {
+                    let cmd = self.rkt_in(&scratch, &["fetch", "--insecure-options=image,http", &url]);
+                    (&mut rkt, &mut rkt_cpu, cmd)
+                } else {
+                    let mut cmd = Command::new("bash");
+                    cmd.args([
+                        "-o",
+                        "pipefail",
+                        "-c",
+                        r#"curl -sf "$1" | tee >(sha512sum >/dev/null) | tar -x -C "$2""#,
+                        "fetch-peer",
+                        &url,
+                    ])
+                    .arg(&scratch);
+                    (&mut curl, &mut curl_cpu, cmd)
+                };
+                let m = measure::run(&mut cmd)?;
+                sample.push(m.millis());
+                cpu.push(m.cpu_millis());
+                if side == 0 {
+                    measure::run(&mut self.rkt_in(&scratch, &["gc", "--grace-period=0s"]))?;
+                }
+            }
+        }
+        remove(&scratch)?;
+        Ok(Outcome::Compared {
+            scenario: format!(
+                "`rkt fetch` of a {} MB image over HTTP (127.0.0.1)",
+                bigimage::TOTAL_BYTES / 1_000_000
+            ),
+            subject: rkt,
+            peers: vec![Side {
+                sample: curl,
+                target: Some(Target::AtMost(1.2)),
+            }],
+            notes: vec![format!(
+                "CPU time (user + sys) of one 200 MB fetch: median {} with rkt, {} with the curl pipeline; \
+                 rkt also fsyncs what it stores, the pipeline does not.",
+                show_median(&rkt_cpu),
+                show_median(&curl_cpu)
+            )],
         })
     }
 

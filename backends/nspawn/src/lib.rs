@@ -218,6 +218,7 @@ impl NspawnStage1 {
         }
         let pod_cgroups = cgroups::PodCgroups::plan(uuid, &manifest)?;
         let isolation = isolation::plan(&manifest, cfg.insecure, &pod_cgroups)?;
+        let own_seccomp = isolation.iter().all(|app| app.seccomp.is_some());
         let limits = manifest
             .apps
             .iter()
@@ -240,9 +241,10 @@ impl NspawnStage1 {
                 protocol::init_binary().inside().into_os_string(),
                 protocol::INIT_ROLE_ARG.into(),
             ],
+            own_seccomp,
         };
         let report = process::ReportReader::open(&protocol::report_fifo().on_host(dir))?;
-        let nspawn = process::spawn_nspawn(&nspawn, &args.to_argv(), &mounts)?;
+        let nspawn = process::spawn_nspawn(&nspawn, &args.to_argv(), &args.env(), &mounts)?;
         write_pid_file(&dir.join(layout::PPID), nspawn.pid)?;
 
         let outcome = report.wait(&nspawn);

@@ -49,12 +49,17 @@ impl Nspawn {
 }
 
 /// Starts nspawn in a private mount namespace holding the pod's mounts.
-pub fn spawn_nspawn(program: &Path, argv: &[OsString], mounts: &PodMounts) -> Result<Nspawn, NspawnError> {
+pub fn spawn_nspawn(
+    program: &Path,
+    argv: &[OsString],
+    env: &[(&str, &str)],
+    mounts: &PodMounts,
+) -> Result<Nspawn, NspawnError> {
     let (errors_read, errors_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| NspawnError::io("creating a pipe", e.into()))?;
     let parent = nix::unistd::getpid();
     let mut cmd = Command::new(program);
-    cmd.args(argv);
+    cmd.args(argv).envs(env.iter().copied());
     let mounts = mounts.clone();
     // SAFETY: rkt is single-threaded here (module docs); the hook makes system
     // calls and formats at most one error message before exec.
