@@ -52,6 +52,12 @@ pub fn parse_apps(words: &[String]) -> Result<Vec<AppRequest>> {
                 None => (flag, None),
             };
             if !PER_APP_FLAGS.contains(&format!("--{name}").as_str()) {
+                // Before any image, every flag this command knows was taken by the
+                // command line parser already (e.g. `prepare --net`: only
+                // run and run-prepared take it).
+                if apps.is_empty() {
+                    bail!("unknown flag --{name} (see --help for this command's flags)");
+                }
                 bail!(
                     "--{name} is not a per-app flag; pod-wide flags go before the first image \
                      (per-app flags: {})",
@@ -197,5 +203,12 @@ mod tests {
         );
         assert!(parse_apps(&words("-- x")).is_err());
         assert!(parse_apps(&words("a.aci --exec")).is_err());
+        // A flag this command does not take at all (`prepare --net=host`) is
+        // called unknown, not misplaced.
+        let err = parse_apps(&words("--net=host a.aci")).expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "unknown flag --net (see --help for this command's flags)"
+        );
     }
 }
