@@ -4,19 +4,19 @@
 //!
 //! Assumption (as for fly): the calling process is single-threaded when it forks.
 
+use rkt_engine::stage::signals::{Forwarding, HeldSignals};
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use rkt_engine::fsutil;
@@ -332,94 +332,4 @@ pub fn ensure_cloexec(fd: BorrowedFd<'_>) -> Result<(), NspawnError> {
     }
     let _ = fd.as_raw_fd();
     Ok(())
-}
-
-/// The pid the signal handler forwards to; 0 when none.
-static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
-
-const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
-
-/// Async-signal-safe: an atomic load and kill(2).
-extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    if !info.is_null() {
-        // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; one plain
-        // integer field is read.
-        let code = unsafe { (*info).si_code };
-        // From the terminal (^C, hangup): nspawn is in rkt's process group and
-        // got it already.
-        if code == libc::SI_KERNEL {
-            return;
-        }
-    }
-    let pid = FORWARD_TO.load(Ordering::Relaxed);
-    if pid > 0
-        && let Ok(sig) = Signal::try_from(sig)
-    {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-    }
-}
-
-/// Forwarded signals blocked from before fork until the forwarder is in place,
-/// so one arriving in between is delivered to nspawn, not lost.
-struct HeldSignals {
-    previous_mask: Option<SigSet>,
-}
-
-impl HeldSignals {
-    fn hold() -> HeldSignals {
-        let mut block = SigSet::empty();
-        for sig in FORWARDED {
-            block.add(sig);
-        }
-        let mut previous = SigSet::empty();
-        let held = nix::sys::signal::sigprocmask(
-            nix::sys::signal::SigmaskHow::SIG_BLOCK,
-            Some(&block),
-            Some(&mut previous),
-        );
-        HeldSignals {
-            previous_mask: held.ok().map(|()| previous),
-        }
-    }
-
-    fn install(self, pid: Pid) -> Forwarding {
-        FORWARD_TO.store(pid.as_raw(), Ordering::Relaxed);
-        let action = SigAction::new(
-            SigHandler::SigAction(forward),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        let mut previous = Vec::with_capacity(FORWARDED.len());
-        for sig in FORWARDED {
-            // SAFETY: `forward` is async-signal-safe.
-            if let Ok(old) = unsafe { nix::sys::signal::sigaction(sig, &action) } {
-                previous.push((sig, old));
-            }
-        }
-        Forwarding { previous }
-        // `self` drops here: the held signals are let through to the handler.
-    }
-}
-
-impl Drop for HeldSignals {
-    fn drop(&mut self) {
-        if let Some(mask) = &self.previous_mask {
-            let _ =
-                nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None);
-        }
-    }
-}
-
-struct Forwarding {
-    previous: Vec<(Signal, SigAction)>,
-}
-
-impl Drop for Forwarding {
-    fn drop(&mut self) {
-        for (sig, old) in &self.previous {
-            // SAFETY: restores the disposition in place before install.
-            let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
-        }
-        FORWARD_TO.store(0, Ordering::Relaxed);
-    }
 }

@@ -7,6 +7,7 @@
 pub mod block_on;
 pub mod launch;
 pub mod registry;
+pub mod signals;
 
 use std::path::{Path, PathBuf};
 
