@@ -164,7 +164,10 @@ pub fn main_image(validator: &Path) -> AciSpec {
         ("created".into(), "2026-11-29T00:00:00Z".into()),
         ("authors".into(), "rkt-rs conformance kit".into()),
         ("homepage".into(), "https://github.com/appc/spec".into()),
-        ("documentation".into(), "https://github.com/appc/spec/blob/master/spec/ace.md".into()),
+        (
+            "documentation".into(),
+            "https://github.com/appc/spec/blob/master/spec/ace.md".into(),
+        ),
     ];
     spec
 }

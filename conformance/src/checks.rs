@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use crate::harness::{Rkt, RunOutput};
-use crate::pod_checks;
 use crate::image::{AciSpec, busybox_path};
+use crate::pod_checks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -132,7 +132,11 @@ impl AciSpec {
             append_busybox(&mut tar)?;
         }
         for dir in &self.dirs {
-            append_dir(&mut tar, &format!("rootfs/{}", dir.trim_start_matches('/')), 0o755)?;
+            append_dir(
+                &mut tar,
+                &format!("rootfs/{}", dir.trim_start_matches('/')),
+                0o755,
+            )?;
         }
         for (path, contents, mode) in &self.files {
             let path = format!("rootfs/{}", path.trim_start_matches('/'));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use rkt_conformance::{AciSpec, Outcome, Rkt, all_checks, backends};
+use rkt_conformance::{AciSpec, Outcome, Rkt, ace, all_checks, backends};
 use rkt_engine::stage::Availability;
 
 #[derive(Parser)]
@@ -43,6 +43,12 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the appc ACE validator and write its two images
+    /// (ace-validator-main.aci, ace-validator-sidekick.aci) into a directory
+    BuildAceImages {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Default)]
@@ -63,6 +69,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Cmd::BuildAceImages { out_dir }) = &args.command {
+        return match build_ace_images(out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("build-ace-images: {e}");
+                ExitCode::from(254)
+            }
+        };
+    }
     let registered = match backends::all() {
         Ok(all) => all,
         Err(e) => {
@@ -72,7 +87,10 @@ fn main() -> ExitCode {
     };
     if args.list {
         for backend in &registered {
-            println!("stage1 {:<8} {:?} {:?}", backend.name, backend.capabilities, backend.availability);
+            println!(
+                "stage1 {:<8} {:?} {:?}",
+                backend.name, backend.capabilities, backend.availability
+            );
         }
         for check in all_checks() {
             println!("check {}", check.name);
@@ -103,7 +121,10 @@ fn main() -> ExitCode {
     let mut failed_any = false;
     for backend in targets {
         if let Availability::Unavailable(why) = &backend.availability {
-            println!("stage1 {}: skipped: cannot run on this machine: {why}", backend.name);
+            println!(
+                "stage1 {}: skipped: cannot run on this machine: {why}",
+                backend.name
+            );
             continue;
         }
         let mut tally = Tally::default();
@@ -142,6 +163,21 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn build_ace_images(dir: &Path) -> Result<(), String> {
+    let validator = ace::validator().map_err(|e| format!("{e:?}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (file, spec) in [
+        ("ace-validator-main.aci", ace::main_image(&validator)),
+        ("ace-validator-sidekick.aci", ace::sidekick_image(&validator)),
+    ] {
+        let path = dir.join(file);
+        spec.write(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// The `rkt` next to this program. Under `cargo run` (which sets `CARGO`) it is

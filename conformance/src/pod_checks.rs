@@ -85,19 +85,39 @@ pub fn multi_app_shared_volume(rkt: &Rkt) -> Outcome {
     }
     let mut a = AciSpec::busybox("example.com/app-a");
     a.mount_points = vec![("shared".into(), "/shared".into(), false)];
-    a.exec = ["/bin/timeout", "60", "/bin/sh", "-c", "echo from-a > /shared/a-to-b; cat /shared/b-to-a"]
-        .map(String::from)
-        .to_vec();
+    a.exec = [
+        "/bin/timeout",
+        "60",
+        "/bin/sh",
+        "-c",
+        "echo from-a > /shared/a-to-b; cat /shared/b-to-a",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut b = a.clone();
     b.name = "example.com/app-b".into();
-    b.exec = ["/bin/timeout", "60", "/bin/sh", "-c", "cat /shared/a-to-b > /shared/got-a; echo from-b > /shared/b-to-a"]
-        .map(String::from)
-        .to_vec();
+    b.exec = [
+        "/bin/timeout",
+        "60",
+        "/bin/sh",
+        "-c",
+        "cat /shared/a-to-b > /shared/got-a; echo from-b > /shared/b-to-a",
+    ]
+    .map(String::from)
+    .to_vec();
     let (a, b) = (image!(rkt, a), image!(rkt, b));
     let volume = format!("--volume=shared,kind=host,source={}", host.display());
     let out = rkt.run(&[&volume, &a, &b]);
-    ensure!(out.code == 0, "two apps did not run side by side: {}", out.describe());
-    ensure!(out.stdout.contains("from-b"), "app-a did not read app-b's line: {}", out.describe());
+    ensure!(
+        out.code == 0,
+        "two apps did not run side by side: {}",
+        out.describe()
+    );
+    ensure!(
+        out.stdout.contains("from-b"),
+        "app-a did not read app-b's line: {}",
+        out.describe()
+    );
     let got = std::fs::read_to_string(host.join("got-a")).unwrap_or_default();
     ensure!(got == "from-a\n", "app-b read {got:?} from app-a");
     let status = rkt.rkt(&["list", "--no-legend", "--full"]);
@@ -167,7 +187,10 @@ impl RunningPod {
             &format!("--uuid-file={}", uuid_file.display()),
         ]);
         if ready.code != 0 {
-            return Err(Outcome::Failed(format!("status --wait-ready: {}", ready.describe())));
+            return Err(Outcome::Failed(format!(
+                "status --wait-ready: {}",
+                ready.describe()
+            )));
         }
         pod.uuid = std::fs::read_to_string(&uuid_file)
             .unwrap_or_default()
@@ -202,9 +225,17 @@ pub fn stop_ends_the_pod(rkt: &Rkt) -> Outcome {
     let code = pod.wait();
     ensure!(code == Some(143), "want 143 (SIGTERM) from rkt run, got {code:?}");
     let status = rkt.rkt(&["status", &pod.uuid]);
-    ensure!(status.stdout.contains("state=exited"), "after stop: {}", status.describe());
+    ensure!(
+        status.stdout.contains("state=exited"),
+        "after stop: {}",
+        status.describe()
+    );
     let again = rkt.rkt(&["stop", &pod.uuid]);
-    ensure!(again.code != 0, "stopping an exited pod succeeded: {}", again.describe());
+    ensure!(
+        again.stdout.contains("already stopped"),
+        "stopping an exited pod again (rkt: \"already stopped\"): {}",
+        again.describe()
+    );
     Outcome::Passed
 }
 
@@ -223,14 +254,25 @@ pub fn enter_runs_in_the_app(rkt: &Rkt) -> Outcome {
         "-c",
         "echo $AC_APP_NAME; test -x /bin/busybox && exit 5",
     ]);
-    ensure!(entered.code == 5, "want the command's exit 5: {}", entered.describe());
-    ensure!(entered.stdout.trim() == "busybox", "enter's environment: {}", entered.describe());
+    ensure!(
+        entered.code == 5,
+        "want the command's exit 5: {}",
+        entered.describe()
+    );
+    ensure!(
+        entered.stdout.trim() == "busybox",
+        "enter's environment: {}",
+        entered.describe()
+    );
     let unknown = rkt.rkt(&["enter", "--app=nope", &pod.uuid, "/bin/true"]);
     ensure!(unknown.code == 254, "an unknown app: {}", unknown.describe());
     let stop = rkt.rkt(&["stop", "--force", &pod.uuid]);
     ensure!(stop.code == 0, "rkt stop --force: {}", stop.describe());
     let code = pod.wait();
-    ensure!(code == Some(137), "want 137 (SIGKILL) after stop --force, got {code:?}");
+    ensure!(
+        code == Some(137),
+        "want 137 (SIGKILL) after stop --force, got {code:?}"
+    );
     Outcome::Passed
 }
 
@@ -244,9 +286,13 @@ pub fn event_handlers(rkt: &Rkt) -> Outcome {
     attempt!(std::fs::create_dir_all(&host));
     let mut spec = AciSpec::busybox("example.com/handlers");
     spec.mount_points = vec![("data".into(), "/data".into(), false)];
-    spec.exec = ["/bin/sh", "-c", "cat /pre-start-ran 2>/dev/null || echo no-pre-start; echo app > /data/order"]
-        .map(String::from)
-        .to_vec();
+    spec.exec = [
+        "/bin/sh",
+        "-c",
+        "cat /pre-start-ran 2>/dev/null || echo no-pre-start; echo app > /data/order",
+    ]
+    .map(String::from)
+    .to_vec();
     spec.app_extra.insert(
         "eventHandlers".into(),
         serde_json::json!([
@@ -290,7 +336,9 @@ pub fn metadata_service(rkt: &Rkt) -> Outcome {
     let script = "echo $AC_METADATA_URL; \
         wget -q -O - --header 'Metadata-Flavor: AppContainer' $AC_METADATA_URL/acMetadata/v1/pod/uuid; echo; \
         wget -q -O /dev/null $AC_METADATA_URL/acMetadata/v1/pod/uuid && echo no-flavor-accepted; true";
-    let out = rkt.run(&[&register, &socket, &image, "--exec", "/bin/sh", "--", "-c", script]);
+    let out = rkt.run(&[
+        &register, &socket, &image, "--exec", "/bin/sh", "--", "-c", script,
+    ]);
     ensure!(out.code == 0, "run --mds-register: {}", out.describe());
     let lines: Vec<&str> = out.stdout.lines().collect();
     let url = lines.first().copied().unwrap_or_default();
@@ -301,7 +349,12 @@ pub fn metadata_service(rkt: &Rkt) -> Outcome {
         out.describe()
     );
     let uuid = rkt.rkt(&["list", "--full", "--no-legend"]);
-    let uuid = uuid.stdout.split_whitespace().next().unwrap_or_default().to_string();
+    let uuid = uuid
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     ensure!(
         lines.get(1) == Some(&uuid.as_str()),
         "pod/uuid gave {:?}, the pod is {uuid}: {}",
@@ -337,7 +390,11 @@ pub fn mds_register_without_service(rkt: &Rkt) -> Outcome {
         out.describe()
     );
     let list = rkt.rkt(&["list", "--no-legend"]);
-    ensure!(!list.stdout.contains("running"), "a pod is left running: {}", list.describe());
+    ensure!(
+        !list.stdout.contains("running"),
+        "a pod is left running: {}",
+        list.describe()
+    );
     Outcome::Passed
 }
 
@@ -378,7 +435,13 @@ pub fn ace_validator(rkt: &Rkt) -> Outcome {
         Err(e) => return Outcome::Failed(e),
     };
     let [register, socket] = service.run_flags();
-    let out = rkt.run(&[&register, &socket, "--volume=database,kind=empty", &main, &sidekick]);
+    let out = rkt.run(&[
+        &register,
+        &socket,
+        "--volume=database,kind=empty",
+        &main,
+        &sidekick,
+    ]);
     let ok = ace::phases_ok(&out.stdout);
     ensure!(
         out.code == 0 && ok.len() == ace::PHASES.len(),
@@ -423,6 +486,9 @@ pub fn ace_validator_main_alone(rkt: &Rkt) -> Outcome {
         "{}",
         describe_phases(&out)
     );
-    ensure!(db.join("main").exists(), "main did not write /db/main into the volume");
+    ensure!(
+        db.join("main").exists(),
+        "main did not write /db/main into the volume"
+    );
     Outcome::Passed
 }

@@ -19,13 +19,20 @@ pub struct MetadataService {
 impl MetadataService {
     /// Starts the service on 127.0.0.1 and waits for its ready line.
     pub fn start(rkt: &Rkt) -> Result<Self, String> {
+        Self::start_on(rkt, "127.0.0.1")
+    }
+
+    /// Starts the service listening on `address` (0.0.0.0 for pods on a CNI
+    /// network, which reach the host at their gateway).
+    pub fn start_on(rkt: &Rkt, address: &str) -> Result<Self, String> {
         let socket = rkt.work().join(format!("mds-{}.sock", std::process::id()));
         let log_path = rkt.work().join("metadata-service.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
         let mut child = rkt
             .command(&[
                 "metadata-service",
-                "--listen-address=127.0.0.1",
+                &format!("--listen-address={address}"),
                 "--listen-port=0",
                 &format!("--socket={}", socket.display()),
             ])

@@ -40,9 +40,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MdsError {
-    #[error(
-        "--mds-register: no metadata service at {socket} (start `rkt metadata-service`): {source}"
-    )]
+    #[error("--mds-register: no metadata service at {socket} (start `rkt metadata-service`): {source}")]
     Unreachable {
         socket: PathBuf,
         #[source]
@@ -258,6 +256,18 @@ mod tests {
         let socket = dir.path().join("none.sock");
         let err = exchange(&socket, "DELETE", "/pods/x", b"").unwrap_err();
         assert!(err.to_string().contains("none.sock"), "{err}");
+    }
+
+    #[test]
+    fn a_service_that_never_answers_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("stuck.sock");
+        // Bound and listening (connect succeeds), but nobody ever reads or answers.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let started = std::time::Instant::now();
+        let err = exchange(&socket, "DELETE", "/pods/x", b"").unwrap_err();
+        assert!(err.to_string().contains("no answer"), "{err}");
+        assert!(started.elapsed() < TIMEOUT * 3, "took {:?}", started.elapsed());
     }
 
     #[test]

@@ -113,7 +113,10 @@ pub enum ReadError {
 }
 
 /// Reads one request, its body at most `max_body` bytes.
-pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize) -> Result<Request, ReadError> {
+pub async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_body: usize,
+) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(end) = find(&buf, b"\r\n\r\n") {
@@ -134,7 +137,8 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize)
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad("malformed request line"));
     };
@@ -157,7 +161,10 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize)
         body: Vec::new(),
     };
     if request.header("Transfer-Encoding").is_some() {
-        return Err(ReadError::Bad(Response::text(501, "only Content-Length bodies are served")));
+        return Err(ReadError::Bad(Response::text(
+            501,
+            "only Content-Length bodies are served",
+        )));
     }
     let length = match request.header("Content-Length") {
         None => 0,
@@ -180,7 +187,10 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, max_body: usize)
     Ok(request)
 }
 
-pub async fn write_response<S: AsyncWrite + Unpin>(stream: &mut S, response: &Response) -> std::io::Result<()> {
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) -> std::io::Result<()> {
     stream.write_all(&response.to_bytes()).await?;
     stream.shutdown().await
 }

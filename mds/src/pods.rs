@@ -103,7 +103,10 @@ impl Pods {
 impl RegisteredPod {
     /// The app's entry in the pod manifest.
     pub fn runtime_app(&self, app: &str) -> Option<&Value> {
-        self.manifest["apps"].as_array()?.iter().find(|a| a["name"] == app)
+        self.manifest["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == app)
     }
 
     /// The image's annotations with the pod manifest's app annotations applied:
@@ -144,7 +147,8 @@ mod tests {
         let mut pods = Pods::default();
         let uuid = Uuid::new_v4();
         pods.add_pod(uuid, "t".into(), pod_manifest()).unwrap();
-        let image = json!({"annotations": [{"name": "one", "value": "img"}, {"name": "two", "value": "img"}]});
+        let image =
+            json!({"annotations": [{"name": "one", "value": "img"}, {"name": "two", "value": "img"}]});
         pods.add_app(uuid, "a", image).unwrap();
         let merged = pods.by_token("t").unwrap().app_annotations("a").unwrap();
         assert_eq!(
@@ -162,11 +166,17 @@ mod tests {
         let mut pods = Pods::default();
         let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
         pods.add_pod(one, "t1".into(), pod_manifest()).unwrap();
-        assert_eq!(pods.add_pod(two, "t1".into(), pod_manifest()), Err(PodsError::TokenInUse));
+        assert_eq!(
+            pods.add_pod(two, "t1".into(), pod_manifest()),
+            Err(PodsError::TokenInUse)
+        );
         pods.add_pod(two, "t2".into(), pod_manifest()).unwrap();
         assert_eq!(pods.by_token("t2").unwrap().uuid, two);
         assert!(pods.by_token("t1").unwrap().manifest["annotations"].is_array());
-        assert!(matches!(pods.add_app(one, "nope", json!({})), Err(PodsError::UnknownApp { .. })));
+        assert!(matches!(
+            pods.add_app(one, "nope", json!({})),
+            Err(PodsError::UnknownApp { .. })
+        ));
         pods.remove(one).unwrap();
         assert!(pods.by_token("t1").is_none());
         assert_eq!(pods.remove(one), Err(PodsError::UnknownPod(one)));

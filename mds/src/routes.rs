@@ -127,7 +127,10 @@ impl Service {
                     return Response::text(404, format!("app {app:?} not found"));
                 };
                 match rest {
-                    ["annotations"] => ("GET", json_of(&Value::from(pod.app_annotations(app).unwrap_or_default()))),
+                    ["annotations"] => (
+                        "GET",
+                        json_of(&Value::from(pod.app_annotations(app).unwrap_or_default())),
+                    ),
                     ["annotations", name] => (
                         "GET",
                         annotation(&Value::from(pod.app_annotations(app).unwrap_or_default()), name),
@@ -222,7 +225,10 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }
@@ -248,7 +254,12 @@ mod tests {
         let uuid = Uuid::new_v4();
         let manifest = json!({"acKind": "PodManifest", "apps": [{"name": "app", "image": {"id": "sha512-abc"}}],
             "annotations": [{"name": "p", "value": "v"}]});
-        let put = request("PUT", &format!("/pods/{uuid}?token={TOKEN}"), &[], &manifest.to_string());
+        let put = request(
+            "PUT",
+            &format!("/pods/{uuid}?token={TOKEN}"),
+            &[],
+            &manifest.to_string(),
+        );
         let answer = service.registration(&put);
         assert_eq!(answer.status, 200);
         assert!(answer.headers.contains(&(PORT_HEADER, "18112".into())));
@@ -263,7 +274,10 @@ mod tests {
         let (service, uuid) = registered();
         let base = format!("/{TOKEN}/acMetadata/v1");
         let uuid_answer = service.public(&get(&format!("{base}/pod/uuid")));
-        assert_eq!((uuid_answer.status, uuid_answer.content_type), (200, "text/plain; charset=us-ascii"));
+        assert_eq!(
+            (uuid_answer.status, uuid_answer.content_type),
+            (200, "text/plain; charset=us-ascii")
+        );
         assert_eq!(uuid_answer.body, uuid.to_string().into_bytes());
         let id = service.public(&get(&format!("{base}/apps/app/image/id")));
         assert_eq!(id.body, b"sha512-abc");
@@ -274,9 +288,17 @@ mod tests {
         assert_eq!(one.body, b"w");
         let image = service.public(&get(&format!("{base}/apps/app/image/manifest")));
         assert_eq!(image.status, 200);
-        assert_eq!(service.public(&get(&format!("{base}/apps/nope/image/id"))).status, 404);
+        assert_eq!(
+            service.public(&get(&format!("{base}/apps/nope/image/id"))).status,
+            404
+        );
         assert_eq!(service.public(&get(&format!("{base}/pod/nothing"))).status, 404);
-        let post = request("POST", &format!("{base}/pod/uuid"), &[("Metadata-Flavor", "AppContainer")], "");
+        let post = request(
+            "POST",
+            &format!("{base}/pod/uuid"),
+            &[("Metadata-Flavor", "AppContainer")],
+            "",
+        );
         assert_eq!(service.public(&post).status, 405);
     }
 
@@ -302,7 +324,10 @@ mod tests {
         assert_eq!(signed.status, 200);
         let signature = String::from_utf8(signed.body).unwrap();
         assert!(!signature.ends_with('\n'));
-        let encoded: String = signature.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let encoded: String = signature
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
         let verify = |content: &str, uuid: &Uuid| {
             service
                 .public(&form(
@@ -328,7 +353,12 @@ mod tests {
         let service = Service::new([7; 64], 1);
         let short = request("PUT", &format!("/pods/{}?token=abc", Uuid::new_v4()), &[], "{}");
         assert_eq!(service.registration(&short).status, 400);
-        let not_json = request("PUT", &format!("/pods/{}?token={TOKEN}", Uuid::new_v4()), &[], "[");
+        let not_json = request(
+            "PUT",
+            &format!("/pods/{}?token={TOKEN}", Uuid::new_v4()),
+            &[],
+            "[",
+        );
         assert_eq!(service.registration(&not_json).status, 400);
         let bad_uuid = request("PUT", &format!("/pods/x?token={TOKEN}"), &[], "{}");
         assert_eq!(service.registration(&bad_uuid).status, 400);
