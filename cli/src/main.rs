@@ -65,6 +65,8 @@ pub enum Command {
     Image(commands::image::ImageArgs),
     /// Print the output the apps of a pod wrote (nspawn pods)
     Logs(commands::logs::LogsArgs),
+    /// Run the metadata service pods registered with --mds-register reach
+    MetadataService(commands::metadata_service::MetadataServiceArgs),
     /// Trust a key for verifying images
     Trust(commands::trust::TrustArgs),
     /// Print the version and the backends this build can use
@@ -147,6 +149,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Gc(_) => "gc",
         Command::Image(args) => args.name(),
         Command::Logs(_) => "logs",
+        Command::MetadataService(_) => "metadata-service",
         Command::Trust(_) => "trust",
         Command::Version => "version",
     }

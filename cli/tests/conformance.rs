@@ -1,15 +1,9 @@
-//! Runs the conformance kit against every registered stage1, through the real
-//! binary. Needs root (namespaces, mounts): without it the test says "skipped".
+//! Runs the conformance kit against every stage1 the kit knows
+//! (`rkt_conformance::backends`), through the real binary. Needs root
+//! (namespaces, mounts): without it the test says "skipped".
 
-use rkt_conformance::{Outcome, Rkt, all_checks};
-use rkt_engine::stage::{Availability, Stage1, registry};
-
-// Link every backend so the registry here matches the binary's.
-use rkt_backend_cni as _;
-use rkt_backend_finders as _;
-use rkt_backend_fly as _;
-use rkt_backend_nspawn as _;
-use rkt_backend_selinux as _;
+use rkt_conformance::{Outcome, Rkt, all_checks, backends};
+use rkt_engine::stage::Availability;
 
 #[test]
 fn every_registered_stage1_passes_the_conformance_checks() {
@@ -20,19 +14,19 @@ fn every_registered_stage1_passes_the_conformance_checks() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_rkt"));
     let mut failures = Vec::new();
     let mut ran = 0;
-    for stage1 in registry::all::<dyn Stage1>().expect("registry") {
-        if let Availability::Unavailable(why) = stage1.availability() {
-            eprintln!("stage1 {}: skipped: {why}", stage1.name());
+    for backend in backends::all().expect("registry") {
+        if let Availability::Unavailable(why) = &backend.availability {
+            eprintln!("stage1 {}: skipped: {why}", backend.name);
             continue;
         }
         for check in all_checks() {
-            let harness = Rkt::new(bin, stage1.name()).expect("harness");
+            let harness = Rkt::new(bin, backend.name).expect("harness");
             let outcome = (check.run)(&harness);
-            eprintln!("{:<8} {:<32} {outcome:?}", stage1.name(), check.name);
+            eprintln!("{:<8} {:<32} {outcome:?}", backend.name, check.name);
             match outcome {
                 Outcome::Passed => ran += 1,
                 Outcome::Skipped(_) => {}
-                Outcome::Failed(why) => failures.push(format!("{} {}: {why}", stage1.name(), check.name)),
+                Outcome::Failed(why) => failures.push(format!("{} {}: {why}", backend.name, check.name)),
             }
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::harness::{Rkt, RunOutput};
 use crate::image::{AciSpec, busybox_path};
+use crate::pod_checks;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -92,6 +93,38 @@ pub fn all_checks() -> Vec<Check> {
         Check {
             name: "missing-image-is-an-error",
             run: missing_image_is_an_error,
+        },
+        Check {
+            name: "multi-app-shared-volume",
+            run: pod_checks::multi_app_shared_volume,
+        },
+        Check {
+            name: "stop-ends-the-pod",
+            run: pod_checks::stop_ends_the_pod,
+        },
+        Check {
+            name: "enter-runs-in-the-app",
+            run: pod_checks::enter_runs_in_the_app,
+        },
+        Check {
+            name: "event-handlers",
+            run: pod_checks::event_handlers,
+        },
+        Check {
+            name: "metadata-service",
+            run: pod_checks::metadata_service,
+        },
+        Check {
+            name: "mds-register-without-service",
+            run: pod_checks::mds_register_without_service,
+        },
+        Check {
+            name: "ace-validator",
+            run: pod_checks::ace_validator,
+        },
+        Check {
+            name: "ace-validator-main-alone",
+            run: pod_checks::ace_validator_main_alone,
         },
     ]
 }

@@ -124,7 +124,7 @@ impl Rkt {
 }
 
 fn spec_key(spec: &AciSpec) -> String {
-    spec.manifest().to_string() + &format!("{:?}", spec.files)
+    spec.manifest().to_string() + &format!("{:?}{:?}{:?}", spec.files, spec.dirs, spec.host_files)
 }
 
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {

@@ -26,6 +26,15 @@ pub struct AciSpec {
     /// appc dependencies: (image name, labels).
     pub dependencies: Vec<(String, Vec<(String, String)>)>,
     pub path_whitelist: Vec<String>,
+    /// Image annotations: (name, value).
+    pub annotations: Vec<(String, String)>,
+    /// More fields of the manifest's `app` as they are written (eventHandlers,
+    /// ports, isolators...).
+    pub app_extra: serde_json::Map<String, serde_json::Value>,
+    /// Empty directories in the rootfs.
+    pub dirs: Vec<String>,
+    /// Files copied from the host: (path inside rootfs, host path, mode).
+    pub host_files: Vec<(String, PathBuf, u32)>,
 }
 
 impl AciSpec {
@@ -47,6 +56,10 @@ impl AciSpec {
             busybox: true,
             dependencies: Vec::new(),
             path_whitelist: Vec::new(),
+            annotations: Vec::new(),
+            app_extra: serde_json::Map::new(),
+            dirs: Vec::new(),
+            host_files: Vec::new(),
         }
     }
 
@@ -77,6 +90,9 @@ impl AciSpec {
         if let Some(wd) = &self.working_directory {
             app["workingDirectory"] = json!(wd);
         }
+        for (key, value) in &self.app_extra {
+            app[key] = value.clone();
+        }
         let labels = |l: &[(String, String)]| {
             l.iter()
                 .map(|(n, v)| json!({"name": n, "value": v}))
@@ -99,6 +115,9 @@ impl AciSpec {
         if !self.path_whitelist.is_empty() {
             manifest["pathWhitelist"] = json!(self.path_whitelist);
         }
+        if !self.annotations.is_empty() {
+            manifest["annotations"] = json!(labels(&self.annotations));
+        }
         manifest
     }
 
@@ -112,9 +131,22 @@ impl AciSpec {
         if self.busybox {
             append_busybox(&mut tar)?;
         }
+        for dir in &self.dirs {
+            append_dir(
+                &mut tar,
+                &format!("rootfs/{}", dir.trim_start_matches('/')),
+                0o755,
+            )?;
+        }
         for (path, contents, mode) in &self.files {
             let path = format!("rootfs/{}", path.trim_start_matches('/'));
             append_file(&mut tar, &path, contents, *mode)?;
+        }
+        for (path, host, mode) in &self.host_files {
+            let path = format!("rootfs/{}", path.trim_start_matches('/'));
+            let file = std::fs::File::open(host)?;
+            let size = file.metadata()?.len();
+            tar.append_data(&mut header(tar::EntryType::Regular, size, *mode), &path, file)?;
         }
         tar.into_inner()?
             .into_inner()
@@ -153,7 +185,7 @@ fn append_busybox<W: io::Write>(tar: &mut tar::Builder<W>) -> io::Result<()> {
 /// The applets the checks call.
 const APPLETS: &[&str] = &[
     "sh", "echo", "env", "id", "pwd", "cat", "ls", "sleep", "true", "false", "test", "touch", "mkdir",
-    "stat", "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname",
+    "stat", "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname", "wget", "timeout",
 ];
 
 /// A GNU header with every numeric field set (an unset uid is not "0" to a tar reader).

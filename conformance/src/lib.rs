@@ -5,9 +5,13 @@
 //! check reports Passed, Skipped (with the reason: a prerequisite is missing) or
 //! Failed (with what was seen), in the style of youki's contest framework.
 
+pub mod ace;
+pub mod backends;
 pub mod checks;
 pub mod harness;
 pub mod image;
+pub mod pod_checks;
+pub mod service;
 
 pub use checks::{Check, Outcome, all_checks};
 pub use harness::Rkt;

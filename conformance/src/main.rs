@@ -1,11 +1,15 @@
-//! `rkt-conformance`: run the conformance checks against one stage1 backend, or
-//! build the example image the README's demo runs.
+//! `rkt-conformance`: run the conformance checks against one stage1 backend (or
+//! all of them), or build the example image the README's demo runs.
+//!
+//! Each check prints one line: passed, FAILED with what was seen, or skipped
+//! with the reason; any failure makes the exit code non-zero.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
-use rkt_conformance::{AciSpec, Outcome, Rkt, all_checks};
+use rkt_conformance::{AciSpec, Outcome, Rkt, ace, all_checks, backends};
+use rkt_engine::stage::Availability;
 
 #[derive(Parser)]
 #[command(
@@ -15,15 +19,19 @@ use rkt_conformance::{AciSpec, Outcome, Rkt, all_checks};
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// The stage1 backend to check
+    /// The stage1 backend to check, or `all` for every registered one
     #[arg(long, default_value = "fly")]
     stage1: String,
-    /// The rkt binary (default: the one next to this program)
+    /// The rkt binary (default: the one next to this program, rebuilt first
+    /// when this runs under `cargo run`)
     #[arg(long)]
     rkt: Option<PathBuf>,
     /// Only run checks whose name contains this
     #[arg(long)]
     filter: Option<String>,
+    /// List the checks and the registered backends, run nothing
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Subcommand)]
@@ -35,6 +43,19 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the appc ACE validator and write its two images
+    /// (ace-validator-main.aci, ace-validator-sidekick.aci) into a directory
+    BuildAceImages {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
 }
 
 fn main() -> ExitCode {
@@ -48,35 +69,140 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rkt = args.rkt.unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("rkt")))
-            .unwrap_or_else(|| PathBuf::from("rkt"))
-    });
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for check in all_checks() {
-        if args.filter.as_deref().is_some_and(|f| !check.name.contains(f)) {
+    if let Some(Cmd::BuildAceImages { out_dir }) = &args.command {
+        return match build_ace_images(out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("build-ace-images: {e}");
+                ExitCode::from(254)
+            }
+        };
+    }
+    let registered = match backends::all() {
+        Ok(all) => all,
+        Err(e) => {
+            eprintln!("rkt-conformance: {e}");
+            return ExitCode::from(254);
+        }
+    };
+    if args.list {
+        for backend in &registered {
+            println!(
+                "stage1 {:<8} {:?} {:?}",
+                backend.name, backend.capabilities, backend.availability
+            );
+        }
+        for check in all_checks() {
+            println!("check {}", check.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let targets: Vec<_> = if args.stage1 == "all" {
+        registered
+    } else {
+        match backends::find(&args.stage1) {
+            Ok(b) => vec![b],
+            Err(e) => {
+                eprintln!("rkt-conformance: {e}");
+                return ExitCode::from(254);
+            }
+        }
+    };
+    let rkt = match args.rkt {
+        Some(rkt) => rkt,
+        None => match default_rkt() {
+            Ok(rkt) => rkt,
+            Err(e) => {
+                eprintln!("rkt-conformance: {e}");
+                return ExitCode::from(254);
+            }
+        },
+    };
+    let mut failed_any = false;
+    for backend in targets {
+        if let Availability::Unavailable(why) = &backend.availability {
+            println!(
+                "stage1 {}: skipped: cannot run on this machine: {why}",
+                backend.name
+            );
             continue;
         }
-        let outcome = match Rkt::new(&rkt, &args.stage1) {
-            Ok(h) => (check.run)(&h),
-            Err(e) => Outcome::Failed(format!("cannot set up: {e}")),
-        };
-        match &outcome {
-            Outcome::Passed => passed += 1,
-            Outcome::Skipped(_) => skipped += 1,
-            Outcome::Failed(_) => failed += 1,
+        let mut tally = Tally::default();
+        for check in all_checks() {
+            if args.filter.as_deref().is_some_and(|f| !check.name.contains(f)) {
+                continue;
+            }
+            let outcome = match Rkt::new(&rkt, backend.name) {
+                Ok(h) => (check.run)(&h),
+                Err(e) => Outcome::Failed(format!("cannot set up: {e}")),
+            };
+            let line = match &outcome {
+                Outcome::Passed => {
+                    tally.passed += 1;
+                    "passed".to_string()
+                }
+                Outcome::Skipped(why) => {
+                    tally.skipped += 1;
+                    format!("skipped: {why}")
+                }
+                Outcome::Failed(why) => {
+                    tally.failed += 1;
+                    format!("FAILED: {why}")
+                }
+            };
+            println!("{:<8} {:<32} {line}", backend.name, check.name);
         }
-        println!("{:<32} {outcome:?}", check.name);
+        println!(
+            "stage1 {}: {} passed, {} failed, {} skipped",
+            backend.name, tally.passed, tally.failed, tally.skipped
+        );
+        failed_any |= tally.failed > 0;
     }
-    println!(
-        "stage1 {}: {passed} passed, {failed} failed, {skipped} skipped",
-        args.stage1
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
+    if failed_any {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn build_ace_images(dir: &Path) -> Result<(), String> {
+    let validator = ace::validator().map_err(|e| format!("{e:?}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (file, spec) in [
+        ("ace-validator-main.aci", ace::main_image(&validator)),
+        ("ace-validator-sidekick.aci", ace::sidekick_image(&validator)),
+    ] {
+        let path = dir.join(file);
+        spec.write(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// The `rkt` next to this program. Under `cargo run` (which sets `CARGO`) it is
+/// rebuilt first with the same profile, so the checks never judge a stale binary.
+fn default_rkt() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "rkt", "--bin", "rkt"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().map_err(|e| format!("cargo build -p rkt: {e}"))?;
+        if !status.success() {
+            return Err("cargo build -p rkt failed".into());
+        }
+    }
+    let rkt = dir.join("rkt");
+    if rkt.is_file() {
+        Ok(rkt)
+    } else {
+        Err(format!(
+            "no rkt binary at {} (cargo build -p rkt, or give --rkt=PATH)",
+            rkt.display()
+        ))
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::fsutil;
+use crate::mds::MdsRegistration;
 use crate::pod::layout::{self, AppRootfs};
 use crate::pod::{AnyPod, Pod, PodError, PodsDir, Prepared, Preparing, Running};
 use crate::schema::{
@@ -107,6 +108,8 @@ pub struct RunRequest {
     /// `--dns*` and `--hosts-entry`.
     pub dns: crate::stage::DnsMode,
     pub hosts: crate::stage::HostsMode,
+    /// `--mds-register`: register the pod with the metadata service there.
+    pub mds: Option<MdsRegistration>,
 }
 
 /// `rkt run-prepared`: which prepared pod, and the run-time flags it takes.
@@ -118,6 +121,8 @@ pub struct RunPreparedRequest {
     pub interactive: bool,
     pub debug: bool,
     pub insecure: InsecureOptions,
+    /// `--mds-register`.
+    pub mds: Option<MdsRegistration>,
 }
 
 /// The engine's view of one `--dir`.
@@ -218,7 +223,7 @@ impl Runtime {
             hosts: request.hosts.clone(),
             ..RunConfig::default()
         };
-        self.start_pod(stage1.as_ref(), pod, &net, cfg)
+        self.start_registered_pod(stage1.as_ref(), pod, &net, cfg, request.mds.as_ref())
     }
 
     /// `rkt run-prepared`: runs a pod that `prepare` left in state prepared, with
@@ -268,7 +273,7 @@ impl Runtime {
             insecure: request.insecure,
             ..RunConfig::default()
         };
-        self.start_pod(stage1.as_ref(), pod, &net, cfg)
+        self.start_registered_pod(stage1.as_ref(), pod, &net, cfg, request.mds.as_ref())
     }
 
     /// Sets up the network and hands a running pod to its stage1.
@@ -294,7 +299,21 @@ impl Runtime {
         stage1: &dyn Stage1,
         pod: Pod<Running>,
         net: &NetRequest,
+        cfg: RunConfig,
+    ) -> Result<PodExit, RunnerError> {
+        self.start_registered_pod(stage1, pod, net, cfg, None)
+    }
+
+    /// `start_pod`, registering the pod with the metadata service once its
+    /// network is up (the apps' URL names the host side of that network) and
+    /// unregistering it when the pod has ended.
+    pub fn start_registered_pod(
+        &self,
+        stage1: &dyn Stage1,
+        pod: Pod<Running>,
+        net: &NetRequest,
         mut cfg: RunConfig,
+        mds: Option<&MdsRegistration>,
     ) -> Result<PodExit, RunnerError> {
         let info = pod.info();
         let networker = select_networker(net)?;
@@ -317,6 +336,15 @@ impl Runtime {
         crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
         cfg.labels = select_labeler()?.labels(&info)?;
+        let registered = match mds.map(|m| m.register(&info.path, info.uuid, &net_info)) {
+            None => None,
+            Some(Ok(registered)) => Some(registered),
+            Some(Err(e)) => {
+                teardown_after_failed_start(networker.as_ref(), &info.path);
+                return Err(RunnerError::Invalid(e.to_string()));
+            }
+        };
+        cfg.metadata_url = registered.as_ref().map(|r| r.url.clone());
         cfg.net = net_info;
         crate::failpoint::failpoint("run.stage1-starting");
         if !stage1.capabilities().isolators && asks_for_isolators(pod.path()) {
@@ -326,10 +354,14 @@ impl Runtime {
                 stage1.name()
             );
         }
-        stage1.run(pod, &cfg).map_err(|e| {
+        let exit = stage1.run(pod, &cfg).map_err(|e| {
             teardown_after_failed_start(networker.as_ref(), &info.path);
             e.into()
-        })
+        });
+        if let Some(registered) = registered {
+            registered.unregister();
+        }
+        exit
     }
 
     fn prepare_pod(

@@ -236,7 +236,8 @@ fn setup(pod: &PodInfo, request: &NetRequest) -> Result<NetInfo, CniError> {
         info.networks.push(NetworkAttachment {
             name: attachment.network.name.clone(),
             ifname: attachment.ifname.clone(),
-            ip: parsed.and_then(|r| r.ip()).unwrap_or_default(),
+            ip: parsed.as_ref().and_then(|r| r.ip()).unwrap_or_default(),
+            gateway: parsed.and_then(|r| r.gateway()),
         });
     }
     Ok(info)

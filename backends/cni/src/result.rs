@@ -106,6 +106,28 @@ impl CniResult {
             .map(|a| strip(a))
     }
 
+    /// The gateway of the address [`ip`](Self::ip) picks, else the first one given.
+    pub fn gateway(&self) -> Option<String> {
+        let gateways: Vec<(&str, Option<&String>)> = match self {
+            CniResult::Legacy(r) => r
+                .ip4
+                .iter()
+                .chain(r.ip6.iter())
+                .map(|ip| (ip.ip.as_str(), ip.gateway.as_ref()))
+                .collect(),
+            CniResult::Current(r) => r
+                .ips
+                .iter()
+                .map(|ip| (ip.address.as_str(), ip.gateway.as_ref()))
+                .collect(),
+        };
+        gateways
+            .iter()
+            .find(|(a, g)| !a.contains(':') && g.is_some())
+            .or(gateways.iter().find(|(_, g)| g.is_some()))
+            .and_then(|(_, g)| g.cloned())
+    }
+
     pub fn dns(&self) -> Option<DnsSettings> {
         let dns = match self {
             CniResult::Legacy(r) => &r.dns,

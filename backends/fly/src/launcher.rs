@@ -37,6 +37,12 @@ pub struct AppExit {
 /// `Stage1::run` except the pod state transition, so it can be driven directly.
 /// Writes `pid` (right after fork) and the app's status file (at exit).
 pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
+    launch_with_env(pod_dir, &[])
+}
+
+/// `launch`, with variables stage0 adds to the app's planned environment
+/// (`AC_METADATA_URL`), each replacing the app's own.
+pub fn launch_with_env(pod_dir: &Path, extra_env: &[(String, String)]) -> Result<AppExit, FlyError> {
     let manifest = read_manifest(pod_dir)?;
     let app = single_app(&manifest)?.to_string();
     let rootfs = read_rootfs_spec(pod_dir, &app)?;
@@ -50,7 +56,7 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
     };
 
     let held = HeldSignals::hold();
-    let child = spawn(|parent| run_app(&Nix, &spec, parent))?;
+    let child = spawn(|parent| run_app(&Nix, &spec, extra_env, parent))?;
     // From here on the child is ours to reap, whatever else fails.
     let forwarding = held.install(child.pid);
     let status = child.wait_exec().and_then(|()| {
@@ -69,9 +75,13 @@ pub fn launch(pod_dir: &Path) -> Result<AppExit, FlyError> {
 }
 
 /// The child's whole life up to exec.
-fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, parent: Pid) -> UntilExec {
+fn run_app(sys: &dyn Syscall, spec: &RootSpec<'_>, extra_env: &[(String, String)], parent: Pid) -> UntilExec {
     record_pid(spec.pod_dir)?;
-    let plan = child::prepare_root(sys, spec)?;
+    let mut plan = child::prepare_root(sys, spec)?;
+    for (name, value) in extra_env {
+        plan.env.retain(|(k, _)| k != name);
+        plan.env.push((name.clone(), value.clone()));
+    }
     let args = ExecArgs::from_plan(&plan)?;
     child::become_app(sys, &plan)?;
     // Changing the effective uid/gid clears the parent-death signal: set it again,

@@ -121,7 +121,12 @@ impl Stage1 for FlyStage1 {
             return Err(FlyError::NetworkNamespace.into());
         }
         launcher::ensure_cloexec(pod.lock_fd())?;
-        let exit = launch(pod.path())?;
+        let extra_env: Vec<(String, String)> = cfg
+            .metadata_url
+            .iter()
+            .map(|url| ("AC_METADATA_URL".to_string(), url.clone()))
+            .collect();
+        let exit = launcher::launch_with_env(pod.path(), &extra_env)?;
         // Exited, then dropped: the lock goes, and on disk the pod is "exited".
         drop(pod.exited());
         Ok(PodExit {

@@ -55,6 +55,7 @@ pub fn prepare_stage1_rootfs(
         interactive: cfg.interactive,
         debug: cfg.debug,
         apps: isolation,
+        metadata_url: cfg.metadata_url.clone(),
     };
     let config = serde_json::to_vec(&config).map_err(|e| NspawnError::Invalid(e.to_string()))?;
     write(protocol::init_config().on_host(pod), &config)?;

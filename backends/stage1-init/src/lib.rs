@@ -179,8 +179,13 @@ impl Pod {
                 .map_err(|e| InitError::io(format!("app {name:?}: opening {}", root_dir.display()), e))?;
             // The pod directory is not visible here: every volume source is
             // replaced by the pod-side path stage0 bound it to.
-            let plan = plan_app(Path::new("/"), &manifest, &name, root.as_fd())?;
+            let mut plan = plan_app(Path::new("/"), &manifest, &name, root.as_fd())?;
             drop(root);
+            if let Some(url) = &config.metadata_url {
+                // The metadata service's URL is rkt's to give: it beats the app's own.
+                plan.env.retain(|(k, _)| k != "AC_METADATA_URL");
+                plan.env.push(("AC_METADATA_URL".into(), url.clone()));
+            }
             mounts::assemble(&Kernel, &root_dir, &plan.binds)
                 .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
             let isolation = config.apps.iter().find(|a| a.app == name);

@@ -7,6 +7,7 @@ pub mod gc;
 pub mod image;
 pub mod list;
 pub mod logs;
+pub mod metadata_service;
 pub mod prepare;
 pub mod rm;
 pub mod run;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc(args) => gc::gc(global, args),
         Command::Image(args) => image::image(global, args),
         Command::Logs(args) => logs::logs(global, args),
+        Command::MetadataService(args) => metadata_service::metadata_service(args),
         Command::Trust(args) => trust::trust(global, args),
         Command::Version => version::version(),
     }

@@ -236,6 +236,9 @@ pub struct RunArgs {
     /// Register the pod with the metadata service
     #[arg(long)]
     pub mds_register: bool,
+    /// The metadata service's registration socket (`rkt metadata-service --socket`)
+    #[arg(long, env = "RKT_MDS_SOCKET", default_value = rkt_engine::mds::DEFAULT_SOCKET, hide = true)]
+    pub mds_socket: PathBuf,
     /// The pod's hostname (default: rkt-<uuid>; stage1s with their own UTS namespace)
     #[arg(long)]
     pub hostname: Option<String>,
@@ -368,10 +371,6 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         args.mds_register && none,
         "--mds-register flag does not work with --net=none; use 'host', 'default' or an equivalent network",
     )?;
-    refuse(
-        args.mds_register,
-        "--mds-register: the metadata service is not available in this build yet",
-    )?;
     let mut prepare = args
         .pod
         .request(args.stage1.backend()?, global.insecure_options, &args.images)?;
@@ -389,6 +388,9 @@ pub fn run(global: &GlobalFlags, args: RunArgs) -> Result<u8> {
         hostname: args.hostname,
         dns: args.dns.dns_mode()?,
         hosts: args.dns.hosts_mode()?,
+        mds: args.mds_register.then(|| rkt_engine::mds::MdsRegistration {
+            socket: args.mds_socket.clone(),
+        }),
     };
     let runtime = global.runtime()?;
     let exit = runtime.run(&request)?;

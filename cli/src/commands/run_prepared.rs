@@ -22,6 +22,9 @@ pub struct RunPreparedArgs {
     /// Register the pod with the metadata service
     #[arg(long)]
     pub mds_register: bool,
+    /// The metadata service's registration socket (`rkt metadata-service --socket`)
+    #[arg(long, env = "RKT_MDS_SOCKET", default_value = rkt_engine::mds::DEFAULT_SOCKET, hide = true)]
+    pub mds_socket: PathBuf,
     /// Read the pod UUID from this file
     #[arg(long, conflicts_with = "uuid")]
     pub uuid_file: Option<PathBuf>,
@@ -44,10 +47,6 @@ pub fn run_prepared(global: &GlobalFlags, args: RunPreparedArgs) -> Result<u8> {
         args.mds_register && net.networks.iter().any(|(n, _)| n == "none"),
         "--mds-register flag does not work with --net=none; use 'host', 'default' or an equivalent network",
     )?;
-    refuse(
-        args.mds_register,
-        "--mds-register: the metadata service is not available in this build yet",
-    )?;
     let runtime = global.runtime()?;
     let uuid = resolve_pod(&runtime.pods, args.uuid.as_deref(), args.uuid_file.as_deref())?;
     let exit = runtime.run_prepared(&RunPreparedRequest {
@@ -57,6 +56,9 @@ pub fn run_prepared(global: &GlobalFlags, args: RunPreparedArgs) -> Result<u8> {
         interactive: args.interactive,
         debug: global.debug,
         insecure: global.insecure_options,
+        mds: args.mds_register.then(|| rkt_engine::mds::MdsRegistration {
+            socket: args.mds_socket.clone(),
+        }),
     })?;
     Ok(super::exit_byte(exit.code))
 }

@@ -121,6 +121,9 @@ pub struct InitConfig {
     /// the init's own privileges (stage0s before isolators).
     #[serde(default)]
     pub apps: Vec<AppIsolation>,
+    /// `AC_METADATA_URL` for every app and event handler (`--mds-register`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_url: Option<String>,
 }
 
 /// What the init applies to an app's processes between fork and exec.

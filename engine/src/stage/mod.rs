@@ -78,6 +78,9 @@ pub struct RunConfig {
     pub insecure: InsecureOptions,
     pub dns: DnsMode,
     pub hosts: HostsMode,
+    /// `AC_METADATA_URL` for every app, when the pod is registered with the
+    /// metadata service (`--mds-register`).
+    pub metadata_url: Option<String>,
 }
 
 /// How a pod ended, as `rkt run` reports it.
@@ -206,6 +209,10 @@ pub struct NetworkAttachment {
     pub name: String,
     pub ifname: String,
     pub ip: String,
+    /// The network's gateway for the pod: the host side of the link on ptp
+    /// networks, where the pod reaches services on the host (the metadata service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 #[async_trait]

@@ -1,0 +1,148 @@
+//! The metadata service and the appc ACE validator, through the real binary as
+//! root: the ACE pod on every multi-app stage1, a pod on a CNI network reaching
+//! the service at its gateway, and the service's own start-up errors. Each test
+//! starts its own service (own socket, kernel-picked port). Skipped (with the
+//! reason) without root, busybox, nspawn or the Go packages.
+
+mod common;
+
+use rkt_conformance::harness::RunOutput;
+use rkt_conformance::pod_checks;
+use rkt_conformance::service::{self, MetadataService};
+use rkt_conformance::{AciSpec, Outcome, Rkt, backends, busybox_path};
+use rkt_engine::stage::Availability;
+
+fn root(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{test}: skipped: needs root");
+        return false;
+    }
+    if busybox_path().is_none() {
+        eprintln!("{test}: skipped: needs busybox-static");
+        return false;
+    }
+    true
+}
+
+/// The stage1s that can run the full ACE pod here.
+fn multi_app_backends(test: &str) -> Vec<&'static str> {
+    backends::all()
+        .expect("registry")
+        .into_iter()
+        .filter(|b| match &b.availability {
+            Availability::Unavailable(why) => {
+                eprintln!("{test}: stage1 {}: skipped: {why}", b.name);
+                false
+            }
+            Availability::Available => b.capabilities.multi_app,
+        })
+        .map(|b| b.name)
+        .collect()
+}
+
+#[test]
+fn the_ace_validator_passes_on_every_multi_app_stage1() {
+    let test = "the_ace_validator_passes_on_every_multi_app_stage1";
+    if !root(test) {
+        return;
+    }
+    let names = multi_app_backends(test);
+    assert!(names.contains(&"nspawn"), "nspawn is registered and multi-app");
+    for name in names {
+        let rkt = Rkt::new(common::bin(), name).expect("harness");
+        match pod_checks::ace_validator(&rkt) {
+            Outcome::Passed => eprintln!("{test}: stage1 {name}: prestart, sidekick, main, poststop OK"),
+            Outcome::Skipped(why) => eprintln!("{test}: stage1 {name}: skipped: {why}"),
+            Outcome::Failed(why) => panic!("stage1 {name}: ACE validator: {why}"),
+        }
+    }
+}
+
+fn nspawn(test: &str) -> Option<Rkt> {
+    if !root(test) {
+        return None;
+    }
+    match backends::find("nspawn").map(|b| b.availability) {
+        Ok(Availability::Available) => Some(Rkt::new(common::bin(), "nspawn").expect("harness")),
+        Ok(Availability::Unavailable(why)) => {
+            eprintln!("{test}: skipped: {why}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// On the default network the app's URL names the host side of its veth (the
+/// CNI result's gateway), where the service listens on every address.
+#[test]
+fn a_pod_on_the_default_network_reaches_the_service_at_its_gateway() {
+    let Some(rkt) = nspawn("a_pod_on_the_default_network_reaches_the_service_at_its_gateway") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string();
+    let service = MetadataService::start_on(&rkt, "0.0.0.0").expect("service");
+    let [register, socket] = service.run_flags();
+    let out = rkt.run(&[
+        "--net=default",
+        &register,
+        &socket,
+        &image,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "echo $AC_METADATA_URL; wget -q -O - --header 'Metadata-Flavor: AppContainer' $AC_METADATA_URL/acMetadata/v1/apps/busybox/image/id",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let url = lines.first().copied().unwrap_or_default();
+    assert!(
+        url.starts_with(&format!("http://172.16.28.1:{}/", service.listen.port())),
+        "the default network's gateway: {}",
+        out.describe()
+    );
+    let id = lines.get(1).copied().unwrap_or_default();
+    assert!(id.starts_with("sha512-"), "image/id: {}", out.describe());
+    let listed = rkt.rkt(&["image", "list", "--full", "--no-legend"]);
+    assert!(
+        listed.stdout.contains(id),
+        "{id} is not the image in the store: {}",
+        listed.describe()
+    );
+    let gone = service::get(&format!("{url}/acMetadata/v1/pod/uuid"), true);
+    assert!(matches!(gone, Ok((401, _, _))), "after the pod: {gone:?}");
+}
+
+fn service_output(rkt: &Rkt, args: &[&str]) -> RunOutput {
+    rkt.rkt(&[&["metadata-service"], args].concat())
+}
+
+#[test]
+fn a_second_service_on_one_socket_and_a_busy_port_are_one_line_errors() {
+    let test = "a_second_service_on_one_socket_and_a_busy_port_are_one_line_errors";
+    if !root(test) {
+        return;
+    }
+    let rkt = Rkt::new(common::bin(), "fly").expect("harness");
+    let first = MetadataService::start(&rkt).expect("service");
+    let socket = format!("--socket={}", first.socket.display());
+    let second = service_output(&rkt, &["--listen-address=127.0.0.1", "--listen-port=0", &socket]);
+    common::one_line_254(&second, "already listening");
+    assert!(first.socket.exists(), "the running service's socket was removed");
+
+    let other = rkt.work().join("other.sock");
+    let busy = service_output(
+        &rkt,
+        &[
+            "--listen-address=127.0.0.1",
+            &format!("--listen-port={}", first.listen.port()),
+            &format!("--socket={}", other.display()),
+        ],
+    );
+    common::one_line_254(&busy, &first.listen.port().to_string());
+    assert!(!other.exists(), "a service that failed left its socket behind");
+}
