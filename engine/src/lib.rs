@@ -13,3 +13,4 @@ pub mod runner;
 pub mod schema;
 pub mod stage;
 pub mod store;
+pub mod userns;
