@@ -485,3 +485,64 @@ fn the_labeler_is_selinux_where_enabled_and_the_no_op_elsewhere() {
     assert!(chosen.contains("selinux"), "{chosen}");
     assert!(auto.stdout.contains(":s0:c"), "{}", auto.describe());
 }
+
+#[test]
+fn enter_into_a_private_users_pod_runs_as_the_pods_root() {
+    use std::io::Read;
+    let Some(rkt) = harness("enter_into_a_private_users_pod_runs_as_the_pods_root") else {
+        return;
+    };
+    let _gc = GcOnDrop(&rkt);
+    let uuid_file = rkt.work().join("enter.uuid");
+    let save = format!("--uuid-file-save={}", uuid_file.display());
+    let img = image(&rkt);
+    let mut child = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            "--stage1=nspawn",
+            "--net=host",
+            "--private-users",
+            "--no-overlay",
+            &save,
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo ready; exec sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    // The app's first line says it runs; nothing is polled.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let stdout = child.stdout.as_mut().expect("stdout");
+    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let uuid_flag = format!("--uuid-file={}", uuid_file.display());
+    let ready = rkt.rkt(&["status", "--wait-ready=30s", &uuid_flag]);
+    let entered = rkt.rkt(&["enter", &uuid_flag, "/bin/sh", "-c", "id -u; touch /entered"]);
+    let stop = rkt.rkt(&["stop", "--force", &uuid_flag]);
+    let _ = child.wait();
+    assert_eq!(line, b"ready", "the app's first line");
+    assert_eq!(ready.code, 0, "{}", ready.describe());
+    assert_eq!(entered.code, 0, "{}", entered.describe());
+    assert_eq!(entered.stdout.trim(), "0", "{}", entered.describe());
+    assert_eq!(stop.code, 0, "{}", stop.describe());
+    let uuid = std::fs::read_to_string(&uuid_file).expect("uuid file");
+    let pod = pod_dir(&rkt, uuid.trim());
+    let range = std::fs::read_to_string(pod.join("private-users")).expect("range file");
+    let shift: u32 = range
+        .split(':')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("shift");
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(pod.join("stage1/rootfs/opt/stage2/busybox/rootfs/entered")).expect("entered");
+    assert_eq!(meta.uid(), shift, "enter's file belongs to the pod's root");
+}

@@ -232,22 +232,22 @@ pub fn enter(
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
     let mut namespaces = Vec::with_capacity(kinds.len() + 1);
-    // A --private-users pod: its user namespace first (it owns the others),
-    // so what the command creates belongs to the pod's root, not the host's.
+    for (name, flag) in kinds {
+        namespaces.push((open(format!("/proc/{init}/ns/{name}"), OFlag::O_RDONLY)?, flag));
+    }
+    // A --private-users pod: its user namespace last, while the host's root
+    // may still join the others (the host's network among them), so what the
+    // command creates belongs to the pod's root, not the host's.
     let ns_id = |path: String| {
         std::fs::metadata(path)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .ok()
     };
-    let own_userns = ns_id(format!("/proc/{init}/ns/user")) != ns_id("/proc/self/ns/user".to_string());
-    if own_userns {
+    if ns_id(format!("/proc/{init}/ns/user")) != ns_id("/proc/self/ns/user".to_string()) {
         namespaces.push((
             open(format!("/proc/{init}/ns/user"), OFlag::O_RDONLY)?,
             CloneFlags::CLONE_NEWUSER,
         ));
-    }
-    for (name, flag) in kinds {
-        namespaces.push((open(format!("/proc/{init}/ns/{name}"), OFlag::O_RDONLY)?, flag));
     }
     let root = open(format!("/proc/{init}/root"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     let (errors_read, errors_write) =
