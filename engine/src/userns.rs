@@ -110,13 +110,11 @@ struct Entry {
 
 impl Entry {
     fn parse(line: &str) -> Option<Entry> {
-        let mut words = line.splitn(3, ' ');
-        let shift = words.next()?.parse().ok()?;
-        // The pods dir comes last but one; a path may hold spaces, a uuid not.
-        let rest = format!("{} {}", words.next()?, words.next()?);
+        let (shift, rest) = line.split_once(' ')?;
+        // The pods dir sits between; a path may hold spaces, a uuid not.
         let (pods, uuid) = rest.rsplit_once(' ')?;
         Some(Entry {
-            shift,
+            shift: shift.parse().ok()?,
             pods: PathBuf::from(pods),
             uuid: uuid.parse().ok()?,
         })
@@ -241,7 +239,7 @@ fn random_u32() -> u32 {
     }
 }
 
-/// Whether this kernel gives unprivileged-looking user namespaces at all.
+/// Whether this kernel has user namespaces at all.
 pub fn supported() -> bool {
     Path::new("/proc/self/ns/user").exists()
 }

@@ -262,11 +262,18 @@ pub fn compile(filter: &SeccompFilter) -> Result<Program, SeccompError> {
         }
     };
     let mut names = filter.syscalls.clone();
-    if filter.mode == SeccompMode::Retain {
+    let mut mode = filter.mode;
+    // rkt reads "remove nothing" as "keep the default allow-list", not as
+    // "allow everything" (@appc.io/all says that).
+    if mode == SeccompMode::Remove && names.iter().all(|n| n == "@appc.io/empty") {
+        mode = SeccompMode::Retain;
+        names = vec!["@rkt/default-whitelist".to_string()];
+    }
+    if mode == SeccompMode::Retain {
         names.extend(EXEC_PATH.iter().map(|s| s.to_string()));
     }
     let numbers = resolve(&names)?;
-    let (listed, other) = match filter.mode {
+    let (listed, other) = match mode {
         SeccompMode::Retain => (SECCOMP_RET_ALLOW, refuse),
         SeccompMode::Remove => (refuse, SECCOMP_RET_ALLOW),
     };
@@ -433,6 +440,11 @@ mod tests {
         assert_eq!(
             run(&all, AUDIT_ARCH_X86_64, syscall_number("mount").unwrap()),
             SECCOMP_RET_ALLOW
+        );
+        let default = compile(&filter(SeccompMode::Remove, &["@appc.io/empty"], Some("EPERM"))).unwrap();
+        assert_eq!(
+            default, allow,
+            "removing nothing keeps the default allow-list, as rkt"
         );
         let none = compile(&filter(SeccompMode::Retain, &["@appc.io/empty"], Some("EPERM"))).unwrap();
         assert_eq!(
