@@ -1,8 +1,10 @@
 //! Isolators on nspawn pods, end to end through the real binary as root:
 //! cgroup limits (an app past its memory limit is OOM-killed, CPU quota in the
 //! cgroup files, gc removes every cgroup), capabilities, seccomp,
-//! no_new_privs, a read-only rootfs, and fly's warning. Skipped (with the
-//! reason) without root, busybox, nspawn or the memory/cpu cgroup controllers.
+//! no_new_privs, a read-only rootfs, read-only and masked path isolators,
+//! `--private-users` (uid 0 inside is an unprivileged host uid; enter joins
+//! it), the labeler choice, and fly's warning. Skipped (with the reason)
+//! without root, busybox, nspawn or the memory/cpu cgroup controllers.
 
 mod common;
 
