@@ -29,7 +29,7 @@ struct Args {
     /// gc) run a fraction of this, at least 3.
     #[arg(long, default_value_t = 200)]
     runs: usize,
-    /// Scenarios to run (default: all): fly, nspawn, net, fetch, kvm, series,
+    /// Scenarios to run (default: all): fly, nspawn, seccomp, net, fetch, kvm, series,
     /// big-image, list-gc, rss, concurrent.
     #[arg(long, num_args = 1..)]
     scenario: Vec<String>,

@@ -16,9 +16,10 @@ use crate::peers::{self, Peers};
 use crate::report::{Outcome, Side};
 use crate::stats::{Sample, Target, Unit};
 
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     "fly",
     "nspawn",
+    "seccomp",
     "net",
     "fetch",
     "kvm",
@@ -91,6 +92,7 @@ impl Bench {
         match name {
             "fly" => self.fly().map(|o| vec![o]),
             "nspawn" => self.nspawn().map(|o| vec![o]),
+            "seccomp" => self.seccomp().map(|o| vec![o]),
             "net" => self.net().map(|o| vec![o]),
             "fetch" => self.fetch().map(|o| vec![o]),
             "kvm" => Ok(vec![Outcome::Skipped {
@@ -320,6 +322,107 @@ impl Bench {
                  (rkt's pod runs under its own seccomp filter, the bare container under nspawn's).",
                 show_median(&rkt_cpu),
                 show_median(&bare_cpu)
+            )],
+        })
+    }
+
+    /// Issue 7's speed item: what each seccomp filter costs a pod's start, same
+    /// run. rkt's default pod (our filter, compiled in the init; nspawn's off)
+    /// against the bare nspawn with its own default filter; beside them the
+    /// same rkt pod under nspawn's filter instead (`--insecure-options=seccomp`)
+    /// and the bare nspawn with no filter (`SYSTEMD_SECCOMP=0`), so each
+    /// filter's share of the time shows.
+    fn seccomp(&self) -> Result<Outcome> {
+        let scenario = "nspawn pod start, seccomp filters".to_string();
+        if let Err(reason) = self.stage1_available("nspawn")? {
+            return Ok(Outcome::Skipped { scenario, reason });
+        }
+        if self.nspawn_bare().is_none() {
+            let reason = self.peers.nspawn.as_ref().err().cloned().unwrap_or_default();
+            return Ok(Outcome::Skipped {
+                scenario,
+                reason: format!("skipped: {reason}"),
+            });
+        }
+        let mut ours = Sample::new(
+            "`rkt run --stage1=nspawn --net=host IMAGE-ID --exec /bin/true` (rkt's filter)",
+            Unit::Millis,
+        );
+        let mut bare = Sample::new(
+            "`systemd-nspawn --register=no --keep-unit -q -D ROOTFS /bin/true` (nspawn's filter)",
+            Unit::Millis,
+        );
+        let mut theirs = Sample::new(
+            "`rkt run --insecure-options=image,seccomp ...` (nspawn's filter, not ours)",
+            Unit::Millis,
+        );
+        let mut unfiltered = Sample::new("`SYSTEMD_SECCOMP=0 systemd-nspawn ...` (no filter)", Unit::Millis);
+        let mut cpu: [Sample; 4] = [
+            Sample::new("ours CPU", Unit::Millis),
+            Sample::new("bare CPU", Unit::Millis),
+            Sample::new("theirs CPU", Unit::Millis),
+            Sample::new("unfiltered CPU", Unit::Millis),
+        ];
+        for round in 0..self.rounds(2, 10) {
+            for side in rotation(round, 4) {
+                let cmd = match side {
+                    0 => Some(self.run_stage1(&self.main, "nspawn")),
+                    1 => self.nspawn_bare(),
+                    2 => {
+                        let mut cmd = self.rkt_in(
+                            &self.main.path,
+                            &[
+                                "run",
+                                "--insecure-options=image,seccomp",
+                                "--stage1=nspawn",
+                                "--net=host",
+                                &self.main.image,
+                                "--exec",
+                                "/bin/true",
+                            ],
+                        );
+                        cmd.env_remove("SYSTEMD_SECCOMP");
+                        Some(cmd)
+                    }
+                    _ => self.nspawn_bare().map(|mut cmd| {
+                        cmd.env("SYSTEMD_SECCOMP", "0");
+                        cmd
+                    }),
+                };
+                let Some(mut cmd) = cmd else { continue };
+                let m = measure::run(&mut cmd)?;
+                [&mut ours, &mut bare, &mut theirs, &mut unfiltered][side].push(m.millis());
+                cpu[side].push(m.cpu_millis());
+            }
+            if round % 50 == 49 {
+                self.gc(&self.main)?;
+            }
+        }
+        self.gc(&self.main)?;
+        Ok(Outcome::Compared {
+            scenario,
+            subject: ours,
+            peers: vec![
+                Side {
+                    sample: bare,
+                    target: Some(Target::AtMost(1.0)),
+                },
+                Side {
+                    sample: theirs,
+                    target: None,
+                },
+                Side {
+                    sample: unfiltered,
+                    target: None,
+                },
+            ],
+            notes: vec![format!(
+                "CPU time (user + sys) per pod, medians: rkt with its filter {}, bare nspawn with its filter {}, \
+                 rkt under nspawn's filter {}, bare nspawn without a filter {}.",
+                show_median(&cpu[0]),
+                show_median(&cpu[1]),
+                show_median(&cpu[2]),
+                show_median(&cpu[3])
             )],
         })
     }

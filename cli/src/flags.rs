@@ -31,11 +31,17 @@ pub struct GlobalFlags {
     /// User configuration directory
     #[arg(long, global = true)]
     pub user_config: Option<PathBuf>,
+    /// Security labels for pods: auto (selinux where SELinux is enabled, else
+    /// none), selinux or none
+    #[arg(long, global = true, default_value = "auto")]
+    pub labeler: String,
 }
 
 impl GlobalFlags {
     pub fn runtime(&self) -> Result<Runtime> {
-        Ok(Runtime::open(&self.dir)?)
+        let mut runtime = Runtime::open(&self.dir)?;
+        runtime.labeler = Some(self.labeler.clone());
+        Ok(runtime)
     }
 
     /// Where `rkt trust` keeps keys and `auth.d` lives.

@@ -1,8 +1,10 @@
 //! Isolators on nspawn pods, end to end through the real binary as root:
 //! cgroup limits (an app past its memory limit is OOM-killed, CPU quota in the
 //! cgroup files, gc removes every cgroup), capabilities, seccomp,
-//! no_new_privs, a read-only rootfs, and fly's warning. Skipped (with the
-//! reason) without root, busybox, nspawn or the memory/cpu cgroup controllers.
+//! no_new_privs, a read-only rootfs, read-only and masked path isolators,
+//! `--private-users` (uid 0 inside is an unprivileged host uid; enter joins
+//! it), the labeler choice, and fly's warning. Skipped (with the reason)
+//! without root, busybox, nspawn or the memory/cpu cgroup controllers.
 
 mod common;
 
@@ -286,4 +288,263 @@ fn bad_isolator_flags_are_one_line_errors() {
     };
     let out = sh(&rkt, &["--caps-retain=CAP_NOPE"], "true");
     common::one_line_254(&out, "CAP_NOPE");
+}
+
+/// `rkt prepare` of `image` running `script`, turned into a pod manifest with
+/// `isolators` added to its app; returns `--pod-manifest=PATH`.
+fn manifest_with_isolators(rkt: &Rkt, image: &str, script: &str, isolators: serde_json::Value) -> String {
+    let stage1 = format!("--stage1={}", rkt.stage1);
+    let prepared = rkt.rkt(&[
+        "prepare",
+        "--quiet",
+        "--insecure-options=image",
+        &stage1,
+        image,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        script,
+    ]);
+    assert_eq!(prepared.code, 0, "{}", prepared.describe());
+    let cat = rkt.rkt(&["cat-manifest", prepared.stdout.trim()]);
+    assert_eq!(cat.code, 0, "{}", cat.describe());
+    let mut manifest: serde_json::Value = serde_json::from_str(&cat.stdout).expect("pod manifest");
+    manifest["apps"][0]["app"]["isolators"] = isolators;
+    let path = rkt.work().join("pod-manifest.json");
+    std::fs::write(&path, manifest.to_string()).expect("write manifest");
+    format!("--pod-manifest={}", path.display())
+}
+
+#[test]
+fn read_only_and_masked_path_isolators_apply_to_the_app() {
+    let Some(rkt) = harness("read_only_and_masked_path_isolators_apply_to_the_app") else {
+        return;
+    };
+    let _gc = GcOnDrop(&rkt);
+    let mut spec = AciSpec::busybox("example.com/paths");
+    spec.files
+        .push(("root/secret".into(), b"secret\n".to_vec(), 0o600));
+    let img = rkt.image(&spec).expect("image").display().to_string();
+    let script = "touch /etc/probe; echo etc=$?; echo x >/tmp/probe; echo tmp=$?; \
+                  echo passwd=$(wc -c </etc/passwd); echo root=$(ls -A /root | wc -l); \
+                  cat /root/secret; echo secret=$?";
+    let flag = manifest_with_isolators(
+        &rkt,
+        &img,
+        script,
+        serde_json::json!([
+            {"name": "os/linux/read-only-paths", "value": {"paths": ["/etc"]}},
+            {"name": "os/linux/masked-paths", "value": {"paths": ["/etc/passwd", "/root", "/nonexistent"]}},
+        ]),
+    );
+    let out = rkt.run(&[&flag]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    for expected in ["etc=1", "tmp=0", "passwd=0", "root=0", "secret=1"] {
+        assert!(
+            out.stdout.lines().any(|l| l == expected),
+            "{expected}: {}",
+            out.describe()
+        );
+    }
+    assert!(out.stderr.contains("Read-only file system"), "{}", out.describe());
+    assert!(!out.stdout.contains("secret\n"), "{}", out.describe());
+
+    // Without the isolators the same app writes /etc and reads /root.
+    let plain = rkt.run(&[
+        &img,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "touch /etc/probe && cat /root/secret",
+    ]);
+    assert_eq!(plain.code, 0, "{}", plain.describe());
+    assert_eq!(plain.stdout.trim(), "secret");
+}
+
+#[test]
+fn bad_path_isolators_are_one_line_errors() {
+    let Some(rkt) = harness("bad_path_isolators_are_one_line_errors") else {
+        return;
+    };
+    let flag = manifest_with_isolators(
+        &rkt,
+        &image(&rkt),
+        "true",
+        serde_json::json!([{"name": "os/linux/masked-paths", "value": {"paths": ["relative/x"]}}]),
+    );
+    common::one_line_254(&rkt.run(&[&flag]), "relative/x");
+}
+
+/// The directory of pod `uuid`, in whichever state it is.
+fn pod_dir(rkt: &Rkt, uuid: &str) -> PathBuf {
+    std::fs::read_dir(rkt.dir.join("pods"))
+        .expect("pods dir")
+        .flatten()
+        .map(|state| state.path().join(uuid))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("no pod {uuid}"))
+}
+
+#[test]
+fn root_in_a_private_users_pod_is_an_unprivileged_host_uid() {
+    let Some(rkt) = harness("root_in_a_private_users_pod_is_an_unprivileged_host_uid") else {
+        return;
+    };
+    let _gc = GcOnDrop(&rkt);
+    let img = image(&rkt);
+    // rkt's rule: the tree store under an overlay cannot be shifted per pod.
+    let refused = rkt.run(&["--private-users", &img]);
+    common::one_line_254(&refused, "--no-overlay");
+
+    let uuid_file = rkt.work().join("private-users.uuid");
+    let save = format!("--uuid-file-save={}", uuid_file.display());
+    let out = rkt.run(&[
+        "--private-users",
+        "--no-overlay",
+        &save,
+        &img,
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "cat /proc/self/uid_map; touch /created; id -u",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let uuid = std::fs::read_to_string(&uuid_file).expect("uuid file");
+    let uuid = uuid.trim();
+    let map: Vec<u64> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|w| w.parse().expect("uid_map number"))
+        .collect();
+    assert_eq!(map.len(), 3, "{}", out.describe());
+    let (inside, host, count) = (map[0], map[1], map[2]);
+    assert_eq!((inside, count), (0, 65536), "{}", out.describe());
+    assert!(host >= 65536 && host % 65536 == 0, "{host}");
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("0"),
+        "root inside: {}",
+        out.describe()
+    );
+
+    let pod = pod_dir(&rkt, uuid);
+    assert_eq!(
+        std::fs::read_to_string(pod.join("private-users"))
+            .expect("range file")
+            .trim(),
+        format!("{host}:65536")
+    );
+    let created = pod.join("stage1/rootfs/opt/stage2/busybox/rootfs/created");
+    let meta = std::fs::metadata(&created).expect("the app's file");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (u64::from(meta.uid()), u64::from(meta.gid())),
+        (host, host),
+        "seen from the host"
+    );
+    let table = || std::fs::read_to_string("/run/rkt-rs/uid-ranges").unwrap_or_default();
+    assert!(table().contains(uuid), "allocated: {}", table());
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    assert!(!table().contains(uuid), "released at gc: {}", table());
+}
+
+#[test]
+fn the_labeler_is_selinux_where_enabled_and_the_no_op_elsewhere() {
+    let test = "the_labeler_is_selinux_where_enabled_and_the_no_op_elsewhere";
+    let Some(rkt) = harness(test) else {
+        return;
+    };
+    let _gc = GcOnDrop(&rkt);
+    let img = image(&rkt);
+    let selinux = std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok();
+    // Without an LSM the kernel refuses the read (EINVAL): only SELinux fills it.
+    let script = "cat /proc/self/attr/current 2>/dev/null; exit 0";
+    let auto = rkt.run(&["--debug", &img, "--exec", "/bin/sh", "--", "-c", script]);
+    assert_eq!(auto.code, 0, "{}", auto.describe());
+    let chosen = auto
+        .stderr
+        .lines()
+        .find(|l| l.contains("labeler chosen"))
+        .unwrap_or_else(|| panic!("no labeler in the debug log: {}", auto.describe()))
+        .to_string();
+    if !selinux {
+        assert!(chosen.contains("none"), "{chosen}");
+        let forced = rkt.run(&["--labeler=selinux", &img]);
+        common::one_line_254(&forced, "SELinux is not enabled");
+        let none = rkt.run(&["--labeler=none", &img, "--exec", "/bin/true"]);
+        assert_eq!(none.code, 0, "{}", none.describe());
+        eprintln!("{test}: live labels skipped: SELinux not enabled");
+        return;
+    }
+    // SELinux on: the app runs in a container domain at a level of its own.
+    assert!(chosen.contains("selinux"), "{chosen}");
+    assert!(auto.stdout.contains(":s0:c"), "{}", auto.describe());
+}
+
+#[test]
+fn enter_into_a_private_users_pod_runs_as_the_pods_root() {
+    use std::io::Read;
+    let Some(rkt) = harness("enter_into_a_private_users_pod_runs_as_the_pods_root") else {
+        return;
+    };
+    let _gc = GcOnDrop(&rkt);
+    let uuid_file = rkt.work().join("enter.uuid");
+    let save = format!("--uuid-file-save={}", uuid_file.display());
+    let img = image(&rkt);
+    let mut child = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            "--stage1=nspawn",
+            "--net=host",
+            "--private-users",
+            "--no-overlay",
+            &save,
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo ready; exec sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    // The app's first line says it runs; nothing is polled.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let stdout = child.stdout.as_mut().expect("stdout");
+    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let uuid_flag = format!("--uuid-file={}", uuid_file.display());
+    let ready = rkt.rkt(&["status", "--wait-ready=30s", &uuid_flag]);
+    let entered = rkt.rkt(&["enter", &uuid_flag, "/bin/sh", "-c", "id -u; touch /entered"]);
+    let stop = rkt.rkt(&["stop", "--force", &uuid_flag]);
+    let _ = child.wait();
+    assert_eq!(line, b"ready", "the app's first line");
+    assert_eq!(ready.code, 0, "{}", ready.describe());
+    assert_eq!(entered.code, 0, "{}", entered.describe());
+    assert_eq!(entered.stdout.trim(), "0", "{}", entered.describe());
+    assert_eq!(stop.code, 0, "{}", stop.describe());
+    let uuid = std::fs::read_to_string(&uuid_file).expect("uuid file");
+    let pod = pod_dir(&rkt, uuid.trim());
+    let range = std::fs::read_to_string(pod.join("private-users")).expect("range file");
+    let shift: u32 = range
+        .split(':')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("shift");
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(pod.join("stage1/rootfs/opt/stage2/busybox/rootfs/entered")).expect("entered");
+    assert_eq!(meta.uid(), shift, "enter's file belongs to the pod's root");
 }

@@ -163,7 +163,13 @@ fn sweep(pod: Pod<Garbage>) -> Result<(), String> {
         }
     }
     crate::failpoint::failpoint("gc.unmounted");
-    pod.destroy().map_err(|e| e.to_string())
+    let uuid = pod.uuid();
+    pod.destroy().map_err(|e| e.to_string())?;
+    // After the files that carry its ids are gone, so no new pod shares them.
+    if let Err(e) = crate::userns::Allocator::default().release(uuid) {
+        tracing::warn!("pod {uuid}: {e}");
+    }
+    Ok(())
 }
 
 /// Runs the recorded networker's teardown; a failure is logged and gc goes on,

@@ -14,3 +14,4 @@ pub mod runner;
 pub mod schema;
 pub mod stage;
 pub mod store;
+pub mod userns;

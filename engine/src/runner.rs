@@ -85,6 +85,8 @@ pub struct PrepareRequest {
     pub inherit_env: bool,
     pub ports: Vec<ExposedPort>,
     pub no_overlay: bool,
+    /// `--private-users`: the pod gets its own uid range (see [`crate::userns`]).
+    pub private_users: bool,
     /// `--pod-manifest`: use this manifest instead of building one from the flags.
     pub pod_manifest: Option<PathBuf>,
     pub stage1: String,
@@ -131,6 +133,8 @@ pub struct Runtime {
     pub dir: PathBuf,
     pub store: Store,
     pub pods: PodsDir,
+    /// `--labeler`: a Labeler by name; None picks one (see `select_labeler`).
+    pub labeler: Option<String>,
 }
 
 impl Runtime {
@@ -143,6 +147,7 @@ impl Runtime {
             dir: dir.to_path_buf(),
             store: Store::open(dir)?,
             pods: PodsDir::open(dir)?,
+            labeler: None,
         })
     }
 
@@ -153,6 +158,7 @@ impl Runtime {
             store: Store::open(&dir)?,
             pods: PodsDir::existing(&dir),
             dir,
+            labeler: None,
         })
     }
 
@@ -335,7 +341,17 @@ impl Runtime {
         write_json(&record_path, &record)?;
         crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
-        cfg.labels = select_labeler()?.labels(&info)?;
+        let labels = select_labeler(self.labeler.as_deref()).and_then(|labeler| {
+            tracing::debug!(pod = %info.uuid, labeler = labeler.name(), "labeler chosen");
+            Ok(labeler.labels(&info)?)
+        });
+        cfg.labels = match labels {
+            Ok(labels) => labels,
+            Err(e) => {
+                teardown_after_failed_start(networker.as_ref(), &info.path);
+                return Err(e);
+            }
+        };
         let registered = match mds.map(|m| m.register(&info.path, info.uuid, &net_info)) {
             None => None,
             Some(Ok(registered)) => Some(registered),
@@ -416,7 +432,7 @@ impl Runtime {
         }
         let pod = embryo.prepare()?;
         crate::failpoint::failpoint("prepare.preparing");
-        match self.fill_pod(&pod, stage1, &manifest, &images, request.no_overlay) {
+        match self.fill_pod(&pod, stage1, &manifest, &images, request) {
             Ok(()) => {
                 tracing::debug!(pod = %pod.uuid(), path = %pod.path().display(), "pod prepared");
                 Ok(pod)
@@ -438,8 +454,9 @@ impl Runtime {
         stage1: &dyn Stage1,
         manifest: &PodManifest,
         images: &[(ImageId, ImageManifest)],
-        no_overlay: bool,
+        request: &PrepareRequest,
     ) -> Result<(), RunnerError> {
+        let no_overlay = request.no_overlay;
         let dir = pod.path();
         let record = Stage1Record::of(stage1)
             .map_err(|e| RunnerError::Invalid(format!("stage1 {} config: {e}", stage1.name())))?;
@@ -447,6 +464,23 @@ impl Runtime {
         let use_overlay = !no_overlay && overlay_supported();
         if !no_overlay && !use_overlay {
             tracing::warn!("overlayfs is not available; copying each app's rootfs instead");
+        }
+        if request.private_users {
+            // As rkt: an overlay's lower layers are the shared tree store, whose
+            // owners cannot be shifted for one pod.
+            if use_overlay {
+                return Err(RunnerError::Invalid(
+                    "--private-users cannot be used with overlay: add --no-overlay".into(),
+                ));
+            }
+            if !crate::userns::supported() {
+                return Err(RunnerError::Invalid(
+                    "--private-users: this kernel has no user namespaces".into(),
+                ));
+            }
+            crate::userns::Allocator::default()
+                .allocate(self.pods.root(), pod.uuid(), dir)
+                .map_err(|e| RunnerError::Invalid(e.to_string()))?;
         }
         for app in &manifest.apps {
             // Already read while resolving the images, except for --pod-manifest.
@@ -558,11 +592,26 @@ fn select_networker(net: &NetRequest) -> Result<Box<dyn Networker>, RunnerError>
     })
 }
 
-fn select_labeler() -> Result<Box<dyn Labeler>, RunnerError> {
-    registry::all::<dyn Labeler>()?
-        .into_iter()
-        .next()
-        .ok_or_else(|| RunnerError::Invalid("no labeler is registered".into()))
+/// The labeler `--labeler` names (refused where it cannot run), or by default
+/// the first one that labels and can run here (`selinux` where SELinux is
+/// enabled), else the no-op `none`.
+pub fn select_labeler(name: Option<&str>) -> Result<Box<dyn Labeler>, RunnerError> {
+    if let Some(name) = name.filter(|n| *n != "auto") {
+        let labeler = registry::create::<dyn Labeler>(name)?;
+        return match labeler.availability() {
+            Availability::Available => Ok(labeler),
+            Availability::Unavailable(why) => Err(RunnerError::Invalid(format!(
+                "--labeler={name} cannot run on this machine: {why}"
+            ))),
+        };
+    }
+    let mut all = registry::all::<dyn Labeler>()?;
+    let pick = all
+        .iter()
+        .position(|l| l.name() != "none" && l.availability() == Availability::Available)
+        .or_else(|| all.iter().position(|l| l.name() == "none"))
+        .ok_or_else(|| RunnerError::Invalid("no labeler can run on this machine".into()))?;
+    Ok(all.swap_remove(pick))
 }
 
 fn check_capabilities(
@@ -733,15 +782,16 @@ pub fn build_pod_manifest(
 
 /// Whether the pod or any of its apps carries an isolator.
 fn asks_for_isolators(pod: &Path) -> bool {
-    std::fs::read(layout::manifest(pod))
-        .ok()
-        .and_then(|b| PodManifest::from_json(&b).ok())
-        .is_some_and(|m| {
-            !m.isolators.is_empty()
-                || m.apps
-                    .iter()
-                    .any(|a| a.app.as_ref().is_some_and(|app| !app.isolators.is_empty()))
-        })
+    pod.join(crate::userns::RANGE_FILE).exists()
+        || std::fs::read(layout::manifest(pod))
+            .ok()
+            .and_then(|b| PodManifest::from_json(&b).ok())
+            .is_some_and(|m| {
+                !m.isolators.is_empty()
+                    || m.apps
+                        .iter()
+                        .any(|a| a.app.as_ref().is_some_and(|app| !app.isolators.is_empty()))
+            })
 }
 
 /// appc: an app is named after the last component of its image name.

@@ -237,6 +237,29 @@ impl PodCgroups {
         Ok(())
     }
 
+    /// A user-namespaced pod's root (host uid `owner`) may move its processes
+    /// between the pod's cgroups: it gets the membership files of the pod's
+    /// and each app's directory, never the limit files.
+    pub fn delegate(&self, owner: u32) -> Result<(), NspawnError> {
+        let id = nix::unistd::Uid::from_raw(owner);
+        let gid = nix::unistd::Gid::from_raw(owner);
+        for h in &self.hierarchies {
+            let dirs = std::iter::once(h.pod_dir.clone()).chain(self.apps.iter().map(|a| h.pod_dir.join(a)));
+            for dir in dirs {
+                for file in ["cgroup.procs", "tasks", "cgroup.threads"] {
+                    let path = dir.join(file);
+                    match nix::unistd::chown(&path, Some(id), Some(gid)) {
+                        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                        Err(e) => {
+                            return Err(NspawnError::io(format!("chown {}", path.display()), e.into()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `cgroup.procs` of the pod's directories: nspawn joins them before exec.
     pub fn pod_procs(&self) -> Vec<PathBuf> {
         self.hierarchies

@@ -41,6 +41,11 @@ pub struct NspawnArgs {
     pub init: Vec<OsString>,
     /// Every app runs under the seccomp filter our init installs.
     pub own_seccomp: bool,
+    /// `--private-users`: (host uid of the pod's root, how many ids); the
+    /// files were shifted by stage0 already.
+    pub private_users: Option<(u32, u32)>,
+    /// The Labeler's labels: the pod's processes and its API file systems.
+    pub labels: rkt_engine::stage::Labels,
 }
 
 impl NspawnArgs {
@@ -70,6 +75,16 @@ impl NspawnArgs {
         argv.push("--kill-signal=SIGTERM".into());
         if let Some(netns) = &self.netns {
             argv.push(flag("--network-namespace-path=", netns.as_os_str()));
+        }
+        if let Some(process) = &self.labels.process {
+            argv.push(format!("--selinux-context={process}").into());
+        }
+        if let Some(mount) = &self.labels.mount {
+            argv.push(format!("--selinux-apifs-context={mount}").into());
+        }
+        if let Some((shift, count)) = self.private_users {
+            argv.push(format!("--private-users={shift}:{count}").into());
+            argv.push("--private-users-ownership=off".into());
         }
         argv.push("--".into());
         argv.extend(self.init.iter().cloned());
@@ -120,6 +135,8 @@ mod tests {
             netns: netns.map(PathBuf::from),
             init: vec!["/rkt/init".into(), "stage1-init".into()],
             own_seccomp: true,
+            private_users: None,
+            labels: Default::default(),
         }
         .to_argv()
         .into_iter()
@@ -177,10 +194,48 @@ mod tests {
             netns: None,
             init: vec!["/rkt/init".into()],
             own_seccomp: true,
+            private_users: None,
+            labels: Default::default(),
         };
         assert_eq!(a.env(), [("SYSTEMD_SECCOMP", "0")]);
         a.own_seccomp = false;
         assert!(a.env().is_empty());
+    }
+
+    #[test]
+    fn private_users_and_labels_go_before_the_init() {
+        let mut a = NspawnArgs {
+            directory: "/r".into(),
+            machine: "rkt-u".into(),
+            hostname: "h".into(),
+            registration: Registration::None,
+            interactive: false,
+            netns: None,
+            init: vec!["/rkt/init".into()],
+            own_seccomp: true,
+            private_users: Some((0x50000, 0x10000)),
+            labels: rkt_engine::stage::Labels {
+                process: Some("system_u:system_r:container_t:s0:c1,c2".into()),
+                mount: Some("system_u:object_r:container_file_t:s0:c1,c2".into()),
+            },
+        };
+        let argv: Vec<String> = a
+            .to_argv()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let dashdash = argv.iter().position(|s| s == "--").unwrap_or(0);
+        let at = |f: &str| argv.iter().position(|s| s == f).unwrap_or(usize::MAX);
+        assert!(at("--private-users=327680:65536") < dashdash, "{argv:?}");
+        assert!(at("--private-users-ownership=off") < dashdash, "{argv:?}");
+        assert!(at("--selinux-context=system_u:system_r:container_t:s0:c1,c2") < dashdash);
+        assert!(at("--selinux-apifs-context=system_u:object_r:container_file_t:s0:c1,c2") < dashdash);
+        a.private_users = None;
+        assert!(
+            !a.to_argv()
+                .iter()
+                .any(|s| s.to_string_lossy().contains("private-users"))
+        );
     }
 
     #[test]

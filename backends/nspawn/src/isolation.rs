@@ -46,8 +46,12 @@ pub fn plan(
                 cgroup_procs: cgroups.app_procs(name),
                 ..AppIsolation::default()
             };
+            let mut own_read_only = Vec::new();
+            let mut own_masked = Vec::new();
             for iso in isolators {
                 match iso.kind().map_err(bad)? {
+                    IsolatorKind::ReadOnlyPaths(paths) => own_read_only.extend(paths),
+                    IsolatorKind::MaskedPaths(paths) => own_masked.extend(paths),
                     IsolatorKind::NoNewPrivileges(on) => isolation.no_new_privileges = on,
                     IsolatorKind::OomScoreAdj(score) => isolation.oom_score_adj = Some(score),
                     IsolatorKind::SeccompRetain(set) => {
@@ -80,6 +84,10 @@ pub fn plan(
                 isolation.read_only_paths = PROTECTED_READ_ONLY.iter().map(|s| s.to_string()).collect();
                 isolation.masked_paths = PROTECTED_HIDDEN.iter().map(|s| s.to_string()).collect();
             }
+            // The app's own paths apply even under --insecure-options=paths,
+            // which lifts only rkt's defaults.
+            isolation.read_only_paths.extend(own_read_only);
+            isolation.masked_paths.extend(own_masked);
             Ok(isolation)
         })
         .collect()
@@ -143,6 +151,28 @@ mod tests {
         };
         let a = &plan(&m, all, &PodCgroups::default()).unwrap()[0];
         assert!(a.capabilities.is_none() && a.seccomp.is_none() && a.masked_paths.is_empty());
+    }
+
+    #[test]
+    fn the_apps_own_paths_join_the_defaults_and_survive_insecure_paths() {
+        let m = manifest(serde_json::json!([
+            {"name": "os/linux/read-only-paths", "value": {"paths": ["/etc"]}},
+            {"name": "os/linux/masked-paths", "value": {"paths": ["/etc/shadow", "/root"]}},
+        ]));
+        let a = &plan(&m, InsecureOptions::default(), &PodCgroups::default()).unwrap()[0];
+        assert!(a.read_only_paths.contains(&"/proc/sys".to_string()));
+        assert_eq!(a.read_only_paths.last().map(String::as_str), Some("/etc"));
+        assert!(
+            a.masked_paths
+                .ends_with(&["/etc/shadow".to_string(), "/root".to_string()])
+        );
+        let insecure = InsecureOptions {
+            paths: true,
+            ..InsecureOptions::default()
+        };
+        let a = &plan(&m, insecure, &PodCgroups::default()).unwrap()[0];
+        assert_eq!(a.read_only_paths, ["/etc"]);
+        assert_eq!(a.masked_paths, ["/etc/shadow", "/root"]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod command;
 mod isolation;
 mod process;
 mod setup;
+mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -230,6 +231,16 @@ impl NspawnStage1 {
         setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &hostname, isolation)?;
         pod_cgroups.create(dir, &limits)?;
         let mounts = setup::PodMounts::plan(dir, &manifest, private_runtime, &pod_cgroups)?;
+        let private_users = rkt_engine::userns::read(dir).map_err(|e| NspawnError::Invalid(e.to_string()))?;
+        if let Some(range) = private_users {
+            let shifted = userns::shift_pod(dir, &manifest, range)?;
+            pod_cgroups.delegate(range.shift)?;
+            tracing::debug!(
+                shift = range.shift,
+                shifted,
+                "pod files shifted into its uid range"
+            );
+        }
         let args = NspawnArgs {
             directory: layout::stage1_rootfs(dir),
             machine,
@@ -242,6 +253,8 @@ impl NspawnStage1 {
                 protocol::INIT_ROLE_ARG.into(),
             ],
             own_seccomp,
+            private_users: private_users.map(|r| (r.shift, r.count)),
+            labels: cfg.labels.clone(),
         };
         let report = process::ReportReader::open(&protocol::report_fifo().on_host(dir))?;
         let nspawn = process::spawn_nspawn(&nspawn, &args.to_argv(), &args.env(), &mounts)?;

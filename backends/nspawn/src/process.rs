@@ -231,9 +231,23 @@ pub fn enter(
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
-    let mut namespaces = Vec::with_capacity(kinds.len());
+    let mut namespaces = Vec::with_capacity(kinds.len() + 1);
     for (name, flag) in kinds {
         namespaces.push((open(format!("/proc/{init}/ns/{name}"), OFlag::O_RDONLY)?, flag));
+    }
+    // A --private-users pod: its user namespace last, while the host's root
+    // may still join the others (the host's network among them), so what the
+    // command creates belongs to the pod's root, not the host's.
+    let ns_id = |path: String| {
+        std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+    };
+    if ns_id(format!("/proc/{init}/ns/user")) != ns_id("/proc/self/ns/user".to_string()) {
+        namespaces.push((
+            open(format!("/proc/{init}/ns/user"), OFlag::O_RDONLY)?,
+            CloneFlags::CLONE_NEWUSER,
+        ));
     }
     let root = open(format!("/proc/{init}/root"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     let (errors_read, errors_write) =
@@ -286,6 +300,13 @@ fn join_and_run(
 ) -> Result<i32, String> {
     for (fd, flag) in namespaces {
         nix::sched::setns(fd, *flag).map_err(|e| format!("enter: setns {flag:?}: {}", e.desc()))?;
+    }
+    if namespaces.iter().any(|(_, f)| *f == CloneFlags::CLONE_NEWUSER) {
+        // The host's root has no id in the pod's namespace: become the pod's.
+        let root = |e: Errno| format!("enter: becoming the pod's root: {}", e.desc());
+        nix::unistd::setgroups(&[]).map_err(root)?;
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into()).map_err(root)?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into()).map_err(root)?;
     }
     nix::unistd::fchdir(root).map_err(|e| format!("enter: fchdir to the pod's root: {}", e.desc()))?;
     nix::unistd::chroot(".").map_err(|e| format!("enter: chroot to the pod's root: {}", e.desc()))?;

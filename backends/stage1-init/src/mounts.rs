@@ -185,7 +185,7 @@ pub fn confine(
             None,
             root_dir,
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(root_dir),
             None,
         )
         .map_err(|e| InitError::mount("the app's root read-only", e))?;
@@ -256,14 +256,43 @@ fn remount_read_only(
 ) -> Result<(), InitError> {
     let fd = fsutil::open_in_root(root, target, OFlag::O_PATH, Mode::empty())
         .map_err(|e| InitError::io(format!("{what}: reopening the target"), e))?;
+    let path = fsutil::proc_fd_path(fd.as_fd());
     sys.mount(
         None,
-        &fsutil::proc_fd_path(fd.as_fd()),
+        &path,
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | locked_flags(&path),
         None,
     )
     .map_err(|e| InitError::mount(format!("{what} read-only"), e))
+}
+
+/// The flags of the mount at `path` a remount must repeat: in a user
+/// namespace (`--private-users`) the kernel locks nosuid, nodev, noexec and
+/// the atime flags of mounts it inherited, and refuses a remount that would
+/// drop one (EPERM).
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f.contains(*st))
+    .fold(MsFlags::empty(), |m, (_, ms)| m | ms)
 }
 
 fn dir_in_root(root: BorrowedFd<'_>, path: &str, mode: u32) -> Result<OwnedFd, InitError> {

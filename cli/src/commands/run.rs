@@ -153,10 +153,6 @@ impl PodFlags {
             self.store_only && self.no_store,
             "both --store-only and --no-store specified",
         )?;
-        refuse(
-            self.private_users,
-            "--private-users is not supported by any stage1 in this build yet",
-        )?;
         let apps = parse_apps(images)?;
         if self.pod_manifest.is_some() {
             let conflicting = self.conflicts_with_pod_manifest(apps.len());
@@ -207,6 +203,7 @@ impl PodFlags {
                 .map(|p| ExposedPort::from_flag(p).with_context(|| format!("--port {p:?}")))
                 .collect::<Result<_>>()?,
             no_overlay: self.no_overlay,
+            private_users: self.private_users,
             pod_manifest: self.pod_manifest.clone(),
             stage1,
             fetch: FetchPolicy {

@@ -43,6 +43,11 @@ pub enum IsolatorKind {
     OomScoreAdj(i32),
     /// `os/linux/cpu-shares`, 2..=262144.
     CpuShares(u32),
+    /// `os/linux/read-only-paths`: absolute paths in the app, bound read-only
+    /// over themselves.
+    ReadOnlyPaths(Vec<String>),
+    /// `os/linux/masked-paths`: absolute paths in the app made inaccessible.
+    MaskedPaths(Vec<String>),
     /// A name without a typed view here; its value is carried but not interpreted.
     Other,
 }
@@ -72,6 +77,10 @@ impl Isolator {
     pub const NO_NEW_PRIVILEGES: &'static str = "os/linux/no-new-privileges";
     pub const OOM_SCORE_ADJ: &'static str = "os/linux/oom-score-adj";
     pub const CPU_SHARES: &'static str = "os/linux/cpu-shares";
+    /// Not in appc; OCI's readonlyPaths and maskedPaths as per-app isolators,
+    /// valued `{"paths": ["/abs", ...]}`.
+    pub const READ_ONLY_PATHS: &'static str = "os/linux/read-only-paths";
+    pub const MASKED_PATHS: &'static str = "os/linux/masked-paths";
 
     /// Builds an isolator, validating the value when the name is a known one.
     pub fn new(name: &str, value: Value) -> Result<Self, SchemaError> {
@@ -100,6 +109,8 @@ impl Isolator {
             }
             Self::OOM_SCORE_ADJ => IsolatorKind::OomScoreAdj(int_in_range(v, -1000, 1000)?),
             Self::CPU_SHARES => IsolatorKind::CpuShares(int_in_range(v, 2, 262_144)?),
+            Self::READ_ONLY_PATHS => IsolatorKind::ReadOnlyPaths(paths(v)?),
+            Self::MASKED_PATHS => IsolatorKind::MaskedPaths(paths(v)?),
             _ => IsolatorKind::Other,
         })
     }
@@ -193,6 +204,44 @@ fn seccomp_value(syscalls: &[&str], errno: Option<&str>) -> Value {
         Some(e) => json!({ "set": syscalls, "errno": e }),
         None => json!({ "set": syscalls }),
     }
+}
+
+/// `{"paths": [...]}`: absolute, normalised paths (no `.` or `..`), at least one.
+fn paths(v: &Value) -> Result<Vec<String>, SchemaError> {
+    let list = match object(v)?.get("paths") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(SchemaError::invalid("value.paths", "must not be empty")),
+        Some(other) => {
+            return Err(SchemaError::invalid(
+                "value.paths",
+                format!("must be a list, got {other}"),
+            ));
+        }
+        None => return Err(SchemaError::invalid("value.paths", "is required")),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("value.paths[{i}]");
+            let path = item.as_str().ok_or_else(|| {
+                SchemaError::invalid(field.clone(), format!("must be a string, got {item}"))
+            })?;
+            let normal = path.starts_with('/')
+                && path != "/"
+                && !path.contains('\0')
+                && path
+                    .split('/')
+                    .skip(1)
+                    .all(|c| !c.is_empty() && c != "." && c != "..");
+            if !normal {
+                return Err(SchemaError::invalid(
+                    field,
+                    format!("{path:?} must be an absolute path below / without '.' or '..'"),
+                ));
+            }
+            Ok(path.to_string())
+        })
+        .collect()
 }
 
 fn object(v: &Value) -> Result<&Map<String, Value>, SchemaError> {
@@ -697,6 +746,42 @@ mod tests {
         assert_eq!(
             Isolator::seccomp_remove(&[], None).expect_err("bad").field(),
             Some("value.set")
+        );
+    }
+
+    #[test]
+    fn schema_isolator_paths() {
+        let i = iso(
+            Isolator::MASKED_PATHS,
+            json!({"paths": ["/etc/secret", "/var/x"]}),
+        );
+        assert_eq!(
+            i.kind().ok(),
+            Some(IsolatorKind::MaskedPaths(vec![
+                "/etc/secret".into(),
+                "/var/x".into()
+            ]))
+        );
+        assert_eq!(
+            iso(Isolator::READ_ONLY_PATHS, json!({"paths": ["/etc"]}))
+                .kind()
+                .ok(),
+            Some(IsolatorKind::ReadOnlyPaths(vec!["/etc".into()]))
+        );
+        for bad in ["etc", "/", "/a/../b", "/a//b", "/a/"] {
+            assert_eq!(
+                err_field(&iso(Isolator::READ_ONLY_PATHS, json!({"paths": [bad]}))),
+                "value.paths[0]",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err_field(&iso(Isolator::MASKED_PATHS, json!({"paths": []}))),
+            "value.paths"
+        );
+        assert_eq!(
+            err_field(&iso(Isolator::MASKED_PATHS, json!({"set": ["/x"]}))),
+            "value.paths"
         );
     }
 
