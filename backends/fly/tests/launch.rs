@@ -440,6 +440,25 @@ mod launch {
     }
 
     #[test]
+    fn launch_overlay_is_volatile_so_its_unmount_syncs_nothing() {
+        if !root_or_skip() {
+            return;
+        }
+        let tp = TestPod::new(true);
+        // The app's own view of its root mount (fields 5 and later of mountinfo).
+        tp.manifest(
+            sh("while read -r id parent dev root point rest; do if [ \"$point\" = / ]; then echo \"$rest\"; fi; done < /proc/self/mountinfo > /out/root"),
+            vec![],
+            vec![],
+        );
+        let exit = checked(&tp, || launch(&tp.pod)).unwrap();
+        assert_eq!(exit.code, 0);
+        let root = tp.out("root");
+        assert!(root.contains(" overlay "), "the root is not the overlay: {root}");
+        assert!(root.contains("volatile"), "the overlay is not volatile: {root}");
+    }
+
+    #[test]
     fn launch_pre_exec_failures_are_clean_errors() {
         if !root_or_skip() {
             return;

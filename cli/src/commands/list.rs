@@ -22,7 +22,7 @@ pub struct ListArgs {
 
 pub fn list(global: &GlobalFlags, args: ListArgs) -> Result<u8> {
     let runtime = global.runtime_read_only()?;
-    let views: Vec<PodView> = runtime.pods.list()?.iter().map(podview::view).collect();
+    let views: Vec<PodView> = podview::view_all(&runtime.pods.list()?);
     if let Some(format) = args.format {
         print_json(&views, format)?;
         return Ok(0);

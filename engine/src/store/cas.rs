@@ -72,7 +72,7 @@ fn import_limited(
     let found = scanned?;
 
     let size = tee.total;
-    let digest = tee.hasher.finalize();
+    let digest = tee.hasher.finish();
     let file = tee
         .out
         .into_inner()
@@ -223,7 +223,7 @@ fn publish(
 struct HashingTee<R, W> {
     inner: R,
     out: W,
-    hasher: Sha512,
+    hasher: super::hashthread::ThreadedSha512,
     total: u64,
     tail: [u8; BLOCK],
     write_error: Option<io::Error>,
@@ -238,7 +238,7 @@ impl<R: Read, W: Write + FreeSpace> HashingTee<R, W> {
         Self {
             inner,
             out,
-            hasher: Sha512::new(),
+            hasher: super::hashthread::ThreadedSha512::new(),
             total: 0,
             tail: [0xff; BLOCK],
             write_error: None,

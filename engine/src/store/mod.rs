@@ -13,6 +13,7 @@ mod decompress;
 mod dirfd;
 mod extract;
 mod filecache;
+mod hashthread;
 mod index;
 mod layers;
 mod layout;

@@ -114,10 +114,20 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
         super::whitelist::prune(&rootfs, root.as_fd(), &top.manifest.path_whitelist)?;
     }
     // Read back once, at build time only: runs that reuse the tree never hash.
-    let digest = treehash::digest(&rootfs).ctx(|| format!("hash {}", rootfs.display()))?;
     // One syncfs instead of an fsync per file: the rename below must not become
-    // durable before the files it publishes.
-    nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
+    // durable before the files it publishes. The digest only reads, so the two
+    // run side by side (the sync waits on the disk, the digest on the CPU).
+    let (digest, synced) = std::thread::scope(|scope| {
+        let sync = std::thread::Builder::new().spawn_scoped(scope, || nix::unistd::syncfs(&root));
+        let digest = treehash::digest(&rootfs);
+        let synced = match sync {
+            Ok(thread) => thread.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => nix::unistd::syncfs(&root),
+        };
+        (digest, synced)
+    });
+    let digest = digest.ctx(|| format!("hash {}", rootfs.display()))?;
+    synced.ctx(|| format!("sync {}", rootfs.display()))?;
     drop(root);
     let record = TreeRecord {
         images: layers.iter().map(|l| l.id.clone()).collect(),

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use sha2::{Digest, Sha512};
+use super::hashthread::ThreadedSha512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TreeDigest {
@@ -24,18 +24,19 @@ pub(super) struct TreeDigest {
 
 pub(super) fn digest(rootfs: &Path) -> io::Result<TreeDigest> {
     let mut walk = Walk {
-        hasher: Sha512::new(),
+        hasher: ThreadedSha512::new(),
         size: 0,
     };
     walk.entry(rootfs, b"")?;
     Ok(TreeDigest {
-        hash: format!("sha512-{}", hex::encode(walk.hasher.finalize())),
+        hash: format!("sha512-{}", hex::encode(walk.hasher.finish())),
         size: walk.size,
     })
 }
 
 struct Walk {
-    hasher: Sha512,
+    /// Hashes on its own thread while the walk reads the next files.
+    hasher: ThreadedSha512,
     size: u64,
 }
 
