@@ -8,6 +8,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod gc;
 pub mod image_gc;
+pub mod mutable;
 pub mod pod;
 pub mod runner;
 pub mod schema;

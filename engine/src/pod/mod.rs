@@ -31,6 +31,7 @@
 pub mod layout;
 mod lock;
 pub mod protocol;
+pub mod sandbox;
 
 #[cfg(test)]
 mod model_tests;

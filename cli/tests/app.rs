@@ -1,0 +1,310 @@
+//! Mutable pods end to end, as root, through the real binary on the nspawn
+//! stage1: sandbox -> add two apps -> start -> exec in one -> stop one -> its
+//! status shows the exit code -> rm it -> the other still runs -> stop the
+//! pod -> gc leaves nothing. Synchronised through FIFOs in a host volume and
+//! `rkt status --wait-ready`, never sleeps.
+
+#[allow(dead_code)] // each test binary uses its own subset
+mod common;
+#[allow(dead_code)]
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use rkt_conformance::{AciSpec, Rkt, busybox_path};
+use rkt_engine::stage::{Availability, Stage1, registry};
+
+use rkt_backend_nspawn as _;
+
+fn harness(test: &str) -> Option<Rkt> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{test}: skipped: needs root");
+        return None;
+    }
+    if busybox_path().is_none() {
+        eprintln!("{test}: skipped: needs busybox-static");
+        return None;
+    }
+    match registry::create::<dyn Stage1>("nspawn").map(|s| s.availability()) {
+        Ok(Availability::Available) => {}
+        Ok(Availability::Unavailable(why)) => {
+            eprintln!("{test}: skipped: {why}");
+            return None;
+        }
+        Err(e) => panic!("nspawn is not registered: {e}"),
+    }
+    Some(Rkt::new(common::bin(), "nspawn").expect("harness"))
+}
+
+/// A running `rkt app sandbox`; dropping it force-stops the pod and reaps
+/// rkt, so a failed assertion leaves nothing running.
+struct Sandbox<'a> {
+    rkt: &'a Rkt,
+    child: Option<Child>,
+    uuid: String,
+}
+
+impl<'a> Sandbox<'a> {
+    fn start(rkt: &'a Rkt, args: &[&str]) -> Self {
+        let mut all = vec!["app", "sandbox", "--insecure-options=image", "--stage1=nspawn"];
+        all.extend_from_slice(args);
+        let mut child = rkt
+            .command(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rkt app sandbox");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the UUID");
+        let mut sandbox = Sandbox {
+            rkt,
+            child: Some(child),
+            uuid: line.trim().to_string(),
+        };
+        if sandbox.uuid.is_empty() {
+            let err = sandbox.finish();
+            panic!("rkt app sandbox printed no UUID: {err}");
+        }
+        let ready = rkt.rkt(&["status", "--wait-ready=60s", &sandbox.uuid]);
+        assert_eq!(ready.code, 0, "status --wait-ready: {}", ready.describe());
+        sandbox
+    }
+
+    /// Waits for `rkt app sandbox` to end; its exit code and stderr.
+    fn finish(&mut self) -> String {
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let status = child.wait().expect("wait for rkt app sandbox");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        format!("{status}: {err}")
+    }
+
+    fn app(&self, args: &[&str]) -> rkt_conformance::harness::RunOutput {
+        let mut all = vec!["--insecure-options=image", "app"];
+        all.extend_from_slice(args);
+        self.rkt.rkt(&all)
+    }
+}
+
+impl Drop for Sandbox<'_> {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = self.rkt.rkt(&["stop", "--force", &self.uuid]);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    path
+}
+
+/// Blocks until the app writes its line into the FIFO.
+fn read_fifo(path: &Path) -> String {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .expect("open fifo")
+        .read_to_string(&mut text)
+        .expect("read fifo");
+    text.trim().to_string()
+}
+
+fn ok(out: &rkt_conformance::harness::RunOutput, what: &str) {
+    assert_eq!(out.code, 0, "{what}: {}", out.describe());
+}
+
+#[test]
+fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
+    let Some(rkt) = harness("sandbox_apps_come_and_go_and_gc_leaves_nothing") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string();
+    let sync = rkt.work().join("sync");
+    std::fs::create_dir(&sync).expect("sync dir");
+    let a_up = fifo(&sync, "a-up");
+    let b_up = fifo(&sync, "b-up");
+    let volume = format!("--volume=sync,kind=host,source={}", sync.display());
+    let mut pod = Sandbox::start(&rkt, &["--net=host", &volume]);
+    let uuid = pod.uuid.clone();
+
+    // a: stops with 7 on SIGTERM; b runs until the pod stops.
+    let a_script = "trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
+    let b_script = "echo up > /sync/b-up; exec sleep 1000";
+    for (name, script) in [("a", a_script), ("b", b_script)] {
+        let out = pod.app(&[
+            "add",
+            &uuid,
+            &image,
+            &format!("--name={name}"),
+            "--mount=volume=sync,target=/sync",
+            "--set-env=GREETING=hello",
+            "--exec=/bin/sh",
+            "--",
+            "-c",
+            script,
+        ]);
+        ok(&out, &format!("app add {name}"));
+    }
+    let list = pod.app(&["list", "--no-legend", &uuid]);
+    ok(&list, "app list");
+    let states: Vec<(String, String)> = list
+        .stdout
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[2].to_string())
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("a".into(), "created".into()), ("b".into(), "created".into())],
+        "{}",
+        list.describe()
+    );
+    // An app name is taken once.
+    common::one_line_254(
+        &pod.app(&["add", &uuid, &image, "--name=a", "--exec=/bin/true"]),
+        "already has an app named a",
+    );
+
+    for name in ["a", "b"] {
+        ok(&pod.app(&["start", &uuid, &format!("--app={name}")]), "app start");
+    }
+    assert_eq!(read_fifo(&a_up), "up");
+    assert_eq!(read_fifo(&b_up), "up");
+    let status = pod.app(&["status", &uuid, "--app=a", "--format=json"]);
+    ok(&status, "app status");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    assert_eq!(json["state"], "running", "{}", status.describe());
+    assert!(json["started_at"].as_i64().is_some(), "{json}");
+
+    // exec: in the app's root with its environment; the command's exit code.
+    let exec = pod.app(&[
+        "exec",
+        &uuid,
+        "--app=a",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $AC_APP_NAME $GREETING; test -e /sync/a-up && exit 3",
+    ]);
+    assert_eq!(exec.code, 3, "{}", exec.describe());
+    assert_eq!(exec.stdout.trim(), "a hello", "{}", exec.describe());
+    let timed_out = pod.app(&[
+        "exec",
+        &uuid,
+        "--app=a",
+        "--timeout=1s",
+        "--",
+        "/bin/sleep",
+        "100",
+    ]);
+    assert_eq!(timed_out.code, 254, "{}", timed_out.describe());
+    assert!(
+        timed_out.stderr.contains("did not finish"),
+        "{}",
+        timed_out.describe()
+    );
+
+    ok(&pod.app(&["stop", &uuid, "--app=a"]), "app stop a");
+    let status = pod.app(&["status", &uuid, "--app=a"]);
+    ok(&status, "app status a");
+    assert!(status.stdout.contains("state=exited"), "{}", status.describe());
+    assert!(status.stdout.contains("exit_code=7"), "{}", status.describe());
+
+    let pod_dir = rkt.dir.join("pods/run").join(&uuid);
+    let a_root = pod_dir.join("stage1/rootfs/opt/stage2/a");
+    assert!(a_root.join("rootfs/bin").exists(), "a's rootfs before rm");
+    ok(&pod.app(&["rm", &uuid, "--app=a"]), "app rm a");
+    assert!(!a_root.exists(), "a's rootfs is left after rm");
+    let list = pod.app(&["list", "--no-legend", &uuid]);
+    let names: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["b"], "{}", list.describe());
+    common::one_line_254(&pod.app(&["status", &uuid, "--app=a"]), "no app");
+
+    // b still runs.
+    let status = pod.app(&["status", &uuid, "--app=b"]);
+    assert!(status.stdout.contains("state=running"), "{}", status.describe());
+    let exec = pod.app(&["exec", &uuid, "--app=b", "--", "/bin/true"]);
+    assert_eq!(exec.code, 0, "{}", exec.describe());
+
+    ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
+    let ended = pod.finish();
+    let waited = rkt.rkt(&["status", "--wait=60s", &uuid]);
+    ok(&waited, "status --wait");
+    assert!(
+        waited.stdout.contains("state=exited"),
+        "{}: {ended}",
+        waited.describe()
+    );
+    ok(&rkt.rkt(&["gc", "--grace-period=0s"]), "gc");
+    let left = support::leftovers(&rkt);
+    assert!(left.is_empty(), "after gc: {left:?}");
+}
+
+#[test]
+fn app_commands_refuse_what_they_cannot_do() {
+    let Some(rkt) = harness("app_commands_refuse_what_they_cannot_do") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string();
+    // A pod that is not a sandbox takes no app requests.
+    let out = rkt.run(&[&image, "--exec=/bin/true"]);
+    ok(&out, "rkt run");
+    let list = rkt.rkt(&["list", "--no-legend", "--full"]);
+    let uuid = list.stdout.split_whitespace().next().expect("a pod").to_string();
+    common::one_line_254(&rkt.rkt(&["app", "start", &uuid, "--app=busybox"]), "not running");
+
+    let pod = Sandbox::start(&rkt, &["--net=host"]);
+    let uuid = pod.uuid.clone();
+    common::one_line_254(&pod.app(&["start", &uuid, "--app=zzz"]), "no app \"zzz\"");
+    common::one_line_254(&pod.app(&["add", &uuid, "/nonexistent.aci"]), "nonexistent");
+    common::one_line_254(
+        &pod.app(&[
+            "add",
+            &uuid,
+            &image,
+            "--exec=/bin/true",
+            "--mount=volume=v,target=/v",
+        ]),
+        "volume",
+    );
+    let list = pod.app(&["list", "--no-legend", &uuid]);
+    ok(&list, "app list");
+    assert_eq!(
+        list.stdout,
+        "",
+        "a refused add leaves no app: {}",
+        list.describe()
+    );
+    // A failed exec in the image's root is the app's failure, not a stuck pod.
+    ok(
+        &pod.app(&["add", &uuid, &image, "--name=bad", "--exec=/nonexistent"]),
+        "add bad",
+    );
+    common::one_line_254(&pod.app(&["start", &uuid, "--app=bad"]), "nonexistent");
+    ok(&pod.app(&["rm", &uuid, "--app=bad"]), "rm bad");
+}
