@@ -6,7 +6,6 @@
 
 #[allow(dead_code)] // each test binary uses its own subset
 mod common;
-#[allow(dead_code)]
 mod support;
 
 use std::io::{BufRead, BufReader, Read};

@@ -394,7 +394,7 @@ fn load_app(
         .map_err(|e| InitError::io(format!("app {name:?}: opening {}", root_dir.display()), e))?;
     // The pod directory is not visible here: every volume source is
     // replaced by the pod-side path stage0 bound it to.
-    let plan = plan_app(Path::new("/"), &manifest, &name, root.as_fd())?;
+    let plan = plan_app(Path::new("/"), manifest, &name, root.as_fd())?;
     drop(root);
     mounts::assemble(&Kernel, &root_dir, &plan.binds)
         .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
