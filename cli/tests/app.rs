@@ -142,8 +142,8 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let uuid = pod.uuid.clone();
 
     // a: stops with 7 on SIGTERM; b runs until the pod stops.
-    let a_script = "trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
-    let b_script = "echo up > /sync/b-up; exec sleep 1000";
+    let a_script = "echo a-says-hi; trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
+    let b_script = "echo b-line; echo up > /sync/b-up; exec sleep 1000";
     for (name, script) in [("a", a_script), ("b", b_script)] {
         let out = pod.app(&[
             "add",
@@ -220,13 +220,24 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
         timed_out.describe()
     );
 
+    // Logs: CRI records in the pod, the app's own lines from `rkt logs`.
+    let pod_dir = rkt.dir.join("pods/run").join(&uuid);
+    let raw = std::fs::read_to_string(pod_dir.join("stage1/rootfs/rkt/logs/a")).expect("a's log");
+    let record: Vec<&str> = raw.lines().next().expect("a record").splitn(4, ' ').collect();
+    assert_eq!(record[1..], ["stdout", "F", "a-says-hi"], "{raw:?}");
+    assert!(
+        record[0].len() == 30 && record[0].ends_with('Z') && record[0].as_bytes()[10] == b'T',
+        "RFC 3339 with nanoseconds: {raw:?}"
+    );
+    let logs = rkt.rkt(&["logs", "--app=a", &uuid]);
+    assert_eq!(logs.stdout, "a-says-hi\n", "{}", logs.describe());
+
     ok(&pod.app(&["stop", &uuid, "--app=a"]), "app stop a");
     let status = pod.app(&["status", &uuid, "--app=a"]);
     ok(&status, "app status a");
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
     assert!(status.stdout.contains("exit_code=7"), "{}", status.describe());
 
-    let pod_dir = rkt.dir.join("pods/run").join(&uuid);
     let a_root = pod_dir.join("stage1/rootfs/opt/stage2/a");
     assert!(a_root.join("rootfs/bin").exists(), "a's rootfs before rm");
     ok(&pod.app(&["rm", &uuid, "--app=a"]), "app rm a");
@@ -246,8 +257,22 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let exec = pod.app(&["exec", &uuid, "--app=b", "--", "/bin/true"]);
     assert_eq!(exec.code, 0, "{}", exec.describe());
 
+    // `rkt logs --follow` prints what b wrote and ends with the pod.
+    let mut follow = rkt
+        .command(&["logs", "--follow", "--app=b", &uuid])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rkt logs --follow");
+    let mut first = String::new();
+    BufReader::new(follow.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a followed line");
+    assert_eq!(first, "b-line\n");
+
     ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
     let ended = pod.finish();
+    let followed = follow.wait().expect("rkt logs --follow ends with the pod");
+    assert!(followed.success(), "{followed}");
     let waited = rkt.rkt(&["status", "--wait=60s", &uuid]);
     ok(&waited, "status --wait");
     assert!(
