@@ -143,12 +143,14 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
 
     // a: stops with 7 on SIGTERM; b runs until the pod stops.
     let a_script = "echo a-says-hi; trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
-    let b_script = "echo b-line; echo up > /sync/b-up; exec sleep 1000";
-    for (name, script) in [("a", a_script), ("b", b_script)] {
+    let b_script = "echo b-line $(id -u):$(id -g); echo up > /sync/b-up; exec sleep 1000";
+    for (name, script, user) in [("a", a_script, "0"), ("b", b_script, "1234")] {
         let out = pod.app(&[
             "add",
             &uuid,
             &image,
+            &format!("--user={user}"),
+            &format!("--group={user}"),
             &format!("--name={name}"),
             "--mount=volume=sync,target=/sync",
             "--set-env=GREETING=hello",
@@ -191,6 +193,17 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
     assert_eq!(json["state"], "running", "{}", status.describe());
     assert!(json["started_at"].as_i64().is_some(), "{json}");
+    // rkt list shows the apps' own states too.
+    let listed = rkt.rkt(&["list", "--format=json"]);
+    ok(&listed, "rkt list");
+    let pods: serde_json::Value = serde_json::from_str(&listed.stdout).expect("list json");
+    let states: Vec<&str> = pods[0]["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .map(|a| a["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(states, ["running", "running"], "{}", listed.describe());
 
     // exec: in the app's root with its environment; the command's exit code.
     let exec = pod.app(&[
@@ -267,7 +280,7 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     BufReader::new(follow.stdout.as_mut().expect("stdout"))
         .read_line(&mut first)
         .expect("a followed line");
-    assert_eq!(first, "b-line\n");
+    assert_eq!(first, "b-line 1234:1234\n", "b runs as --user and --group");
 
     ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
     let ended = pod.finish();
