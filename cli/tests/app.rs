@@ -142,7 +142,7 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let uuid = pod.uuid.clone();
 
     // a: stops with 7 on SIGTERM; b runs until the pod stops.
-    let a_script = "echo a-says-hi; trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
+    let a_script = "echo a-says-hi; grep CapBnd /proc/self/status; trap 'exit 7' TERM; sleep 1000 & echo up > /sync/a-up; wait $!; exit 1";
     let b_script = "echo b-line $(id -u):$(id -g); echo up > /sync/b-up; exec sleep 1000";
     for (name, script, user) in [("a", a_script, "0"), ("b", b_script, "1234")] {
         let out = pod.app(&[
@@ -154,6 +154,7 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
             &format!("--name={name}"),
             "--mount=volume=sync,target=/sync",
             "--set-env=GREETING=hello",
+            "--cpu-shares=512",
             "--exec=/bin/sh",
             "--",
             "-c",
@@ -243,7 +244,27 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
         "RFC 3339 with nanoseconds: {raw:?}"
     );
     let logs = rkt.rkt(&["logs", "--app=a", &uuid]);
-    assert_eq!(logs.stdout, "a-says-hi\n", "{}", logs.describe());
+    assert!(
+        logs.stdout.starts_with("a-says-hi\nCapBnd:"),
+        "{}",
+        logs.describe()
+    );
+    // Confined as in rkt run: rkt's 14 default capabilities, its own cgroup.
+    let bnd = logs
+        .stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.rsplit('\t').next())
+        .expect("CapBnd");
+    let bnd = u64::from_str_radix(bnd, 16).expect("hex");
+    assert_eq!(bnd.count_ones(), 14, "{bnd:#x}");
+    let record = std::fs::read_to_string(pod_dir.join("cgroups")).expect("cgroup record");
+    let cpu = record
+        .lines()
+        .find(|d| d.starts_with("/sys/fs/cgroup/cpu/") && d.ends_with("/a"))
+        .unwrap_or_else(|| panic!("no cpu cgroup for a in {record}"));
+    let shares = std::fs::read_to_string(Path::new(cpu).join("cpu.shares")).expect("cpu.shares");
+    assert_eq!(shares.trim(), "512");
 
     ok(&pod.app(&["stop", &uuid, "--app=a"]), "app stop a");
     let status = pod.app(&["status", &uuid, "--app=a"]);
