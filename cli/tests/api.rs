@@ -279,3 +279,130 @@ fn clients_list_and_inspect_while_pods_come_and_go() {
         assert_eq!(gone.code(), tonic::Code::NotFound);
     });
 }
+
+/// GetLogs and an app's state for a mutable pod's app, through the service.
+#[test]
+fn logs_and_app_states_of_a_sandbox() {
+    use rkt_backend_nspawn as _;
+    use rkt_engine::stage::{Availability, Stage1, registry};
+    let Some(rkt) = common::harness("logs_and_app_states_of_a_sandbox") else {
+        return;
+    };
+    match registry::create::<dyn Stage1>("nspawn").map(|s| s.availability()) {
+        Ok(Availability::Available) => {}
+        _ => {
+            eprintln!("logs_and_app_states_of_a_sandbox: skipped: nspawn is not available");
+            return;
+        }
+    }
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/api-logs"))
+        .expect("image")
+        .display()
+        .to_string();
+    let sync = rkt.work().join("sync");
+    std::fs::create_dir(&sync).expect("sync dir");
+    let up = sync.join("up");
+    nix::unistd::mkfifo(&up, nix::sys::stat::Mode::from_bits_truncate(0o666)).expect("mkfifo");
+    let volume = format!("--volume=sync,kind=host,source={}", sync.display());
+    let mut sandbox = rkt
+        .command(&["app", "sandbox", "--stage1=nspawn", "--net=host", &volume])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rkt app sandbox");
+    struct Stop<'a>(&'a Rkt, String, &'a mut Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.rkt(&["stop", "--force", &self.1]);
+            let _ = self.2.kill();
+            let _ = self.2.wait();
+        }
+    }
+    let mut uuid = String::new();
+    BufReader::new(sandbox.stdout.as_mut().expect("stdout"))
+        .read_line(&mut uuid)
+        .expect("uuid");
+    let uuid = uuid.trim().to_string();
+    let _stop = Stop(&rkt, uuid.clone(), &mut sandbox);
+    let ready = rkt.rkt(&["status", "--wait-ready=60s", &uuid]);
+    assert_eq!(ready.code, 0, "{}", ready.describe());
+    let add = rkt.rkt(&[
+        "--insecure-options=image",
+        "app",
+        "add",
+        &uuid,
+        &image,
+        "--name=talker",
+        "--mount=volume=sync,target=/sync",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "echo one; echo two >&2; echo up > /sync/up; exec sleep 1000",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.describe());
+    let start = rkt.rkt(&["app", "start", &uuid, "--app=talker"]);
+    assert_eq!(start.code, 0, "{}", start.describe());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::open(&up).expect("fifo"), &mut text).expect("read");
+
+    let service = ApiService::start(&rkt);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = service.client().await;
+        let pod = client
+            .inspect_pod(InspectPodRequest { id: uuid.clone() })
+            .await
+            .expect("InspectPod")
+            .into_inner()
+            .pod
+            .expect("pod");
+        assert_eq!(pod.state, PodState::Running as i32);
+        assert!(pod.pid > 0, "{pod:?}");
+        assert_eq!(pod.apps.len(), 1);
+        assert_eq!(pod.apps[0].state, rkt_api::v1alpha::AppState::Running as i32);
+        // Followed until both lines have been relayed (the init relays the
+        // app's pipes on its own schedule).
+        let mut logs = client
+            .get_logs(rkt_api::v1alpha::GetLogsRequest {
+                pod_id: uuid.clone(),
+                app_name: "talker".into(),
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .expect("GetLogs")
+            .into_inner();
+        let mut lines = Vec::new();
+        while lines.len() < 2 {
+            let batch = tokio::time::timeout(Duration::from_secs(30), logs.message())
+                .await
+                .expect("lines within 30s")
+                .expect("stream")
+                .expect("a batch");
+            lines.extend(batch.lines);
+        }
+        let mut tails: Vec<String> = lines
+            .iter()
+            .map(|l| l.split_once(' ').map(|(_, t)| t.to_string()).unwrap_or_default())
+            .collect();
+        tails.sort();
+        assert_eq!(tails, ["stderr F two", "stdout F one"], "{lines:?}");
+        // Without follow the stream ends after what is there; lines=1 keeps the last.
+        let mut last = client
+            .get_logs(rkt_api::v1alpha::GetLogsRequest {
+                pod_id: uuid.clone(),
+                app_name: "talker".into(),
+                lines: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("GetLogs")
+            .into_inner();
+        let batch = last.message().await.expect("stream").expect("lines");
+        assert_eq!(batch.lines.len(), 1, "{batch:?}");
+        assert!(last.message().await.expect("stream").is_none(), "the stream ends");
+    });
+}

@@ -234,7 +234,9 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
         timed_out.describe()
     );
 
-    // Logs: CRI records in the pod, the app's own lines from `rkt logs`.
+    ok(&pod.app(&["stop", &uuid, "--app=a"]), "app stop a");
+    // Logs: CRI records in the pod, the app's own lines from `rkt logs`. The
+    // stop was answered after the init relayed what a wrote before it exited.
     let pod_dir = rkt.dir.join("pods/run").join(&uuid);
     let raw = std::fs::read_to_string(pod_dir.join("stage1/rootfs/rkt/logs/a")).expect("a's log");
     let record: Vec<&str> = raw.lines().next().expect("a record").splitn(4, ' ').collect();
@@ -266,7 +268,6 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let shares = std::fs::read_to_string(Path::new(cpu).join("cpu.shares")).expect("cpu.shares");
     assert_eq!(shares.trim(), "512");
 
-    ok(&pod.app(&["stop", &uuid, "--app=a"]), "app stop a");
     let status = pod.app(&["status", &uuid, "--app=a"]);
     ok(&status, "app status a");
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
