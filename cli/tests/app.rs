@@ -337,6 +337,13 @@ fn app_commands_refuse_what_they_cannot_do() {
     let uuid = list.stdout.split_whitespace().next().expect("a pod").to_string();
     common::one_line_254(&rkt.rkt(&["app", "start", &uuid, "--app=busybox"]), "not running");
 
+    // A stage1 without mutable pods is refused before any pod exists.
+    common::one_line_254(
+        &rkt.rkt(&["app", "sandbox", "--stage1=fly"]),
+        "does not support mutable pods",
+    );
+    assert_eq!(support::pod_dirs(&rkt.dir).len(), 1, "only the run's pod");
+
     let pod = Sandbox::start(&rkt, &["--net=host"]);
     let uuid = pod.uuid.clone();
     common::one_line_254(&pod.app(&["start", &uuid, "--app=zzz"]), "no app \"zzz\"");
