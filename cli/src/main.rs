@@ -71,6 +71,10 @@ pub enum Command {
     Trust(commands::trust::TrustArgs),
     /// Print the version and the backends this build can use
     Version,
+    /// Mutable pods: sandbox, add, start, stop, rm, list, status, exec
+    App(commands::app::AppArgs),
+    /// Serve rkt's read-only gRPC API (v1alpha) over --dir
+    ApiService(commands::api_service::ApiServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,8 @@ fn command_name(command: &Command) -> &'static str {
         Command::MetadataService(_) => "metadata-service",
         Command::Trust(_) => "trust",
         Command::Version => "version",
+        Command::App(args) => args.name(),
+        Command::ApiService(_) => "api-service",
     }
 }
 

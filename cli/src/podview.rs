@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use rkt_engine::pod::layout;
 use rkt_engine::pod::{PodInfo, PodState};
+use rkt_engine::pod::{layout, sandbox};
 use rkt_engine::runner::NetRecord;
 use rkt_engine::schema::PodManifest;
 use serde::Serialize;
@@ -194,9 +194,14 @@ pub fn view(info: &PodInfo) -> PodView {
         .map(|(manifest, app)| {
             let status = read_small(&layout::app_status(dir, app.name.as_str()), true);
             let exit_code = status.as_ref().and_then(|(bytes, _)| parse_number::<i32>(bytes));
-            let state = match exit_code {
-                Some(_) => "exited",
-                None => app_state_of(info.state),
+            // Apps of a mutable pod (`rkt app`) have a life of their own.
+            let recorded = sandbox::is_mutable(manifest)
+                .then(|| sandbox::AppState::read(&sandbox::app_state(app.name.as_str()).on_host(dir)))
+                .flatten();
+            let state = match (exit_code, &recorded) {
+                (Some(_), _) => "exited",
+                (None, Some(r)) if info.state == PodState::Running => r.state.as_str(),
+                _ => app_state_of(info.state),
             };
             let finished = match exit_code {
                 Some(_) => status.and_then(|(_, modified)| modified).or(gc_marked),
@@ -205,8 +210,14 @@ pub fn view(info: &PodInfo) -> PodView {
             AppView {
                 name: app.name.to_string(),
                 state,
-                created_at: created.and_then(nanos),
-                started_at: started.and_then(nanos),
+                created_at: recorded
+                    .as_ref()
+                    .map(|r| r.created_at)
+                    .or(created.and_then(nanos)),
+                started_at: match &recorded {
+                    Some(r) => r.started_at,
+                    None => started.and_then(nanos),
+                },
                 finished_at: finished.and_then(nanos),
                 exit_code,
                 image_id: app.image.id.to_string(),

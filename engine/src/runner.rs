@@ -94,6 +94,8 @@ pub struct PrepareRequest {
     /// `--uuid-file-save`: written as soon as the pod exists, so it can be removed
     /// even if preparing fails.
     pub uuid_file_save: Option<PathBuf>,
+    /// `rkt app sandbox`: a pod with no apps that takes `rkt app` requests.
+    pub mutable: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -380,7 +382,7 @@ impl Runtime {
         exit
     }
 
-    fn prepare_pod(
+    pub(crate) fn prepare_pod(
         &self,
         stage1: &dyn Stage1,
         request: &PrepareRequest,
@@ -412,7 +414,7 @@ impl Runtime {
             }
             None => build_pod_manifest(request, &images)?,
         };
-        if manifest.apps.is_empty() {
+        if manifest.apps.is_empty() && !request.mutable {
             return Err(RunnerError::Invalid("the pod has no apps".into()));
         }
         if manifest.apps.len() > 1 && !stage1.capabilities().multi_app {
@@ -499,7 +501,7 @@ impl Runtime {
         Ok(())
     }
 
-    fn prepare_app(
+    pub(crate) fn prepare_app(
         &self,
         pod_dir: &Path,
         app: &RuntimeApp,
@@ -557,7 +559,7 @@ pub struct NetRecord {
 }
 
 /// Pod files are written without fsyncs; see `fill_pod`.
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RunnerError> {
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RunnerError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| RunnerError::Invalid(format!("cannot encode {}: {e}", path.display())))?;
     fsutil::replace_file(path, &bytes).map_err(io_err(format!("cannot write {}", path.display())))
@@ -614,7 +616,7 @@ pub fn select_labeler(name: Option<&str>) -> Result<Box<dyn Labeler>, RunnerErro
     Ok(all.swap_remove(pick))
 }
 
-fn check_capabilities(
+pub(crate) fn check_capabilities(
     stage1: &dyn Stage1,
     request: &PrepareRequest,
     interactive: bool,
@@ -638,7 +640,11 @@ fn check_capabilities(
 
 /// A stage1 without network namespaces runs every pod on the host's network; that
 /// is only an error when the user explicitly asked for something else.
-fn effective_net(stage1: &dyn Stage1, net: &NetRequest, explicit: bool) -> Result<NetRequest, RunnerError> {
+pub(crate) fn effective_net(
+    stage1: &dyn Stage1,
+    net: &NetRequest,
+    explicit: bool,
+) -> Result<NetRequest, RunnerError> {
     if stage1.capabilities().network_namespace || net.is_host() {
         return Ok(if net.networks.is_empty() {
             NetRequest::host()
@@ -770,11 +776,15 @@ pub fn build_pod_manifest(
             read_only_root_fs: app_request.read_only_rootfs,
         });
     }
+    let mut annotations = Vec::new();
+    if request.mutable {
+        annotations.push(crate::pod::sandbox::mutable_annotation());
+    }
     Ok(PodManifest {
         apps,
         volumes,
         isolators: Vec::new(),
-        annotations: Vec::new(),
+        annotations,
         ports: request.ports.clone(),
         ..PodManifest::default()
     })

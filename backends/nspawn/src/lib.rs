@@ -183,6 +183,34 @@ impl Stage1 for NspawnStage1 {
         }
     }
 
+    fn supports_mutable_pods(&self) -> bool {
+        true
+    }
+
+    /// The app's cgroups (with its limits) are made beside its siblings', and
+    /// its confinement is planned as for an app present from the start.
+    fn prepare_added_app(
+        &self,
+        pod: &PodInfo,
+        manifest: &PodManifest,
+        app: &str,
+        insecure: rkt_engine::stage::InsecureOptions,
+    ) -> Result<Option<protocol::AppIsolation>, BackendError> {
+        let pod_cgroups = cgroups::PodCgroups::plan(&pod.uuid.to_string(), manifest)?;
+        let runtime = manifest
+            .app(app)
+            .ok_or_else(|| NspawnError::Invalid(format!("app {app:?} is not in the pod manifest")))?;
+        let isolators = runtime
+            .app
+            .as_ref()
+            .map(|a| a.isolators.as_slice())
+            .unwrap_or(&[]);
+        let limits = vec![(app.to_string(), cgroups::AppLimits::of(isolators)?)];
+        pod_cgroups.create(&pod.path, &limits)?;
+        let isolation = isolation::plan(manifest, insecure, &pod_cgroups)?;
+        Ok(isolation.into_iter().find(|i| i.app == app))
+    }
+
     /// Every mount of the pod lived in the namespace nspawn ran in and went
     /// with it; the pod's cgroups are what is left outside the pod directory.
     fn gc(&self, pod_dir: &Path) -> Result<(), BackendError> {

@@ -14,6 +14,7 @@
 mod confine;
 mod mounts;
 mod relay;
+mod sandbox;
 pub mod seccomp;
 
 use std::fs::File;
@@ -101,6 +102,9 @@ pub fn main() -> i32 {
         pod.reap_all_blocking();
         return fail(&e);
     }
+    if pod.mutable {
+        return sandbox::serve(pod, &signals);
+    }
     report(&InitReport::Running);
     pod.supervise(&signals)
 }
@@ -151,6 +155,8 @@ struct App {
 
 struct Pod {
     config: InitConfig,
+    /// `rkt app sandbox`: apps come and go through requests (see [`sandbox`]).
+    mutable: bool,
     apps: Vec<App>,
     relays: Vec<Relay>,
 }
@@ -173,68 +179,12 @@ impl Pod {
         mounts::ensure_console(&Kernel, Path::new("/dev"))?;
         let mut apps = Vec::with_capacity(manifest.apps.len());
         for runtime in &manifest.apps {
-            let name = runtime.name.as_str().to_string();
-            let root_dir = protocol::app_rootfs(&name).inside();
-            let root = fsutil::open_dir(&root_dir)
-                .map_err(|e| InitError::io(format!("app {name:?}: opening {}", root_dir.display()), e))?;
-            // The pod directory is not visible here: every volume source is
-            // replaced by the pod-side path stage0 bound it to.
-            let mut plan = plan_app(Path::new("/"), &manifest, &name, root.as_fd())?;
-            drop(root);
-            if let Some(url) = &config.metadata_url {
-                // The metadata service's URL is rkt's to give: it beats the app's own.
-                plan.env.retain(|(k, _)| k != "AC_METADATA_URL");
-                plan.env.push(("AC_METADATA_URL".into(), url.clone()));
-            }
-            mounts::assemble(&Kernel, &root_dir, &plan.binds)
-                .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+            let name = runtime.name.as_str();
             let isolation = config.apps.iter().find(|a| a.app == name);
-            let confinement = match isolation {
-                Some(iso) => {
-                    mounts::confine(
-                        &Kernel,
-                        &root_dir,
-                        iso.read_only_rootfs,
-                        &iso.read_only_paths,
-                        &iso.masked_paths,
-                    )
-                    .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
-                    Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?
-                }
-                None => Confinement::default(),
-            };
-            let handler = |kind: &str| {
-                runtime
-                    .app
-                    .as_ref()
-                    .and_then(|a| a.event_handler(kind))
-                    .map(|h| h.exec.clone())
-            };
-            let log = if config.interactive {
-                None
-            } else {
-                let path = protocol::app_log(&name).inside();
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?,
-                )
-            };
-            apps.push(App {
-                pre_start: handler(EventHandler::PRE_START),
-                post_stop: handler(EventHandler::POST_STOP),
-                name,
-                root_dir,
-                plan,
-                confinement,
-                pid: None,
-                code: None,
-                log,
-            });
+            apps.push(load_app(&config, &manifest, runtime, isolation)?);
         }
         Ok(Pod {
+            mutable: rkt_engine::pod::sandbox::is_mutable(&manifest),
             config,
             apps,
             relays: Vec::new(),
@@ -244,6 +194,13 @@ impl Pod {
     /// Runs each app's pre-start handler, then starts it.
     fn start(&mut self) -> Result<(), InitError> {
         for i in 0..self.apps.len() {
+            self.start_app(i)?;
+        }
+        Ok(())
+    }
+
+    fn start_app(&mut self, i: usize) -> Result<(), InitError> {
+        {
             let app = &self.apps[i];
             if let Some(handler) = &app.pre_start {
                 let code = run_handler(app, handler)?;
@@ -421,6 +378,75 @@ impl Pod {
             }
         }
     }
+}
+
+/// Gives one app of the manifest its root (binds, confinement) and opens its
+/// log; the app is not started.
+fn load_app(
+    config: &InitConfig,
+    manifest: &PodManifest,
+    runtime: &rkt_engine::schema::RuntimeApp,
+    isolation: Option<&protocol::AppIsolation>,
+) -> Result<App, InitError> {
+    let name = runtime.name.as_str().to_string();
+    let root_dir = protocol::app_rootfs(&name).inside();
+    let root = fsutil::open_dir(&root_dir)
+        .map_err(|e| InitError::io(format!("app {name:?}: opening {}", root_dir.display()), e))?;
+    // The pod directory is not visible here: every volume source is
+    // replaced by the pod-side path stage0 bound it to.
+    let mut plan = plan_app(Path::new("/"), manifest, &name, root.as_fd())?;
+    drop(root);
+    if let Some(url) = &config.metadata_url {
+        // The metadata service's URL is rkt's to give: it beats the app's own.
+        plan.env.retain(|(k, _)| k != "AC_METADATA_URL");
+        plan.env.push(("AC_METADATA_URL".into(), url.clone()));
+    }
+    mounts::assemble(&Kernel, &root_dir, &plan.binds)
+        .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+    let confinement = match isolation {
+        Some(iso) => {
+            mounts::confine(
+                &Kernel,
+                &root_dir,
+                iso.read_only_rootfs,
+                &iso.read_only_paths,
+                &iso.masked_paths,
+            )
+            .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+            Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?
+        }
+        None => Confinement::default(),
+    };
+    let handler = |kind: &str| {
+        runtime
+            .app
+            .as_ref()
+            .and_then(|a| a.event_handler(kind))
+            .map(|h| h.exec.clone())
+    };
+    let log = if config.interactive {
+        None
+    } else {
+        let path = protocol::app_log(&name).inside();
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?,
+        )
+    };
+    Ok(App {
+        pre_start: handler(EventHandler::PRE_START),
+        post_stop: handler(EventHandler::POST_STOP),
+        name,
+        root_dir,
+        plan,
+        confinement,
+        pid: None,
+        code: None,
+        log,
+    })
 }
 
 /// A process in the app's root with its environment and credentials.

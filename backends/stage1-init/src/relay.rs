@@ -6,6 +6,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use rkt_engine::pod::applog;
+
 /// Longest partial line held back; a longer one is passed on in pieces.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -50,7 +52,7 @@ impl Relay {
         if n == 0 {
             self.pipe = None;
             let rest = std::mem::take(&mut self.pending);
-            emit(&rest, out, log);
+            emit(&rest, self.stream, true, out, log);
             return false;
         }
         self.pending.extend_from_slice(&buf[..n]);
@@ -60,19 +62,26 @@ impl Relay {
             None => return true,
         };
         let lines: Vec<u8> = self.pending.drain(..cut).collect();
-        emit(&lines, out, log);
+        emit(&lines, self.stream, false, out, log);
         true
     }
 }
 
-fn emit(bytes: &[u8], out: &mut dyn Write, log: Option<&mut File>) {
+/// To `out` as the app wrote it; to the log as CRI records (`pod::applog`).
+fn emit(bytes: &[u8], stream: Stream, eof: bool, out: &mut dyn Write, log: Option<&mut File>) {
     if bytes.is_empty() {
         return;
     }
     // Nobody reading rkt's output (a closed pipe) must not stop the pod.
     let _ = out.write_all(bytes).and_then(|()| out.flush());
     if let Some(log) = log {
-        let _ = log.write_all(bytes);
+        let stream = match stream {
+            Stream::Stdout => applog::LogStream::Stdout,
+            Stream::Stderr => applog::LogStream::Stderr,
+        };
+        let mut records = Vec::with_capacity(bytes.len() + 40);
+        applog::encode(std::time::SystemTime::now(), stream, bytes, eof, &mut records);
+        let _ = log.write_all(&records);
     }
 }
 

@@ -1,5 +1,7 @@
 //! One module per `rkt` subcommand; each returns the process exit code.
 
+pub mod api_service;
+pub mod app;
 pub mod cat_manifest;
 pub mod enter;
 pub mod fetch;
@@ -40,6 +42,8 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::MetadataService(args) => metadata_service::metadata_service(args),
         Command::Trust(args) => trust::trust(global, args),
         Command::Version => version::version(),
+        Command::App(args) => app::app(global, args),
+        Command::ApiService(args) => api_service::api_service(global, args),
     }
 }
 

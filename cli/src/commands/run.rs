@@ -213,6 +213,7 @@ impl PodFlags {
                 ..FetchPolicy::default()
             },
             uuid_file_save: self.uuid_file_save.clone(),
+            mutable: false,
         })
     }
 }

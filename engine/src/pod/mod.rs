@@ -28,9 +28,11 @@
 //! few times, for a few milliseconds in all, when only such a probe is in the way.
 //! Nothing here ever waits without bound.
 
+pub mod applog;
 pub mod layout;
 mod lock;
 pub mod protocol;
+pub mod sandbox;
 
 #[cfg(test)]
 mod model_tests;

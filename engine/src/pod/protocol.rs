@@ -20,7 +20,7 @@ pub const INIT_ROLE_ARG: &str = "stage1-init";
 pub struct Stage1Path(PathBuf);
 
 impl Stage1Path {
-    fn new(relative: impl AsRef<Path>) -> Self {
+    pub(super) fn new(relative: impl AsRef<Path>) -> Self {
         Stage1Path(relative.as_ref().to_path_buf())
     }
     /// As the init sees it (absolute, from the pod's root).

@@ -109,6 +109,27 @@ pub trait Stage1: Send + Sync {
     fn stop(&self, pod: &PodInfo, force: bool) -> Result<(), BackendError>;
     /// Releases whatever the backend left outside the pod directory. Idempotent.
     fn gc(&self, pod_dir: &Path) -> Result<(), BackendError>;
+    /// Mutable pods (`rkt app sandbox`, then `rkt app add/start/stop/rm`): the
+    /// stage1's init serves `pod::sandbox` requests.
+    fn supports_mutable_pods(&self) -> bool {
+        false
+    }
+    /// `rkt app add`, before the app is handed to the running pod's init: the
+    /// backend makes what the app needs outside the pod (cgroups) and says how
+    /// the init confines it. `manifest` already lists the app.
+    fn prepare_added_app(
+        &self,
+        pod: &PodInfo,
+        manifest: &crate::schema::PodManifest,
+        app: &str,
+        insecure: InsecureOptions,
+    ) -> Result<Option<crate::pod::protocol::AppIsolation>, BackendError> {
+        let _ = (pod, manifest, app, insecure);
+        Err(BackendError::Unsupported(format!(
+            "stage1 {} does not support mutable pods",
+            self.name()
+        )))
+    }
 }
 
 /// The networks a pod asked for (`--net`).
