@@ -111,9 +111,10 @@ fn two_apps_share_a_volume_inside_one_vm() {
         .expect("image")
         .display()
         .to_string();
-    // As in the nspawn test: a FIFO orders the two apps, no sleeps.
-    let script_a = "echo from-a > /shared/a && mkfifo /shared/sync && echo go > /shared/sync && cat /shared/b";
-    let script_b = "echo from-b > /shared/b; n=0; while [ ! -p /shared/sync ]; do n=$((n+1)); [ $n -lt 1000000 ] || exit 9; done; read x < /shared/sync; cat /shared/a; exit 5";
+    // Each app publishes its file by rename, then waits (a bounded loop, no
+    // sleeps) for the other's. FIFOs would not do: 9p does not carry them.
+    let script_a = "echo from-a > /shared/a.tmp && mv /shared/a.tmp /shared/a; n=0; while [ ! -e /shared/b ]; do n=$((n+1)); [ $n -lt 100000 ] || exit 9; done; cat /shared/b";
+    let script_b = "echo from-b > /shared/b.tmp && mv /shared/b.tmp /shared/b; n=0; while [ ! -e /shared/a ]; do n=$((n+1)); [ $n -lt 100000 ] || exit 9; done; cat /shared/a; exit 5";
     let out = run(
         &rkt,
         &[
@@ -198,23 +199,41 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
         return;
     };
     let img = image(&rkt);
-    // A fixed address (from the process id, away from the low leases other
-    // tests get) so the host knows where to connect.
-    let ip = Ipv4Addr::new(172, 16, 28, 150 + (std::process::id() % 90) as u8);
-    let net = format!("--net=default:IP={ip}");
-    let (child, _uuid) = spawn_run(
+    // The app's first line is its address (the CNI lease moved into the guest);
+    // nc listens right after, so a refused connection is retried at once: the
+    // loop is bounded by the deadline, not paced by sleeps.
+    let (mut child, _uuid) = spawn_run(
         &rkt,
-        &[&net, &img, "--exec", "/bin/sh", "--", "-c", "echo pong | nc -l -p 8080"],
+        &[
+            "--net=default",
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "ip -o -4 addr show dev eth0; echo pong | nc -l -p 8080",
+        ],
     );
-    // A refused connection (the guest still booting, or nc not yet listening)
-    // answers at once: this loop is bounded by the deadline, not paced by sleeps.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let line = read_line(&mut child);
+    let Some(ip) = line
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        panic!("no address in {line:?}: {}", finish(child).describe());
+    };
+    assert!(ip.octets()[..3] == [172, 16, 28], "{ip} is not on the default network");
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut reply = String::new();
     let mut last_error = String::new();
-    while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&SocketAddrV4::new(ip, 8080).into(), Duration::from_secs(2)) {
+    while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
+        match TcpStream::connect_timeout(&SocketAddrV4::new(ip, 8080).into(), Duration::from_secs(5)) {
             Ok(mut stream) => {
                 let _ = stream.write_all(b"ping\n");
+                // nc ends when both directions have: ours ends here.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
                 stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
                 let _ = stream.read_to_string(&mut reply);
                 break;

@@ -29,7 +29,8 @@ use rkt_engine::stage::{
     Availability, BackendError, PodExit, Registration, RunConfig, Stage1, Stage1Capabilities,
 };
 
-pub use accel::Accel;
+pub use accel::{Accel, tsc_khz};
+pub use initramfs::Cpio;
 pub use qemu::{Machine, Nic, QemuArgs};
 
 /// Where QEMU, the kernel and the boot-file cache live; stored with each pod.
