@@ -464,7 +464,10 @@ impl Bench {
         // The first run builds the cached vmlinux and initramfs the peer boots too.
         measure::run(&mut run())?;
         let bare = crate::kvm::BareQemu::new(&self.work)?;
-        let mut rkt = Sample::new("`rkt run --stage1=kvm --net=none IMAGE-ID --exec /bin/true`", Unit::Millis);
+        let mut rkt = Sample::new(
+            "`rkt run --stage1=kvm --net=none IMAGE-ID --exec /bin/true`",
+            Unit::Millis,
+        );
         let mut qemu = Sample::new(
             "bare `qemu-system-x86_64` (same vmlinux, initramfs + busybox, machine, accel, devices)",
             Unit::Millis,

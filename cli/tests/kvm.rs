@@ -37,6 +37,23 @@ fn harness(test: &str) -> Option<Rkt> {
     Some(Rkt::new(common::bin(), "kvm").expect("harness"))
 }
 
+/// Stops what a test left running and collects its pods, also when the test
+/// fails: a pod network holds a lease, a netns and iptables rules on the host.
+struct Cleanup<'a>(&'a Rkt);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let list = self.0.rkt(&["list", "--no-legend", "--full"]);
+        for line in list.stdout.lines().filter(|l| l.contains("running")) {
+            if let Some(uuid) = line.split_whitespace().next() {
+                let _ = self.0.rkt(&["stop", "--force", uuid]);
+                let _ = self.0.rkt(&["status", "--wait=60s", uuid]);
+            }
+        }
+        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
+    }
+}
+
 fn image(rkt: &Rkt) -> String {
     rkt.image(&AciSpec::busybox("example.com/busybox"))
         .expect("image")
@@ -73,12 +90,21 @@ fn exit_codes_round_trip_from_a_guest_with_its_own_kernel() {
     let Some(rkt) = harness("exit_codes_round_trip_from_a_guest_with_its_own_kernel") else {
         return;
     };
-    let host_release = nix::sys::utsname::uname().expect("uname").release().to_string_lossy().into_owned();
+    let _cleanup = Cleanup(&rkt);
+    let host_release = nix::sys::utsname::uname()
+        .expect("uname")
+        .release()
+        .to_string_lossy()
+        .into_owned();
     // --debug: rkt names the accelerator it chose (and the kernel log shows).
     let out = sh(&rkt, "uname -r; echo to-stderr >&2", &["--debug"]);
     assert_eq!(out.code, 0, "{}", out.describe());
     let guest_release = out.stdout.trim();
-    assert!(guest_release.starts_with("6.") || guest_release.contains('-'), "{}", out.describe());
+    assert!(
+        guest_release.starts_with("6.") || guest_release.contains('-'),
+        "{}",
+        out.describe()
+    );
     assert_ne!(guest_release, host_release, "the app ran on the host's kernel");
     assert!(out.stderr.contains("to-stderr"), "{}", out.describe());
     let accel = if hardware_virtualization() { "kvm" } else { "tcg" };
@@ -90,14 +116,24 @@ fn exit_codes_round_trip_from_a_guest_with_its_own_kernel() {
 
     let out = sh(&rkt, "echo three; exit 3", &[]);
     assert_eq!(out.code, 3, "{}", out.describe());
-    assert_eq!(out.stdout, "three\n", "no kernel noise on stdout: {}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "three\n",
+        "no kernel noise on stdout: {}",
+        out.describe()
+    );
     assert!(!out.stderr.contains("Linux version"), "{}", out.describe());
 
     let out = sh(&rkt, "/no/such/command", &[]);
     assert_eq!(out.code, 127, "{}", out.describe());
     let status = rkt.rkt(&["list", "--no-legend", "--full"]);
     assert_eq!(status.code, 0, "{}", status.describe());
-    assert_eq!(status.stdout.lines().filter(|l| l.contains("exited")).count(), 3, "{}", status.describe());
+    assert_eq!(
+        status.stdout.lines().filter(|l| l.contains("exited")).count(),
+        3,
+        "{}",
+        status.describe()
+    );
 }
 
 #[test]
@@ -105,6 +141,7 @@ fn two_apps_share_a_volume_inside_one_vm() {
     let Some(rkt) = harness("two_apps_share_a_volume_inside_one_vm") else {
         return;
     };
+    let _cleanup = Cleanup(&rkt);
     let img = image(&rkt);
     let b = rkt
         .image(&AciSpec::busybox("example.com/other"))
@@ -153,7 +190,9 @@ fn net_host_is_refused() {
 
 /// `rkt run` in the background with its stdout piped; the UUID saved to a file.
 fn spawn_run(rkt: &Rkt, args: &[&str]) -> (Child, std::path::PathBuf) {
-    let uuid_file = rkt.work().join(format!("uuid-{}", rkt_engine::fsutil::unique_suffix()));
+    let uuid_file = rkt
+        .work()
+        .join(format!("uuid-{}", rkt_engine::fsutil::unique_suffix()));
     let save = format!("--uuid-file-save={}", uuid_file.display());
     let mut all = vec!["run", "--insecure-options=image", "--stage1=kvm", save.as_str()];
     all.extend_from_slice(args);
@@ -198,6 +237,7 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
     let Some(rkt) = harness("a_pod_on_the_default_network_is_reachable_from_the_host") else {
         return;
     };
+    let _cleanup = Cleanup(&rkt);
     let img = image(&rkt);
     // The app's first line is its address (the CNI lease moved into the guest);
     // nc listens right after, so a refused connection is retried at once: the
@@ -224,7 +264,10 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
     else {
         panic!("no address in {line:?}: {}", finish(child).describe());
     };
-    assert!(ip.octets()[..3] == [172, 16, 28], "{ip} is not on the default network");
+    assert!(
+        ip.octets()[..3] == [172, 16, 28],
+        "{ip} is not on the default network"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut reply = String::new();
     let mut last_error = String::new();
@@ -234,7 +277,9 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
                 let _ = stream.write_all(b"ping\n");
                 // nc ends when both directions have: ours ends here.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
-                stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
                 let _ = stream.read_to_string(&mut reply);
                 break;
             }
@@ -242,9 +287,18 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
         }
     }
     let out = finish(child);
-    assert_eq!(reply, "pong\n", "last connect error: {last_error}; {}", out.describe());
+    assert_eq!(
+        reply,
+        "pong\n",
+        "last connect error: {last_error}; {}",
+        out.describe()
+    );
     assert_eq!(out.code, 0, "{}", out.describe());
-    assert!(out.stdout.contains("ping"), "the app got the host's line: {}", out.describe());
+    assert!(
+        out.stdout.contains("ping"),
+        "the app got the host's line: {}",
+        out.describe()
+    );
 }
 
 #[test]
@@ -252,6 +306,7 @@ fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
     let Some(rkt) = harness("stop_ends_a_long_running_pod_and_gc_leaves_nothing") else {
         return;
     };
+    let _cleanup = Cleanup(&rkt);
     let img = image(&rkt);
     let (mut child, uuid_file) = spawn_run(
         &rkt,
@@ -284,16 +339,26 @@ fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
     let stop = rkt.rkt(&["stop", &uuid]);
     assert_eq!(stop.code, 0, "{}", stop.describe());
     let out = finish(child);
-    assert_ne!(out.code, 0, "a stopped pod does not report success: {}", out.describe());
+    assert_ne!(
+        out.code,
+        0,
+        "a stopped pod does not report success: {}",
+        out.describe()
+    );
     let status = rkt.rkt(&["status", &uuid]);
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
 
     let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
     assert_eq!(gc.code, 0, "{}", gc.describe());
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "qemu (pid {pid}) is still there");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu (pid {pid}) is still there"
+    );
     assert!(!netns.exists(), "the netns (and its taps) outlived gc");
     assert!(rkt.mounts_left().is_empty(), "mounts: {:?}", rkt.mounts_left());
-    let left = std::fs::read_dir(rkt.dir.join("pods/exited-garbage")).map(|d| d.count()).unwrap_or(0);
+    let left = std::fs::read_dir(rkt.dir.join("pods/exited-garbage"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(left, 0);
 }
 
@@ -306,6 +371,7 @@ fn uses_kvm_when_the_host_has_hardware_virtualization() {
     let Some(rkt) = harness("uses_kvm_when_the_host_has_hardware_virtualization") else {
         return;
     };
+    let _cleanup = Cleanup(&rkt);
     let out = sh(&rkt, "grep -c hypervisor /proc/cpuinfo", &["--debug"]);
     assert_eq!(out.code, 0, "{}", out.describe());
     assert!(out.stderr.contains("kvm"), "{}", out.describe());

@@ -37,10 +37,16 @@ pub fn decide(cpuinfo: &str, dev_kvm: bool, pvm: bool) -> (Accel, String) {
         .flat_map(|l| l.split_whitespace())
         .any(|f| f == "vmx" || f == "svm");
     if !hardware {
-        return (Accel::Tcg, "no vmx or svm CPU flag: no hardware virtualization".into());
+        return (
+            Accel::Tcg,
+            "no vmx or svm CPU flag: no hardware virtualization".into(),
+        );
     }
     if pvm {
-        return (Accel::Tcg, "/dev/kvm is PVM (kvm_pvm), which runs only PVM guest kernels".into());
+        return (
+            Accel::Tcg,
+            "/dev/kvm is PVM (kvm_pvm), which runs only PVM guest kernels".into(),
+        );
     }
     if !dev_kvm {
         return (Accel::Tcg, "no /dev/kvm".into());
@@ -53,7 +59,14 @@ pub fn decide(cpuinfo: &str, dev_kvm: bool, pvm: bool) -> (Accel, String) {
 pub fn tsc_khz(cpuinfo: &str) -> u64 {
     cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map(|mhz| (mhz * 1000.0) as u64)
         .filter(|khz| *khz > 0)
         .unwrap_or(1_000_000)

@@ -29,29 +29,40 @@ fn short_hash(parts: &[&[u8]]) -> String {
 }
 
 /// `dir/<name>`, built by `build` when absent.
-fn cached(dir: &Path, name: &str, build: impl FnOnce() -> Result<Vec<u8>, KvmError>) -> Result<PathBuf, KvmError> {
+fn cached(
+    dir: &Path,
+    name: &str,
+    build: impl FnOnce() -> Result<Vec<u8>, KvmError>,
+) -> Result<PathBuf, KvmError> {
     let path = dir.join(name);
     if path.is_file() {
         return Ok(path);
     }
     let bytes = build()?;
-    fsutil::atomic_write(&path, &bytes).map_err(|e| KvmError::io(format!("writing {}", path.display()), e))?;
+    fsutil::atomic_write(&path, &bytes)
+        .map_err(|e| KvmError::io(format!("writing {}", path.display()), e))?;
     Ok(path)
 }
 
 /// The vmlinux and initramfs for `kernel` with `init` (the rkt binary's bytes)
 /// as /init, loading the virtio `transport` module.
-pub fn boot_files(dir: &Path, kernel: &Kernel, init_exe: &Path, transport: &str) -> Result<BootFiles, KvmError> {
+pub fn boot_files(
+    dir: &Path,
+    kernel: &Kernel,
+    init_exe: &Path,
+    transport: &str,
+) -> Result<BootFiles, KvmError> {
     std::fs::create_dir_all(dir).map_err(|e| KvmError::io(format!("creating {}", dir.display()), e))?;
-    let bzimage =
-        std::fs::read(&kernel.image).map_err(|e| KvmError::io(format!("reading {}", kernel.image.display()), e))?;
+    let bzimage = std::fs::read(&kernel.image)
+        .map_err(|e| KvmError::io(format!("reading {}", kernel.image.display()), e))?;
     let vmlinux = cached(
         dir,
         &format!("vmlinux-{}-{}", kernel.release, short_hash(&[&bzimage])),
         || kernel::extract_vmlinux(&bzimage),
     )?;
 
-    let exe = std::fs::read(init_exe).map_err(|e| KvmError::io(format!("reading {}", init_exe.display()), e))?;
+    let exe =
+        std::fs::read(init_exe).map_err(|e| KvmError::io(format!("reading {}", init_exe.display()), e))?;
     let init = initramfs::loadable_prefix(&exe)?;
     drop(exe);
     let read = |name: &str| {
@@ -64,7 +75,8 @@ pub fn boot_files(dir: &Path, kernel: &Kernel, init_exe: &Path, transport: &str)
     let mut module_bytes = Vec::with_capacity(order.len());
     for path in &order {
         let full = kernel.modules.join(path);
-        module_bytes.push(std::fs::read(&full).map_err(|e| KvmError::io(format!("reading {}", full.display()), e))?);
+        module_bytes
+            .push(std::fs::read(&full).map_err(|e| KvmError::io(format!("reading {}", full.display()), e))?);
     }
     let mut parts: Vec<&[u8]> = vec![&init, kernel.release.as_bytes()];
     for (path, bytes) in order.iter().zip(&module_bytes) {

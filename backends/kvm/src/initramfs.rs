@@ -134,7 +134,11 @@ impl ModulesDep {
 
 /// Names from `modules.builtin` (`kernel/fs/ext4/ext4.ko` -> `ext4`).
 pub fn parse_builtin(text: &str) -> BTreeSet<String> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(module_name).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(module_name)
+        .collect()
 }
 
 /// The part of an ELF executable the kernel loads: up to the end of its last
@@ -161,7 +165,10 @@ pub fn loadable_prefix(elf: &[u8]) -> Result<Vec<u8>, KvmError> {
         let filesz = u64_at(ph + 0x20).ok_or_else(|| bad("truncated program header"))?;
         end = end.max((offset + filesz) as usize);
     }
-    let mut out = elf.get(..end).ok_or_else(|| bad("a segment lies outside the file"))?.to_vec();
+    let mut out = elf
+        .get(..end)
+        .ok_or_else(|| bad("a segment lies outside the file"))?
+        .to_vec();
     // e_shoff (8 bytes), then e_shnum and e_shstrndx.
     out[0x28..0x30].fill(0);
     out[0x3c..0x40].fill(0);
@@ -189,7 +196,8 @@ pub fn build(init: &[u8], modules_dir: &Path, order: &[String]) -> Result<Vec<u8
     let mut list = String::new();
     for (i, path) in order.iter().enumerate() {
         let source = modules_dir.join(path);
-        let bytes = std::fs::read(&source).map_err(|e| KvmError::io(format!("reading {}", source.display()), e))?;
+        let bytes =
+            std::fs::read(&source).map_err(|e| KvmError::io(format!("reading {}", source.display()), e))?;
         let name = format!("{i:02}-{}", path.rsplit('/').next().unwrap_or(path));
         cpio.file(&in_archive.join(&name).to_string_lossy(), 0o644, &bytes);
         list.push_str(&name);
@@ -218,7 +226,10 @@ kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/dri
     fn dependencies_come_first_and_once() {
         let dep = ModulesDep::parse(DEP);
         let order = dep
-            .load_order(&["virtio-mmio", "9pnet_virtio", "9p", "ext4"], &parse_builtin("kernel/fs/ext4/ext4.ko\n"))
+            .load_order(
+                &["virtio-mmio", "9pnet_virtio", "9p", "ext4"],
+                &parse_builtin("kernel/fs/ext4/ext4.ko\n"),
+            )
             .unwrap();
         let pos = |m: &str| order.iter().position(|p| p.ends_with(m)).unwrap();
         assert_eq!(order.len(), 8, "{order:?}");
@@ -226,7 +237,10 @@ kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/dri
         assert!(pos("netfs.ko") < pos("fscache.ko"));
         assert!(pos("fscache.ko") < pos("/9p.ko"));
         assert!(pos("9pnet.ko") < pos("9pnet_virtio.ko"));
-        let err = dep.load_order(&["nope"], &BTreeSet::new()).unwrap_err().to_string();
+        let err = dep
+            .load_order(&["nope"], &BTreeSet::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 

@@ -23,10 +23,11 @@ impl Kernel {
             let name = image.file_name()?.to_str()?;
             let release = name.strip_prefix("vmlinuz-")?.to_string();
             let modules = modules_root.join(&release);
-            modules
-                .join("modules.dep")
-                .is_file()
-                .then_some(Kernel { image, release, modules })
+            modules.join("modules.dep").is_file().then_some(Kernel {
+                image,
+                release,
+                modules,
+            })
         };
         if let Some(image) = image {
             return with_modules(image.to_path_buf()).ok_or_else(|| {
@@ -92,7 +93,9 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, KvmError> {
         .and_then(|start| bzimage.get(start..start.checked_add(length)?))
         .ok_or_else(|| bad("payload outside the file"))?;
     if !payload.starts_with(XZ_MAGIC) {
-        return Err(bad("payload is not xz-compressed (only CONFIG_KERNEL_XZ kernels are supported)"));
+        return Err(bad(
+            "payload is not xz-compressed (only CONFIG_KERNEL_XZ kernels are supported)",
+        ));
     }
     let mut vmlinux = Vec::with_capacity(length * 4);
     liblzma::read::XzDecoder::new(payload)

@@ -113,12 +113,18 @@ fn find_in_path(name: &Path) -> Option<PathBuf> {
         return name.is_file().then(|| name.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 impl KvmStage1 {
     fn kernel(&self) -> Result<kernel::Kernel, KvmError> {
-        kernel::Kernel::find(self.config.kernel.as_deref(), Path::new("/boot"), Path::new("/lib/modules"))
+        kernel::Kernel::find(
+            self.config.kernel.as_deref(),
+            Path::new("/boot"),
+            Path::new("/lib/modules"),
+        )
     }
 }
 
@@ -161,7 +167,9 @@ impl Stage1 for KvmStage1 {
     }
 
     fn enter(&self, _pod: &PodInfo, _app: &str, _argv: &[String]) -> Result<i32, BackendError> {
-        Err(BackendError::Unsupported("stage1 kvm does not support enter yet".into()))
+        Err(BackendError::Unsupported(
+            "stage1 kvm does not support enter yet".into(),
+        ))
     }
 
     fn stop(&self, pod: &PodInfo, force: bool) -> Result<(), BackendError> {
@@ -169,10 +177,15 @@ impl Stage1 for KvmStage1 {
             return Ok(());
         }
         let path = pod.path.join(layout::PID);
-        let text = std::fs::read_to_string(&path).map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
         let pid = match text.trim().parse::<i32>() {
             Ok(pid) if pid > 1 => nix::unistd::Pid::from_raw(pid),
-            _ => return Err(KvmError::Invalid(format!("{}: {:?} is not a pid", path.display(), text.trim())).into()),
+            _ => {
+                return Err(
+                    KvmError::Invalid(format!("{}: {:?} is not a pid", path.display(), text.trim())).into(),
+                );
+            }
         };
         // QEMU ends the VM on either; the apps' codes then say they were killed.
         let sig = if force {
@@ -182,7 +195,10 @@ impl Stage1 for KvmStage1 {
         };
         match nix::sys::signal::kill(pid, sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(BackendError::io(format!("kvm: signalling qemu (pid {pid})"), e.into())),
+            Err(e) => Err(BackendError::io(
+                format!("kvm: signalling qemu (pid {pid})"),
+                e.into(),
+            )),
         }
     }
 
@@ -201,7 +217,10 @@ fn resources(manifest: &PodManifest) -> Result<(u64, u32), KvmError> {
     for app in &manifest.apps {
         let mut app_memory = APP_MEMORY_MB;
         for iso in app.app.as_ref().map(|a| a.isolators.as_slice()).unwrap_or(&[]) {
-            match iso.kind().map_err(|e| KvmError::Invalid(format!("isolator {}: {e}", iso.name)))? {
+            match iso
+                .kind()
+                .map_err(|e| KvmError::Invalid(format!("isolator {}: {e}", iso.name)))?
+            {
                 IsolatorKind::Memory(m) => {
                     if let Some(bytes) = m.limit.or(m.request) {
                         app_memory = bytes.div_ceil(1024 * 1024);
@@ -213,7 +232,9 @@ fn resources(manifest: &PodManifest) -> Result<(u64, u32), KvmError> {
         }
         memory += app_memory;
     }
-    let host = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
     let cpus = millicores.div_ceil(1000).clamp(1, host);
     Ok((memory, cpus as u32))
 }
@@ -226,7 +247,9 @@ impl KvmStage1 {
             ));
         };
         if cfg.interactive {
-            return Err(KvmError::Invalid("--interactive is not supported by stage1 kvm".into()));
+            return Err(KvmError::Invalid(
+                "--interactive is not supported by stage1 kvm".into(),
+            ));
         }
         let manifest_bytes = std::fs::read(layout::manifest(dir))
             .map_err(|e| KvmError::io(format!("reading {}", layout::manifest(dir).display()), e))?;
@@ -287,7 +310,10 @@ impl KvmStage1 {
         for app in &manifest.apps {
             let name = app.name.as_str();
             let status = layout::app_status(dir, name);
-            let code = match std::fs::read_to_string(&status).ok().and_then(|s| s.trim().parse().ok()) {
+            let code = match std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 Some(code) => code,
                 // QEMU was killed (`rkt stop`) before the app ended.
                 None => {

@@ -38,10 +38,17 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd, KvmError> {
 fn ip(netns: &OwnedFd, args: &[&str], stdin: Option<&str>) -> Result<String, KvmError> {
     let mut cmd = Command::new("ip");
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let fd = netns.as_fd().try_clone_to_owned().map_err(|e| KvmError::io("dup", e))?;
+    let fd = netns
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| KvmError::io("dup", e))?;
     // SAFETY: setns only, in the forked child before exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -52,7 +59,8 @@ fn ip(netns: &OwnedFd, args: &[&str], stdin: Option<&str>) -> Result<String, Kvm
     let what = || format!("ip {}", args.join(" "));
     let mut child = cmd.spawn().map_err(|e| KvmError::io(what(), e))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| KvmError::io(what(), e))?;
+        pipe.write_all(text.as_bytes())
+            .map_err(|e| KvmError::io(what(), e))?;
     }
     let out = child.wait_with_output().map_err(|e| KvmError::io(what(), e))?;
     if !out.status.success() {
@@ -88,7 +96,10 @@ pub fn attach(netns_path: &Path, networks: &[NetworkAttachment]) -> Result<Guest
             .and_then(|l| l["addr_info"].as_array()?.first().cloned())
             .and_then(|a| Some((a["local"].as_str()?.to_string(), a["prefixlen"].as_u64()?)))
             .ok_or_else(|| KvmError::Invalid(format!("{dev}: no IPv4 address from network {}", net.name)))?;
-        let routes = json(&ip(&netns, &["-j", "-4", "route", "show", "dev", dev], None)?, dev)?;
+        let routes = json(
+            &ip(&netns, &["-j", "-4", "route", "show", "dev", dev], None)?,
+            dev,
+        )?;
         guest.routes.extend(routes_for_guest(&routes, dev));
         guest.interfaces.push(VmInterface {
             name: dev.to_string(),
@@ -115,7 +126,11 @@ fn routes_for_guest(routes: &[Value], dev: &str) -> Vec<VmRoute> {
         .filter_map(|r| {
             let dst = r["dst"].as_str()?;
             Some(VmRoute {
-                destination: if dst == "default" { "0.0.0.0/0".into() } else { dst.to_string() },
+                destination: if dst == "default" {
+                    "0.0.0.0/0".into()
+                } else {
+                    dst.to_string()
+                },
                 gateway: r["gateway"].as_str().map(str::to_string),
                 device: dev.to_string(),
             })
@@ -126,7 +141,14 @@ fn routes_for_guest(routes: &[Value], dev: &str) -> Vec<VmRoute> {
 /// A locally administered MAC for the namespace's end, distinct per network.
 fn local_mac(i: usize, mac: &str) -> String {
     let tail: Vec<&str> = mac.split(':').skip(3).collect();
-    format!("02:72:6b:{}", if tail.len() == 3 { tail.join(":") } else { format!("00:00:{i:02x}") })
+    format!(
+        "02:72:6b:{}",
+        if tail.len() == 3 {
+            tail.join(":")
+        } else {
+            format!("00:00:{i:02x}")
+        }
+    )
 }
 
 fn bridge_script(dev: &str, bridge: &str, tap: &str, new_mac: &str) -> String {

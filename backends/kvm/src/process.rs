@@ -31,12 +31,22 @@ pub struct Qemu {
 impl Qemu {
     /// QEMU's exit code, or 128+signal.
     pub fn wait(mut self) -> Result<i32, KvmError> {
-        let status = self.child.wait().map_err(|e| KvmError::io("waiting for qemu", e))?;
-        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| KvmError::io("waiting for qemu", e))?;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
 }
 
-pub fn spawn(program: &Path, argv: &[OsString], netns: OwnedFd, mounts: &PodMounts) -> Result<Qemu, KvmError> {
+pub fn spawn(
+    program: &Path,
+    argv: &[OsString],
+    netns: OwnedFd,
+    mounts: &PodMounts,
+) -> Result<Qemu, KvmError> {
     let (errors_read, errors_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| KvmError::io("creating a pipe", e.into()))?;
     let parent = nix::unistd::getpid();
@@ -60,7 +70,10 @@ pub fn spawn(program: &Path, argv: &[OsString], netns: OwnedFd, mounts: &PodMoun
                 return Err(Errno::ESRCH.into());
             }
             if let Err(e) = nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET) {
-                let _ = nix::unistd::write(&errors_write, format!("kvm: joining the pod's network namespace: {}", e.desc()).as_bytes());
+                let _ = nix::unistd::write(
+                    &errors_write,
+                    format!("kvm: joining the pod's network namespace: {}", e.desc()).as_bytes(),
+                );
                 return Err(e.into());
             }
             if let Err(msg) = mounts.make() {

@@ -76,7 +76,15 @@ impl QemuArgs {
         }
         // What boots fastest here: no speculation workarounds, no page zeroing
         // on allocation, a panic ends QEMU at once rather than hanging.
-        c.extend(["mitigations=off", "init_on_alloc=0", "panic=-1", "random.trust_cpu=on"].map(String::from));
+        c.extend(
+            [
+                "mitigations=off",
+                "init_on_alloc=0",
+                "panic=-1",
+                "random.trust_cpu=on",
+            ]
+            .map(String::from),
+        );
         if self.machine == Machine::Microvm {
             c.push("pci=off".into());
         }
@@ -99,7 +107,14 @@ impl QemuArgs {
         }
         push(&["-m", &self.memory_mb.to_string(), "-smp", &self.cpus.to_string()]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-        push(&["-serial", if self.debug { "file:/proc/self/fd/2" } else { "none" }]);
+        push(&[
+            "-serial",
+            if self.debug {
+                "file:/proc/self/fd/2"
+            } else {
+                "none"
+            },
+        ]);
         push(&["-kernel", &self.vmlinux.to_string_lossy()]);
         push(&["-initrd", &self.initramfs.to_string_lossy()]);
         push(&["-append", &self.kernel_cmdline()]);
@@ -120,7 +135,10 @@ impl QemuArgs {
             ("out", 1, protocol::VM_STDOUT_PORT),
             ("err", 2, protocol::VM_STDERR_PORT),
         ] {
-            push(&["-chardev", &format!("file,id={id},path=/proc/self/fd/{fd},append=on")]);
+            push(&[
+                "-chardev",
+                &format!("file,id={id},path=/proc/self/fd/{fd},append=on"),
+            ]);
             push(&["-device", &format!("virtserialport,chardev={id},name={name}")]);
         }
         for (i, nic) in self.nics.iter().enumerate() {
@@ -129,7 +147,11 @@ impl QemuArgs {
                 nic.tap
             );
             push(&["-netdev", &netdev]);
-            let device = format!("{},netdev=net{i},mac={}", self.machine.device("virtio-net"), nic.mac);
+            let device = format!(
+                "{},netdev=net{i},mac={}",
+                self.machine.device("virtio-net"),
+                nic.mac
+            );
             push(&["-device", &device]);
         }
         a
@@ -165,11 +187,17 @@ mod tests {
     }
 
     fn argv(a: &QemuArgs) -> Vec<String> {
-        a.to_argv().into_iter().map(|s| s.to_string_lossy().into_owned()).collect()
+        a.to_argv()
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
     }
 
     fn after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
-        argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -182,7 +210,10 @@ mod tests {
         assert_eq!(after(&v, "-serial"), ["none"]);
         let cmdline = a.kernel_cmdline();
         assert!(cmdline.contains("quiet") && cmdline.contains("tsc_early_khz=2600000"));
-        assert!(!cmdline.contains("acpi=off"), "microvm finds virtio-mmio through ACPI");
+        assert!(
+            !cmdline.contains("acpi=off"),
+            "microvm finds virtio-mmio through ACPI"
+        );
         assert!(cmdline.ends_with("-- stage1-init vm"), "{cmdline}");
         let devices = after(&v, "-device");
         assert!(devices.contains(&"virtio-9p-device,fsdev=pod,mount_tag=rkt"));

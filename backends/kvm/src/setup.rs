@@ -27,9 +27,18 @@ pub fn prepare_stage1_rootfs(
 ) -> Result<(), KvmError> {
     let root = layout::stage1_rootfs(pod);
     // The guest mounts its kernel filesystems here before it chroots.
-    for dir in ["dev", "proc", "sys", "rkt/etc", "rkt/logs", "rkt/volumes", "rkt/status"] {
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "rkt/etc",
+        "rkt/logs",
+        "rkt/volumes",
+        "rkt/status",
+    ] {
         let path = root.join(dir);
-        std::fs::create_dir_all(&path).map_err(|e| KvmError::io(format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| KvmError::io(format!("creating {}", path.display()), e))?;
     }
     let write = |path: PathBuf, bytes: &[u8]| {
         fsutil::replace_file(&path, bytes).map_err(|e| KvmError::io(format!("writing {}", path.display()), e))
@@ -40,7 +49,8 @@ pub fn prepare_stage1_rootfs(
         debug: cfg.debug,
         apps: Vec::new(),
     };
-    let json = |v: &dyn erased_serde::Serialize| serde_json::to_vec(v).map_err(|e| KvmError::Invalid(e.to_string()));
+    let json =
+        |v: &dyn erased_serde::Serialize| serde_json::to_vec(v).map_err(|e| KvmError::Invalid(e.to_string()));
     write(protocol::init_config().on_host(pod), &json(&init)?)?;
     write(protocol::vm_config().on_host(pod), &json(vm)?)?;
     for file in EtcFile::ALL {
@@ -123,10 +133,17 @@ impl PodMounts {
         for app in &manifest.apps {
             let name = app.name.as_str();
             let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
-                KvmError::io(format!("reading {}", layout::app_rootfs_spec(pod, name).display()), e)
+                KvmError::io(
+                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
+                    e,
+                )
             })?;
             if let AppRootfs::Overlay { lower } = spec {
-                let data = overlay_options(&lower, &layout::overlay_upper(pod, name), &layout::overlay_work(pod, name))?;
+                let data = overlay_options(
+                    &lower,
+                    &layout::overlay_upper(pod, name),
+                    &layout::overlay_work(pod, name),
+                )?;
                 mounts.push(Mount {
                     source: c"overlay".into(),
                     target: layout::app_rootfs(pod, name),
@@ -169,11 +186,23 @@ impl PodMounts {
     pub fn make(&self) -> Result<(), String> {
         let step = |what: &str, e: nix::Error| format!("kvm: {what}: {}", e.desc());
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
-        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-            .map_err(|e| step("making / a recursive slave", e))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(|e| step("making / a recursive slave", e))?;
         for m in &self.mounts {
-            nix::mount::mount(Some(m.source.as_c_str()), &m.target, m.fstype, m.flags, m.data.as_deref())
-                .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+            nix::mount::mount(
+                Some(m.source.as_c_str()),
+                &m.target,
+                m.fstype,
+                m.flags,
+                m.data.as_deref(),
+            )
+            .map_err(|e| step(&format!("mounting {}", m.what), e))?;
         }
         Ok(())
     }

@@ -60,8 +60,15 @@ fn bring_up() -> Result<(), InitError> {
     configure_network(&config)
 }
 
-fn mount(source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), InitError> {
-    std::fs::create_dir_all(target).map_err(|e| InitError::io(format!("creating {}", target.display()), e))?;
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| InitError::io(format!("creating {}", target.display()), e))?;
     nix::mount::mount(Some(source), target, Some(fstype), flags, data)
         .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
 }
@@ -72,7 +79,13 @@ fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount("proc", &at("/proc"), "proc", nosuid, None)?;
     mount("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
-    mount("devtmpfs", &at("/dev"), "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount(
+        "devtmpfs",
+        &at("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     mount(
         "devpts",
         &at("/dev/pts"),
@@ -80,17 +93,25 @@ fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
-    mount("shm", &at("/dev/shm"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
+    mount(
+        "shm",
+        &at("/dev/shm"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
 }
 
 /// Loads every module named in `order`, in that order (stage0 computed it from
 /// modules.dep); one already loaded or built in is fine.
 fn load_modules(order: &Path) -> Result<(), InitError> {
-    let list = std::fs::read_to_string(order).map_err(|e| InitError::io(format!("reading {}", order.display()), e))?;
+    let list = std::fs::read_to_string(order)
+        .map_err(|e| InitError::io(format!("reading {}", order.display()), e))?;
     let dir = order.parent().unwrap_or(Path::new("/"));
     for name in module_order(&list) {
         let path = dir.join(name);
-        let file = std::fs::File::open(&path).map_err(|e| InitError::io(format!("opening {}", path.display()), e))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?;
         // SAFETY: finit_module reads the module from the open fd; the parameter
         // string is a valid NUL-terminated empty string.
         let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
@@ -106,7 +127,9 @@ fn load_modules(order: &Path) -> Result<(), InitError> {
 
 /// The non-empty, non-comment lines of the modules order file.
 fn module_order(list: &str) -> impl Iterator<Item = &str> {
-    list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// The apps' output leaves the guest on two virtio-serial ports (no terminal
@@ -128,7 +151,10 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<(), InitError> {
     // SAFETY: dup2 onto a standard descriptor number; both are valid fds and
     // the old target (the console) is closed by the kernel.
     if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-        return Err(InitError::io(format!("dup2 onto fd {target}"), std::io::Error::last_os_error()));
+        return Err(InitError::io(
+            format!("dup2 onto fd {target}"),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -197,7 +223,8 @@ fn configure_network(config: &VmConfig) -> Result<(), InitError> {
         configure_interface(&sock, iface)?;
     }
     // Routes to a gateway need the gateway's own route first.
-    let (direct, via): (Vec<&VmRoute>, Vec<&VmRoute>) = config.routes.iter().partition(|r| r.gateway.is_none());
+    let (direct, via): (Vec<&VmRoute>, Vec<&VmRoute>) =
+        config.routes.iter().partition(|r| r.gateway.is_none());
     for route in direct.into_iter().chain(via) {
         add_route(&sock, route)?;
     }
@@ -251,7 +278,9 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
 }
 
 fn netmask(prefix_len: u8) -> Ipv4Addr {
-    let bits = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
+    let bits = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
     Ipv4Addr::from(bits)
 }
 
@@ -270,7 +299,12 @@ fn rename(sock: &OwnedFd, from: &str, to: &str) -> Result<(), InitError> {
     let mut req = ifreq(from)?;
     let new = ifreq(to)?;
     req.ifr_ifru.ifru_newname = new.ifr_name;
-    ioctl(sock, libc::SIOCSIFNAME, (&raw mut req).cast(), &format!("renaming {from} to {to}"))
+    ioctl(
+        sock,
+        libc::SIOCSIFNAME,
+        (&raw mut req).cast(),
+        &format!("renaming {from} to {to}"),
+    )
 }
 
 fn configure_interface(sock: &OwnedFd, iface: &VmInterface) -> Result<(), InitError> {
@@ -278,7 +312,10 @@ fn configure_interface(sock: &OwnedFd, iface: &VmInterface) -> Result<(), InitEr
         .address
         .parse()
         .map_err(|_| InitError::Invalid(format!("{}: bad address {:?}", iface.name, iface.address)))?;
-    let what = format!("configuring {} as {}/{}", iface.name, iface.address, iface.prefix_len);
+    let what = format!(
+        "configuring {} as {}/{}",
+        iface.name, iface.address, iface.prefix_len
+    );
     let mut req = ifreq(&iface.name)?;
     req.ifr_ifru.ifru_addr = sockaddr(ip);
     ioctl(sock, libc::SIOCSIFADDR, (&raw mut req).cast(), &what)?;
@@ -346,7 +383,10 @@ mod tests {
     #[test]
     fn module_order_skips_blanks_and_comments() {
         let list = "# deps first\nvirtio.ko\n\n virtio_ring.ko \n";
-        assert_eq!(module_order(list).collect::<Vec<_>>(), ["virtio.ko", "virtio_ring.ko"]);
+        assert_eq!(
+            module_order(list).collect::<Vec<_>>(),
+            ["virtio.ko", "virtio_ring.ko"]
+        );
     }
 
     #[test]
@@ -355,7 +395,10 @@ mod tests {
         assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
         assert_eq!(parse_cidr("0.0.0.0/0"), Some((Ipv4Addr::UNSPECIFIED, 0)));
-        assert_eq!(parse_cidr("172.16.28.1"), Some((Ipv4Addr::new(172, 16, 28, 1), 32)));
+        assert_eq!(
+            parse_cidr("172.16.28.1"),
+            Some((Ipv4Addr::new(172, 16, 28, 1), 32))
+        );
         assert_eq!(parse_cidr("1.2.3.4/33"), None);
         assert_eq!(parse_cidr("x/8"), None);
     }
