@@ -43,7 +43,7 @@ impl Kernel {
             .flatten()
             .filter_map(|e| with_modules(e.path()))
             .collect();
-        found.sort_by(|a, b| version_key(&a.release).cmp(&version_key(&b.release)));
+        found.sort_by_key(|k| version_key(&k.release));
         found.pop().ok_or_else(|| {
             KvmError::Invalid(format!(
                 "no kernel under {} with its modules (apt-get install linux-image-amd64)",

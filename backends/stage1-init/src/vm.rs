@@ -371,7 +371,7 @@ fn power_off(code: i32) -> ! {
     unsafe { libc::reboot(libc::RB_POWER_OFF) };
     // PID 1 must never return: the kernel would panic.
     loop {
-        let _ = nix::unistd::pause();
+        nix::unistd::pause();
     }
 }
 
