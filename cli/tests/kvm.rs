@@ -347,6 +347,9 @@ fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
     );
     let status = rkt.rkt(&["status", &uuid]);
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
+    // Stopped by the guest's init (SIGTERM to the app), not by killing QEMU.
+    assert!(status.stdout.contains("app-busybox=143"), "{}", status.describe());
+    assert_eq!(out.code, 143, "{}", out.describe());
 
     let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
     assert_eq!(gc.code, 0, "{}", gc.describe());

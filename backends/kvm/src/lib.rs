@@ -61,6 +61,9 @@ impl Default for KvmConfig {
 const BASE_MEMORY_MB: u64 = 128;
 const APP_MEMORY_MB: u64 = 128;
 
+/// How long `rkt stop` lets the guest stop its apps before killing QEMU.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 pub struct KvmStage1 {
     config: KvmConfig,
@@ -187,13 +190,18 @@ impl Stage1 for KvmStage1 {
                 );
             }
         };
-        // QEMU ends the VM on either; the apps' codes then say they were killed.
-        let sig = if force {
-            nix::sys::signal::Signal::SIGKILL
-        } else {
-            nix::sys::signal::Signal::SIGTERM
-        };
-        match nix::sys::signal::kill(pid, sig) {
+        if !force {
+            // The guest's init stops the apps (SIGTERM, post-stop handlers,
+            // exit codes) and ends the VM; QEMU is killed only if it has not
+            // ended within the grace period.
+            let request = protocol::vm_stop_request().on_host(&pod.path);
+            fsutil::replace_file(&request, b"")
+                .map_err(|e| KvmError::io(format!("writing {}", request.display()), e))?;
+            if process::wait_exit(pid, STOP_GRACE) {
+                return Ok(());
+            }
+        }
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(BackendError::io(
                 format!("kvm: signalling qemu (pid {pid})"),

@@ -105,3 +105,32 @@ pub fn spawn(
         _forwarding: forwarding,
     })
 }
+
+/// Waits up to `timeout` for `pid` to end (a pidfd polls readable when it
+/// does); true when it has, or was already gone.
+pub fn wait_exit(pid: Pid, timeout: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Errno::last() == Errno::ESRCH;
+    }
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    // SAFETY: the kernel just returned this fd; nobody else owns it.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&pidfd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(Errno::EINTR) if std::time::Instant::now() < deadline => continue,
+            Err(_) => return false,
+        }
+    }
+}

@@ -73,6 +73,7 @@ pub fn prepare_stage1_rootfs(
         };
         made.map_err(|e| KvmError::io(format!("creating {}", target.display()), e))?;
     }
+    let _ = std::fs::remove_file(protocol::vm_stop_request().on_host(pod));
     // Across the share a FIFO cannot carry the init's report: a plain file
     // does, read once QEMU has exited.
     write(protocol::report_fifo().on_host(pod), b"")

@@ -32,15 +32,47 @@ pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 /// console ports are announced by the host asynchronously).
 const DEVICE_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the guest looks for a stop request on the share.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
 pub fn main() -> i32 {
     let code = match bring_up() {
-        Ok(()) => crate::run_pod(),
+        Ok(()) => {
+            watch_for_stop();
+            crate::run_pod()
+        }
         Err(e) => {
             eprintln!("stage1: {e}");
             crate::fail(&e)
         }
     };
     power_off(code)
+}
+
+/// A thread that turns stage0's stop request into a SIGTERM to the init,
+/// which then stops every app as in a container. The signals the init reads
+/// through its signalfd are blocked before the thread starts, so it inherits
+/// the mask and the SIGTERM stays pending for the signalfd. (PID 1 drops a
+/// signal it neither handles nor blocks.) The thread only sleeps and stats;
+/// glibc's fork keeps malloc usable in the apps' children.
+fn watch_for_stop() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in crate::STOP_SIGNALS {
+        set.add(s);
+    }
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    if nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
+    let request = protocol::vm_stop_request().inside();
+    let _ = std::thread::Builder::new()
+        .name("stop-watch".into())
+        .spawn(move || {
+            while !request.exists() {
+                std::thread::sleep(STOP_POLL);
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        });
 }
 
 fn bring_up() -> Result<(), InitError> {

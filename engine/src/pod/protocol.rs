@@ -205,6 +205,12 @@ pub fn vm_config() -> Stage1Path {
     Stage1Path::new("rkt/vm.json")
 }
 
+/// Created by stage0 to ask a VM pod to stop (`rkt stop`): the VM init looks
+/// for it a few times a second and stops every app as on SIGTERM.
+pub fn vm_stop_request() -> Stage1Path {
+    Stage1Path::new("rkt/stop")
+}
+
 /// What the VM init sets up in the guest before the apps start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
