@@ -11,6 +11,7 @@
 
 mod bigimage;
 mod httpserve;
+mod kvm;
 mod measure;
 mod peers;
 mod report;

@@ -95,10 +95,7 @@ impl Bench {
             "seccomp" => self.seccomp().map(|o| vec![o]),
             "net" => self.net().map(|o| vec![o]),
             "fetch" => self.fetch().map(|o| vec![o]),
-            "kvm" => Ok(vec![Outcome::Skipped {
-                scenario: "`--stage1=kvm` /bin/true".into(),
-                reason: "not yet (kvm stage1 not landed)".into(),
-            }]),
+            "kvm" => self.kvm().map(|o| vec![o]),
             "series" => self.series().map(|o| vec![o]),
             "big-image" => self.big_image().map(|o| vec![o]),
             "list-gc" => self.list_gc(),
@@ -554,6 +551,61 @@ impl Bench {
             None => Err(format!("skipped: {name} stage1 not in this build")),
             Some(l) if l.split_whitespace().nth(1) == Some("available") => Ok(()),
             Some(l) => Err(format!("skipped: {l}")),
+        })
+    }
+
+    /// A `/bin/true` pod in a VM against bare QEMU booting the same vmlinux and
+    /// initramfs (plus busybox and a two-line init) on the same machine, accel
+    /// and devices, run in the same rounds.
+    fn kvm(&self) -> Result<Outcome> {
+        let scenario = "`--stage1=kvm` /bin/true".to_string();
+        if let Err(reason) = self.stage1_available("kvm")? {
+            return Ok(Outcome::Skipped { scenario, reason });
+        }
+        let data = self.data_dir("kvm")?;
+        let run = || self.run_on_net(&data, "kvm", "none");
+        // The first run builds the cached vmlinux and initramfs the peer boots too.
+        measure::run(&mut run())?;
+        let bare = crate::kvm::BareQemu::new(&self.work)?;
+        let mut rkt = Sample::new(
+            "`rkt run --stage1=kvm --net=none IMAGE-ID --exec /bin/true`",
+            Unit::Millis,
+        );
+        let mut qemu = Sample::new(
+            "bare `qemu-system-x86_64` (same vmlinux, initramfs + busybox, machine, accel, devices)",
+            Unit::Millis,
+        );
+        let mut rkt_cpu = Sample::new("rkt kvm CPU", Unit::Millis);
+        let mut qemu_cpu = Sample::new("bare qemu CPU", Unit::Millis);
+        for round in 0..self.rounds(20, 5) {
+            for side in rotation(round, 2) {
+                let (sample, cpu, mut cmd) = if side == 0 {
+                    (&mut rkt, &mut rkt_cpu, run())
+                } else {
+                    (&mut qemu, &mut qemu_cpu, bare.command())
+                };
+                let m = measure::run(&mut cmd)?;
+                sample.push(m.millis());
+                cpu.push(m.cpu_millis());
+            }
+            if round % 20 == 19 {
+                self.gc(&data)?;
+            }
+        }
+        self.gc(&data)?;
+        Ok(Outcome::Compared {
+            scenario,
+            subject: rkt,
+            peers: vec![Side {
+                sample: qemu,
+                target: Some(Target::AtMost(1.1)),
+            }],
+            notes: vec![format!(
+                "kvm: accel {}; CPU time (user + sys) of one VM pod: median {} with rkt, {} with bare qemu.",
+                bare.accel(),
+                show_median(&rkt_cpu),
+                show_median(&qemu_cpu)
+            )],
         })
     }
 

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use rkt_backend_cni as _;
 use rkt_backend_finders as _;
 use rkt_backend_fly as _;
+use rkt_backend_kvm as _;
 use rkt_backend_nspawn as _;
 use rkt_backend_selinux as _;
 

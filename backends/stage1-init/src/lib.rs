@@ -16,6 +16,7 @@ mod mounts;
 mod relay;
 mod sandbox;
 pub mod seccomp;
+mod vm;
 
 use std::fs::File;
 use std::io::Write;
@@ -84,8 +85,20 @@ const STOP_SIGNALS: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGH
 
 /// The init role's entry point; returns the process exit code.
 pub fn main() -> i32 {
+    if std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == protocol::VM_ROLE_ARG)
+    {
+        return vm::main();
+    }
     // The pod must not outlive nspawn (nor rkt, which nspawn dies with).
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    run_pod()
+}
+
+/// Loads, starts and supervises the pod from the stage1 rootfs at `/`; the
+/// pod's exit code. Shared by the container and the VM role.
+fn run_pod() -> i32 {
     // Blocked from the first instant and read through a signalfd: a `rkt stop`
     // that arrives while apps are starting is acted on, not lost (PID 1 ignores
     // signals it has no handler for, but never blocked ones).

@@ -187,6 +187,66 @@ impl InitReport {
     }
 }
 
+/// The second argument that puts the init in its VM role (`/init stage1-init vm`,
+/// from the kernel command line): it first brings up the guest (modules, the
+/// pod's share, consoles, network), then runs the pod as in a container.
+pub const VM_ROLE_ARG: &str = "vm";
+
+/// The 9p mount tag under which the stage1 rootfs is shared into a VM.
+pub const VM_SHARE_TAG: &str = "rkt";
+
+/// virtio-serial port names carrying the apps' stdout and stderr out of a VM.
+pub const VM_STDOUT_PORT: &str = "rkt.stdout";
+pub const VM_STDERR_PORT: &str = "rkt.stderr";
+
+/// In the VM's initramfs: the kernel modules to load, one file name (relative to
+/// this file's directory) per line, dependencies first.
+pub const VM_MODULES_ORDER: &str = "/modules/order";
+
+/// [`VmConfig`] as JSON, written by stage0 for the VM init.
+pub fn vm_config() -> Stage1Path {
+    Stage1Path::new("rkt/vm.json")
+}
+
+/// Created by stage0 to ask a VM pod to stop (`rkt stop`): the VM init looks
+/// for it a few times a second and stops every app as on SIGTERM.
+pub fn vm_stop_request() -> Stage1Path {
+    Stage1Path::new("rkt/stop")
+}
+
+/// What the VM init sets up in the guest before the apps start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmConfig {
+    pub hostname: String,
+    /// One per pod network, in `--net` order (the guest's eth0, eth1...).
+    #[serde(default)]
+    pub interfaces: Vec<VmInterface>,
+    #[serde(default)]
+    pub routes: Vec<VmRoute>,
+}
+
+/// A guest network interface, found by its MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmInterface {
+    pub name: String,
+    pub mac: String,
+    /// IPv4 address and prefix length: the CNI result's address for this network.
+    pub address: String,
+    pub prefix_len: u8,
+}
+
+/// An IPv4 route: `destination` is `a.b.c.d/n` (`0.0.0.0/0` for the default).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRoute {
+    pub destination: String,
+    pub gateway: Option<String>,
+    /// The interface (a [`VmInterface::name`]).
+    pub device: String,
+}
+
 /// `rkt run`'s exit code from the apps' codes in manifest order: the first
 /// failing app's, 0 when all succeeded.
 pub fn pod_exit_code(codes: &[(String, i32)]) -> i32 {

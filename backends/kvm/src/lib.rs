@@ -1,0 +1,388 @@
+//! kvm stage1: every pod in a lightweight VM. QEMU (`qemu-system-x86_64 -M
+//! microvm`) boots Debian's kernel as an uncompressed vmlinux (PVH entry) with
+//! an initramfs whose `/init` is the static `rkt` binary in the stage1 init's
+//! VM role. The pod's stage1 rootfs is shared over virtio-9p; the init runs the
+//! apps from it as in an nspawn pod, writes `rkt/status/<app>` there, and ends
+//! the VM through isa-debug-exit. The apps' stdout and stderr come out on two
+//! virtio-serial ports wired to rkt's own.
+//!
+//! `rkt run` (this process) holds the pod's lock and waits for QEMU; `pid` and
+//! `ppid` name QEMU.
+
+mod accel;
+mod cache;
+mod initramfs;
+mod kernel;
+mod net;
+mod process;
+mod qemu;
+mod setup;
+
+use std::path::{Path, PathBuf};
+
+use rkt_engine::fsutil;
+use rkt_engine::pod::layout;
+use rkt_engine::pod::protocol::{self, InitReport, VmConfig};
+use rkt_engine::pod::{Pod, PodInfo, PodState, Running};
+use rkt_engine::schema::{IsolatorKind, PodManifest};
+use rkt_engine::stage::{
+    Availability, BackendError, PodExit, Registration, RunConfig, Stage1, Stage1Capabilities,
+};
+
+pub use accel::{Accel, tsc_khz};
+pub use initramfs::Cpio;
+pub use qemu::{Machine, Nic, QemuArgs};
+
+/// Where QEMU, the kernel and the boot-file cache live; stored with each pod.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct KvmConfig {
+    pub qemu: PathBuf,
+    /// A `vmlinuz-<release>`; None: the newest under /boot with its modules.
+    pub kernel: Option<PathBuf>,
+    pub machine: Machine,
+    /// vmlinux and initramfs files, named by a hash of what they are made of.
+    pub cache: PathBuf,
+}
+
+impl Default for KvmConfig {
+    fn default() -> Self {
+        KvmConfig {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            kernel: None,
+            machine: Machine::Microvm,
+            cache: PathBuf::from("/var/cache/rkt-rs/kvm"),
+        }
+    }
+}
+
+/// rkt's kvm flavor: 128 MB for the guest itself, and per app its memory
+/// isolator's limit or 128 MB.
+const BASE_MEMORY_MB: u64 = 128;
+const APP_MEMORY_MB: u64 = 128;
+
+/// How long `rkt stop` lets the guest stop its apps before killing QEMU.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+pub struct KvmStage1 {
+    config: KvmConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("kvm: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What the init or the child before exec reported, shown as is.
+    #[error("{0}")]
+    Pod(String),
+    #[error("kvm: {0}")]
+    Invalid(String),
+}
+
+impl KvmError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        KvmError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<KvmError> for BackendError {
+    fn from(e: KvmError) -> Self {
+        match e {
+            KvmError::Io { context, source } => BackendError::io(format!("kvm: {context}"), source),
+            KvmError::Pod(_) | KvmError::Invalid(_) => BackendError::Other(e.to_string()),
+        }
+    }
+}
+
+fn factory(de: &mut dyn erased_serde::Deserializer<'_>) -> Result<Box<dyn Stage1>, erased_serde::Error> {
+    let config: KvmConfig = erased_serde::deserialize(de)?;
+    Ok(Box::new(KvmStage1 { config }))
+}
+
+inventory::submit! {
+    Registration::<dyn Stage1> { name: "kvm", factory }
+}
+
+fn find_in_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+impl KvmStage1 {
+    fn kernel(&self) -> Result<kernel::Kernel, KvmError> {
+        kernel::Kernel::find(
+            self.config.kernel.as_deref(),
+            Path::new("/boot"),
+            Path::new("/lib/modules"),
+        )
+    }
+}
+
+impl Stage1 for KvmStage1 {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn capabilities(&self) -> Stage1Capabilities {
+        Stage1Capabilities {
+            multi_app: true,
+            network_namespace: true,
+            interactive: false,
+            // Memory and cpu isolators size the VM; none is enforced per app.
+            isolators: false,
+        }
+    }
+
+    fn availability(&self) -> Availability {
+        if find_in_path(&self.config.qemu).is_none() {
+            return Availability::Unavailable(format!(
+                "{} not found (apt-get install qemu-system-x86)",
+                self.config.qemu.display()
+            ));
+        }
+        match self.kernel() {
+            Ok(_) => Availability::Available,
+            Err(e) => Availability::Unavailable(e.to_string()),
+        }
+    }
+
+    fn config(&self) -> &dyn erased_serde::Serialize {
+        &self.config
+    }
+
+    fn run(&self, pod: Pod<Running>, cfg: &RunConfig) -> Result<PodExit, BackendError> {
+        let exit = self.run_pod(pod.path(), &pod.uuid().to_string(), cfg)?;
+        drop(pod.exited());
+        Ok(exit)
+    }
+
+    fn enter(&self, _pod: &PodInfo, _app: &str, _argv: &[String]) -> Result<i32, BackendError> {
+        Err(BackendError::Unsupported(
+            "stage1 kvm does not support enter yet".into(),
+        ))
+    }
+
+    fn stop(&self, pod: &PodInfo, force: bool) -> Result<(), BackendError> {
+        if pod.state != PodState::Running {
+            return Ok(());
+        }
+        let path = pod.path.join(layout::PID);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
+        let pid = match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 1 => nix::unistd::Pid::from_raw(pid),
+            _ => {
+                return Err(
+                    KvmError::Invalid(format!("{}: {:?} is not a pid", path.display(), text.trim())).into(),
+                );
+            }
+        };
+        if !force {
+            // The guest's init stops the apps (SIGTERM, post-stop handlers,
+            // exit codes) and ends the VM; QEMU is killed only if it has not
+            // ended within the grace period.
+            let request = protocol::vm_stop_request().on_host(&pod.path);
+            fsutil::replace_file(&request, b"")
+                .map_err(|e| KvmError::io(format!("writing {}", request.display()), e))?;
+            if process::wait_exit(pid, STOP_GRACE) {
+                return Ok(());
+            }
+        }
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(BackendError::io(
+                format!("kvm: signalling qemu (pid {pid})"),
+                e.into(),
+            )),
+        }
+    }
+
+    /// QEMU died with `rkt run` (or before it); its mounts lived in its own
+    /// namespace and the taps in the pod's network namespace, which the
+    /// Networker removes.
+    fn gc(&self, _pod_dir: &Path) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// Guest memory (MB) and vCPUs from the apps' memory and cpu isolators.
+fn resources(manifest: &PodManifest) -> Result<(u64, u32), KvmError> {
+    let mut memory = BASE_MEMORY_MB;
+    let mut millicores = 0u64;
+    for app in &manifest.apps {
+        let mut app_memory = APP_MEMORY_MB;
+        for iso in app.app.as_ref().map(|a| a.isolators.as_slice()).unwrap_or(&[]) {
+            match iso
+                .kind()
+                .map_err(|e| KvmError::Invalid(format!("isolator {}: {e}", iso.name)))?
+            {
+                IsolatorKind::Memory(m) => {
+                    if let Some(bytes) = m.limit.or(m.request) {
+                        app_memory = bytes.div_ceil(1024 * 1024);
+                    }
+                }
+                IsolatorKind::Cpu(c) => millicores += c.limit.or(c.request).unwrap_or(0),
+                _ => {}
+            }
+        }
+        memory += app_memory;
+    }
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let cpus = millicores.div_ceil(1000).clamp(1, host);
+    Ok((memory, cpus as u32))
+}
+
+impl KvmStage1 {
+    fn run_pod(&self, dir: &Path, uuid: &str, cfg: &RunConfig) -> Result<PodExit, KvmError> {
+        let Some(netns) = cfg.net.netns.as_deref() else {
+            return Err(KvmError::Invalid(
+                "a VM pod has its own network: --net=host is not supported by stage1 kvm".into(),
+            ));
+        };
+        if cfg.interactive {
+            return Err(KvmError::Invalid(
+                "--interactive is not supported by stage1 kvm".into(),
+            ));
+        }
+        let manifest_bytes = std::fs::read(layout::manifest(dir))
+            .map_err(|e| KvmError::io(format!("reading {}", layout::manifest(dir).display()), e))?;
+        let manifest = PodManifest::from_json(&manifest_bytes)
+            .map_err(|e| KvmError::Invalid(format!("{}: {e}", layout::manifest(dir).display())))?;
+        let qemu = find_in_path(&self.config.qemu)
+            .ok_or_else(|| KvmError::Invalid(format!("{} not found", self.config.qemu.display())))?;
+        let (accel, why) = Accel::detect();
+        tracing::debug!(accel = accel.as_str(), reason = %why, "kvm: accelerator");
+        let kernel = self.kernel()?;
+        let boot = cache::boot_files(
+            &self.config.cache,
+            &kernel,
+            Path::new("/proc/self/exe"),
+            self.config.machine.transport_module(),
+        )?;
+        let (memory_mb, cpus) = resources(&manifest)?;
+        let guest_net = net::attach(netns, &cfg.net.networks)?;
+        let vm = VmConfig {
+            hostname: cfg.hostname.clone().unwrap_or_else(|| format!("rkt-{uuid}")),
+            interfaces: guest_net.interfaces,
+            routes: guest_net.routes,
+        };
+        setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &vm)?;
+        let mounts = setup::PodMounts::plan(dir, &manifest)?;
+        let args = QemuArgs {
+            machine: self.config.machine,
+            accel,
+            memory_mb,
+            cpus,
+            vmlinux: boot.vmlinux,
+            initramfs: boot.initramfs,
+            share: layout::stage1_rootfs(dir),
+            nics: guest_net.nics,
+            debug: cfg.debug,
+            tsc_khz: accel::tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+        };
+        tracing::debug!(argv = ?args.to_argv(), "kvm: starting qemu");
+        let vm_process = process::spawn(&qemu, &args.to_argv(), net::open_netns(netns)?, &mounts)?;
+        for name in [layout::PID, layout::PPID] {
+            let path = dir.join(name);
+            fsutil::replace_file(&path, vm_process.pid.to_string().as_bytes())
+                .map_err(|e| KvmError::io(format!("writing {}", path.display()), e))?;
+        }
+        let qemu_code = vm_process.wait()?;
+        tracing::debug!(code = qemu_code, "kvm: qemu exited");
+        match setup::read_report(dir) {
+            Some(InitReport::Running) => {}
+            Some(InitReport::Failed { message }) => return Err(KvmError::Pod(message)),
+            None => {
+                return Err(KvmError::Pod(format!(
+                    "kvm: the VM ended (qemu exit code {qemu_code}) before the pod's apps started; \
+                     `rkt run --debug` shows the guest's console"
+                )));
+            }
+        }
+        let mut apps = Vec::with_capacity(manifest.apps.len());
+        for app in &manifest.apps {
+            let name = app.name.as_str();
+            let status = layout::app_status(dir, name);
+            let code = match std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                Some(code) => code,
+                // QEMU was killed (`rkt stop`) before the app ended.
+                None => {
+                    let killed = 128 + nix::sys::signal::Signal::SIGKILL as i32;
+                    let _ = fsutil::replace_file(&status, killed.to_string().as_bytes());
+                    killed
+                }
+            };
+            apps.push((name.to_string(), code));
+        }
+        let code = protocol::pod_exit_code(&apps);
+        Ok(PodExit { apps, code })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use rkt_engine::stage::registry;
+
+    #[test]
+    fn registers_as_kvm_with_its_capabilities() {
+        let s = registry::create::<dyn Stage1>("kvm").unwrap();
+        assert_eq!(s.name(), "kvm");
+        let record = registry::Stage1Record::of(s.as_ref()).unwrap();
+        assert_eq!(record.config["machine"], "microvm");
+        let caps = s.capabilities();
+        assert!(caps.multi_app && caps.network_namespace && !caps.interactive);
+    }
+
+    #[test]
+    fn a_missing_qemu_is_unavailable_with_the_package_named() {
+        let s = KvmStage1 {
+            config: KvmConfig {
+                qemu: "/nonexistent/qemu-system-x86_64".into(),
+                ..KvmConfig::default()
+            },
+        };
+        match s.availability() {
+            Availability::Unavailable(why) => assert!(why.contains("qemu-system-x86"), "{why}"),
+            Availability::Available => panic!("available without qemu"),
+        }
+    }
+
+    #[test]
+    fn memory_and_cpus_follow_rkts_defaults_and_the_isolators() {
+        let manifest: PodManifest = serde_json::from_value(serde_json::json!({
+            "acVersion": "0.8.11", "acKind": "PodManifest",
+            "apps": [
+                {"name": "a", "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
+                 "app": {"exec": ["/bin/true"], "user": "0", "group": "0", "isolators": [
+                    {"name": "resource/memory", "value": {"limit": "300Mi"}},
+                    {"name": "resource/cpu", "value": {"limit": "1500m"}}]}},
+                {"name": "b", "image": {"id": "sha512-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}},
+            ],
+        }))
+        .unwrap();
+        let (memory, cpus) = resources(&manifest).unwrap();
+        assert_eq!(memory, 128 + 300 + 128);
+        let host = std::thread::available_parallelism().unwrap().get() as u32;
+        assert_eq!(cpus, 2.min(host));
+    }
+}

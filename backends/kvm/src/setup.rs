@@ -1,0 +1,257 @@
+//! Stage0's half of a VM pod's start: the stage1 rootfs, shared into the guest,
+//! gets what the init reads (the same files an nspawn pod gets, plus
+//! [`protocol::vm_config`]), and the mounts QEMU's private mount namespace
+//! holds: each app's overlay and each volume's source, so the 9p share sees
+//! them and nothing is ever mounted on the host.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use rkt_engine::fsutil;
+use rkt_engine::pod::layout::{self, AppRootfs};
+use rkt_engine::pod::protocol::{self, EtcFile, InitConfig, VmConfig};
+use rkt_engine::schema::{PodManifest, VolumeKind};
+use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
+
+use crate::KvmError;
+
+/// Writes everything the VM init reads into the pod's stage1 rootfs.
+pub fn prepare_stage1_rootfs(
+    pod: &Path,
+    manifest_bytes: &[u8],
+    manifest: &PodManifest,
+    cfg: &RunConfig,
+    vm: &VmConfig,
+) -> Result<(), KvmError> {
+    let root = layout::stage1_rootfs(pod);
+    // The guest mounts its kernel filesystems here before it chroots.
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "rkt/etc",
+        "rkt/logs",
+        "rkt/volumes",
+        "rkt/status",
+    ] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| KvmError::io(format!("creating {}", path.display()), e))?;
+    }
+    let write = |path: PathBuf, bytes: &[u8]| {
+        fsutil::replace_file(&path, bytes).map_err(|e| KvmError::io(format!("writing {}", path.display()), e))
+    };
+    write(protocol::pod_manifest().on_host(pod), manifest_bytes)?;
+    let init = InitConfig {
+        interactive: false,
+        debug: cfg.debug,
+        apps: Vec::new(),
+        metadata_url: cfg.metadata_url.clone(),
+    };
+    let json =
+        |v: &dyn erased_serde::Serialize| serde_json::to_vec(v).map_err(|e| KvmError::Invalid(e.to_string()));
+    write(protocol::init_config().on_host(pod), &json(&init)?)?;
+    write(protocol::vm_config().on_host(pod), &json(vm)?)?;
+    for file in EtcFile::ALL {
+        if let Some(bytes) = etc_file(file, cfg, &vm.hostname) {
+            write(protocol::etc_file(file).on_host(pod), &bytes)?;
+        }
+    }
+    for volume in &manifest.volumes {
+        let target = protocol::volume(volume.name.as_str()).on_host(pod);
+        let is_file = volume.kind == VolumeKind::Host
+            && volume
+                .source
+                .as_deref()
+                .and_then(|s| std::fs::metadata(s).ok())
+                .is_some_and(|m| !m.is_dir());
+        let made = if is_file {
+            std::fs::write(&target, b"")
+        } else {
+            std::fs::create_dir_all(&target)
+        };
+        made.map_err(|e| KvmError::io(format!("creating {}", target.display()), e))?;
+    }
+    let _ = std::fs::remove_file(protocol::vm_stop_request().on_host(pod));
+    // Across the share a FIFO cannot carry the init's report: a plain file
+    // does, read once QEMU has exited.
+    write(protocol::report_fifo().on_host(pod), b"")
+}
+
+/// The init's report, once the VM has ended: None when it never wrote one.
+pub fn read_report(pod: &Path) -> Option<protocol::InitReport> {
+    let bytes = std::fs::read(protocol::report_fifo().on_host(pod)).ok()?;
+    protocol::InitReport::parse(&bytes)
+}
+
+/// rkt's precedence, as for nspawn pods: the `--dns*` / `--hosts-entry`
+/// flags, then the network's DNS result; a VM pod is always in a pod network.
+fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
+    let generated_hosts = |extra: &[(String, String)]| {
+        let mut text = format!(
+            "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+        );
+        for (ip, host) in extra {
+            text.push_str(&format!("{ip}\t{host}\n"));
+        }
+        Some(text.into_bytes())
+    };
+    match file {
+        EtcFile::Hosts => match &cfg.hosts {
+            HostsMode::Host => std::fs::read(file.app_path()).ok(),
+            HostsMode::Entries(entries) => generated_hosts(entries),
+            HostsMode::Default => generated_hosts(&[]),
+        },
+        EtcFile::ResolvConf => match &cfg.dns {
+            DnsMode::Host => std::fs::read(file.app_path()).ok(),
+            DnsMode::None => None,
+            DnsMode::Explicit(dns) => Some(dns.to_resolv_conf().into_bytes()),
+            DnsMode::Default => cfg.net.dns.as_ref().map(|dns| dns.to_resolv_conf().into_bytes()),
+        },
+    }
+}
+
+/// One mount made in QEMU's namespace before exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: CString,
+    pub target: PathBuf,
+    pub fstype: Option<&'static str>,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodMounts {
+    pub mounts: Vec<Mount>,
+}
+
+impl PodMounts {
+    pub fn plan(pod: &Path, manifest: &PodManifest) -> Result<Self, KvmError> {
+        let mut mounts = Vec::new();
+        for app in &manifest.apps {
+            let name = app.name.as_str();
+            let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
+                KvmError::io(
+                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
+                    e,
+                )
+            })?;
+            if let AppRootfs::Overlay { lower } = spec {
+                let data = overlay_options(
+                    &lower,
+                    &layout::overlay_upper(pod, name),
+                    &layout::overlay_work(pod, name),
+                )?;
+                mounts.push(Mount {
+                    source: c"overlay".into(),
+                    target: layout::app_rootfs(pod, name),
+                    fstype: Some("overlay"),
+                    flags: MsFlags::empty(),
+                    data: Some(data),
+                    what: format!("the overlay of app {name:?}"),
+                });
+            }
+        }
+        for volume in &manifest.volumes {
+            let name = volume.name.as_str();
+            let source = match volume.kind {
+                VolumeKind::Empty => layout::empty_volume(pod, name),
+                VolumeKind::Host => match volume.source.as_deref() {
+                    Some(s) if !s.is_empty() => PathBuf::from(s),
+                    _ => return Err(KvmError::Invalid(format!("host volume {name:?} has no source"))),
+                },
+            };
+            let mut flags = MsFlags::MS_BIND;
+            if volume.recursive.unwrap_or(volume.kind == VolumeKind::Host) {
+                flags |= MsFlags::MS_REC;
+            }
+            let source = CString::new(source.as_os_str().as_encoded_bytes())
+                .map_err(|_| KvmError::Invalid(format!("volume {name:?}: source contains a NUL byte")))?;
+            mounts.push(Mount {
+                source,
+                target: protocol::volume(name).on_host(pod),
+                fstype: None,
+                flags,
+                data: None,
+                what: format!("volume {name:?}"),
+            });
+        }
+        Ok(PodMounts { mounts })
+    }
+
+    /// In the forked child, before exec: a private mount namespace (a slave of
+    /// the host's), then every planned mount. Returns the step that failed.
+    pub fn make(&self) -> Result<(), String> {
+        let step = |what: &str, e: nix::Error| format!("kvm: {what}: {}", e.desc());
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(|e| step("making / a recursive slave", e))?;
+        for m in &self.mounts {
+            nix::mount::mount(
+                Some(m.source.as_c_str()),
+                &m.target,
+                m.fstype,
+                m.flags,
+                m.data.as_deref(),
+            )
+            .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
+/// carry unescaped.
+fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, KvmError> {
+    let mut parts = Vec::new();
+    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
+        let Some(s) = path.to_str().filter(|s| !s.contains([',', ':', '\\'])) else {
+            return Err(KvmError::Invalid(format!(
+                "overlay {key} {path:?} contains a character overlayfs options cannot carry"
+            )));
+        };
+        parts.push(format!("{key}={s}"));
+    }
+    Ok(parts.join(","))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_pod_gets_generated_hosts_and_the_networks_dns() {
+        let mut cfg = RunConfig::default();
+        let hosts = String::from_utf8(etc_file(EtcFile::Hosts, &cfg, "web").unwrap()).unwrap();
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost web\n"));
+        assert_eq!(etc_file(EtcFile::ResolvConf, &cfg, "web"), None);
+        cfg.net.dns = Some(rkt_engine::stage::DnsSettings {
+            nameservers: vec!["10.0.0.1".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            etc_file(EtcFile::ResolvConf, &cfg, "web").unwrap(),
+            b"nameserver 10.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn overlay_options_refuse_separators() {
+        assert!(overlay_options(Path::new("/l,x"), Path::new("/u"), Path::new("/w")).is_err());
+        assert_eq!(
+            overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")).unwrap(),
+            "lowerdir=/l,upperdir=/u,workdir=/w"
+        );
+    }
+}

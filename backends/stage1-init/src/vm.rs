@@ -1,0 +1,441 @@
+//! The init's VM role: PID 1 of a guest booted by the kvm stage1, started by the
+//! kernel from the initramfs as `/init stage1-init vm`.
+//!
+//! It brings the guest up — kernel filesystems, the modules listed in the
+//! initramfs (dependencies first), the apps' stdout and stderr on two
+//! virtio-serial ports, the pod's stage1 rootfs over 9p, the network stage0
+//! described — then chroots into the share and runs the pod exactly as the
+//! container role does. Each app's exit code lands in `rkt/status/<app>` on the
+//! share; the guest then ends through the isa-debug-exit port (QEMU exits at
+//! once), falling back to a power-off.
+
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use nix::sys::stat::Mode;
+use rkt_engine::pod::protocol::{self, VmConfig, VmInterface, VmRoute};
+
+use crate::InitError;
+
+/// Where the share is mounted before the init chroots into it.
+const SHARE: &str = "/pod";
+
+/// The I/O port of QEMU's isa-debug-exit device (`iobase=0xf4`).
+pub const DEBUG_EXIT_PORT: u64 = 0xf4;
+
+/// How long virtio devices may take to show up after their driver loads (the
+/// console ports are announced by the host asynchronously).
+const DEVICE_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the guest looks for a stop request on the share.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+pub fn main() -> i32 {
+    let code = match bring_up() {
+        Ok(()) => {
+            watch_for_stop();
+            crate::run_pod()
+        }
+        Err(e) => {
+            eprintln!("stage1: {e}");
+            crate::fail(&e)
+        }
+    };
+    power_off(code)
+}
+
+/// A thread that turns stage0's stop request into a SIGTERM to the init,
+/// which then stops every app as in a container. The signals the init reads
+/// through its signalfd are blocked before the thread starts, so it inherits
+/// the mask and the SIGTERM stays pending for the signalfd. (PID 1 drops a
+/// signal it neither handles nor blocks.) The thread only sleeps and stats;
+/// glibc's fork keeps malloc usable in the apps' children.
+fn watch_for_stop() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in crate::STOP_SIGNALS {
+        set.add(s);
+    }
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    if nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
+    let request = protocol::vm_stop_request().inside();
+    let _ = std::thread::Builder::new()
+        .name("stop-watch".into())
+        .spawn(move || {
+            while !request.exists() {
+                std::thread::sleep(STOP_POLL);
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        });
+}
+
+fn bring_up() -> Result<(), InitError> {
+    mount_kernel_filesystems(Path::new(""))?;
+    load_modules(Path::new(protocol::VM_MODULES_ORDER))?;
+    redirect_output()?;
+    mount_share()?;
+    let config_path = protocol::vm_config().inside();
+    let bytes = std::fs::read(&config_path)
+        .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))?;
+    let config: VmConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))?;
+    if !config.hostname.is_empty() {
+        nix::unistd::sethostname(&config.hostname)
+            .map_err(|e| InitError::io("setting the hostname", e.into()))?;
+    }
+    configure_network(&config)
+}
+
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| InitError::io(format!("creating {}", target.display()), e))?;
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
+}
+
+/// /proc, /sys and /dev (with pts and shm) below `root`.
+fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
+    let at = |p: &str| PathBuf::from(format!("{}{p}", root.display()));
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount("proc", &at("/proc"), "proc", nosuid, None)?;
+    mount("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
+    mount(
+        "devtmpfs",
+        &at("/dev"),
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount(
+        "devpts",
+        &at("/dev/pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount(
+        "shm",
+        &at("/dev/shm"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+}
+
+/// Loads every module named in `order`, in that order (stage0 computed it from
+/// modules.dep); one already loaded or built in is fine.
+fn load_modules(order: &Path) -> Result<(), InitError> {
+    let list = std::fs::read_to_string(order)
+        .map_err(|e| InitError::io(format!("reading {}", order.display()), e))?;
+    let dir = order.parent().unwrap_or(Path::new("/"));
+    for name in module_order(&list) {
+        let path = dir.join(name);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: finit_module reads the module from the open fd; the parameter
+        // string is a valid NUL-terminated empty string.
+        let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                return Err(InitError::io(format!("loading {}", path.display()), err));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The non-empty, non-comment lines of the modules order file.
+fn module_order(list: &str) -> impl Iterator<Item = &str> {
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The apps' output leaves the guest on two virtio-serial ports (no terminal
+/// in between: no CR/LF rewriting, no kernel messages mixed in).
+fn redirect_output() -> Result<(), InitError> {
+    let null = nix::fcntl::open("/dev/null", OFlag::O_RDWR, Mode::empty())
+        .map_err(|e| InitError::io("opening /dev/null", e.into()))?;
+    dup_onto(&null, 0)?;
+    for (name, fd) in [(protocol::VM_STDOUT_PORT, 1), (protocol::VM_STDERR_PORT, 2)] {
+        let dev = wait_for(&format!("the virtio-serial port {name}"), || find_port(name))?;
+        let port = nix::fcntl::open(&dev, OFlag::O_WRONLY, Mode::empty())
+            .map_err(|e| InitError::io(format!("opening {}", dev.display()), e.into()))?;
+        dup_onto(&port, fd)?;
+    }
+    Ok(())
+}
+
+fn dup_onto(fd: &OwnedFd, target: i32) -> Result<(), InitError> {
+    // SAFETY: dup2 onto a standard descriptor number; both are valid fds and
+    // the old target (the console) is closed by the kernel.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(InitError::io(
+            format!("dup2 onto fd {target}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// `/dev/vportNpM` of the port named `name`, once its device node exists.
+fn find_port(name: &str) -> Option<PathBuf> {
+    let ports = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    for port in ports.flatten() {
+        let named = std::fs::read_to_string(port.path().join("name")).ok()?;
+        if named.trim() == name {
+            let dev = Path::new("/dev").join(port.file_name());
+            return dev.exists().then_some(dev);
+        }
+    }
+    None
+}
+
+/// Polls `probe` until it yields or [`DEVICE_WAIT`] has passed. Devices appear
+/// through interrupts and work queues after their driver is loaded; there is no
+/// event the init can wait on without udev.
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T, InitError> {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe() {
+            return Ok(found);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            return Err(InitError::Invalid(format!("{what} did not appear")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Mounts the stage1 rootfs, gives it kernel filesystems and makes it `/`.
+fn mount_share() -> Result<(), InitError> {
+    let share = Path::new(SHARE);
+    // cache=mmap: executables are paged in through the guest's page cache
+    // (faster exec of the apps' binaries); every other read, write and lookup
+    // still goes to the host, so status files, volumes and the stop request
+    // stay coherent.
+    mount(
+        protocol::VM_SHARE_TAG,
+        share,
+        "9p",
+        MsFlags::empty(),
+        Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=mmap"),
+    )?;
+    mount_kernel_filesystems(share)?;
+    nix::unistd::chdir(share).map_err(|e| InitError::io(format!("chdir {SHARE}"), e.into()))?;
+    nix::unistd::chroot(".").map_err(|e| InitError::io("chroot into the pod's share", e.into()))?;
+    nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))
+}
+
+fn configure_network(config: &VmConfig) -> Result<(), InitError> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(InitError::io("socket(AF_INET)", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd; nobody else owns it.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    set_up(&sock, "lo")?;
+    for iface in &config.interfaces {
+        let current = wait_for(&format!("the network interface with MAC {}", iface.mac), || {
+            interface_with_mac(&iface.mac)
+        })?;
+        if current != iface.name {
+            rename(&sock, &current, &iface.name)?;
+        }
+        configure_interface(&sock, iface)?;
+    }
+    // Routes to a gateway need the gateway's own route first.
+    let (direct, via): (Vec<&VmRoute>, Vec<&VmRoute>) =
+        config.routes.iter().partition(|r| r.gateway.is_none());
+    for route in direct.into_iter().chain(via) {
+        add_route(&sock, route)?;
+    }
+    Ok(())
+}
+
+fn interface_with_mac(mac: &str) -> Option<String> {
+    let entries = std::fs::read_dir("/sys/class/net").ok()?;
+    entries.flatten().find_map(|e| {
+        let address = std::fs::read_to_string(e.path().join("address")).ok()?;
+        address
+            .trim()
+            .eq_ignore_ascii_case(mac)
+            .then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+fn ifreq(name: &str) -> Result<libc::ifreq, InitError> {
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(InitError::Invalid(format!("interface name {name:?} is too long")));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl(sock: &OwnedFd, request: libc::Ioctl, arg: *mut libc::c_void, what: &str) -> Result<(), InitError> {
+    // SAFETY: every caller passes a pointer to the struct `request` expects
+    // (ifreq or rtentry), alive for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, arg) } < 0 {
+        return Err(InitError::io(what.to_string(), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads
+    // the family to interpret the rest.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn netmask(prefix_len: u8) -> Ipv4Addr {
+    let bits = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits)
+}
+
+fn set_up(sock: &OwnedFd, name: &str) -> Result<(), InitError> {
+    let mut req = ifreq(name)?;
+    let what = format!("bringing {name} up");
+    ioctl(sock, libc::SIOCGIFFLAGS, (&raw mut req).cast(), &what)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    ioctl(sock, libc::SIOCSIFFLAGS, (&raw mut req).cast(), &what)
+}
+
+fn rename(sock: &OwnedFd, from: &str, to: &str) -> Result<(), InitError> {
+    let mut req = ifreq(from)?;
+    let new = ifreq(to)?;
+    req.ifr_ifru.ifru_newname = new.ifr_name;
+    ioctl(
+        sock,
+        libc::SIOCSIFNAME,
+        (&raw mut req).cast(),
+        &format!("renaming {from} to {to}"),
+    )
+}
+
+fn configure_interface(sock: &OwnedFd, iface: &VmInterface) -> Result<(), InitError> {
+    let ip: Ipv4Addr = iface
+        .address
+        .parse()
+        .map_err(|_| InitError::Invalid(format!("{}: bad address {:?}", iface.name, iface.address)))?;
+    let what = format!(
+        "configuring {} as {}/{}",
+        iface.name, iface.address, iface.prefix_len
+    );
+    let mut req = ifreq(&iface.name)?;
+    req.ifr_ifru.ifru_addr = sockaddr(ip);
+    ioctl(sock, libc::SIOCSIFADDR, (&raw mut req).cast(), &what)?;
+    let mut req = ifreq(&iface.name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr(netmask(iface.prefix_len));
+    ioctl(sock, libc::SIOCSIFNETMASK, (&raw mut req).cast(), &what)?;
+    set_up(sock, &iface.name)
+}
+
+/// `a.b.c.d/n` (or a bare address: /32).
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    match s.split_once('/') {
+        Some((ip, len)) => Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)),
+        None => Some((s.parse().ok()?, 32)),
+    }
+}
+
+fn add_route(sock: &OwnedFd, route: &VmRoute) -> Result<(), InitError> {
+    let bad = || InitError::Invalid(format!("route {route:?}: bad address"));
+    let (dst, len) = parse_cidr(&route.destination).ok_or_else(bad)?;
+    let device = CString::new(route.device.as_str()).map_err(|_| bad())?;
+    // SAFETY: rtentry is plain data; all zeroes is a valid value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(dst);
+    rt.rt_genmask = sockaddr(netmask(len));
+    rt.rt_flags = libc::RTF_UP;
+    if len == 32 {
+        rt.rt_flags |= libc::RTF_HOST;
+    }
+    if let Some(gw) = &route.gateway {
+        rt.rt_gateway = sockaddr(gw.parse().map_err(|_| bad())?);
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    rt.rt_dev = device.as_ptr().cast_mut();
+    let what = format!("adding the route to {} on {}", route.destination, route.device);
+    match ioctl(sock, libc::SIOCADDRT, (&raw mut rt).cast(), &what) {
+        // The kernel made the subnet route itself when the address was set.
+        Err(InitError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Ends the VM: the pod's exit code through isa-debug-exit (QEMU exits with
+/// `code << 1 | 1` without a guest shutdown), else an ACPI power-off.
+fn power_off(code: i32) -> ! {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    if let Ok(port) = std::fs::OpenOptions::new().write(true).open("/dev/port") {
+        use std::os::unix::fs::FileExt;
+        let _ = port.write_at(&[(code & 0xff) as u8], DEBUG_EXIT_PORT);
+    }
+    // SAFETY: reboot(2) with a constant command; it returns only on failure.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    // PID 1 must never return: the kernel would panic.
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_order_skips_blanks_and_comments() {
+        let list = "# deps first\nvirtio.ko\n\n virtio_ring.ko \n";
+        assert_eq!(
+            module_order(list).collect::<Vec<_>>(),
+            ["virtio.ko", "virtio_ring.ko"]
+        );
+    }
+
+    #[test]
+    fn netmasks_and_cidrs() {
+        assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
+        assert_eq!(parse_cidr("0.0.0.0/0"), Some((Ipv4Addr::UNSPECIFIED, 0)));
+        assert_eq!(
+            parse_cidr("172.16.28.1"),
+            Some((Ipv4Addr::new(172, 16, 28, 1), 32))
+        );
+        assert_eq!(parse_cidr("1.2.3.4/33"), None);
+        assert_eq!(parse_cidr("x/8"), None);
+    }
+}

@@ -1,0 +1,381 @@
+//! The kvm stage1 end to end, through the real binary, as root: each test boots
+//! a real VM (QEMU, Debian's kernel, our initramfs), a few seconds each under
+//! TCG, so the cases are few and each checks several things. Skipped (with the
+//! reason) without root, busybox, QEMU or a kernel.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rkt_conformance::harness::RunOutput;
+use rkt_conformance::{AciSpec, Rkt, busybox_path};
+use rkt_engine::stage::{Availability, Stage1, registry};
+
+use rkt_backend_kvm as _;
+
+fn harness(test: &str) -> Option<Rkt> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{test}: skipped: needs root");
+        return None;
+    }
+    if busybox_path().is_none() {
+        eprintln!("{test}: skipped: needs busybox-static");
+        return None;
+    }
+    match registry::create::<dyn Stage1>("kvm").map(|s| s.availability()) {
+        Ok(Availability::Available) => {}
+        Ok(Availability::Unavailable(why)) => {
+            eprintln!("{test}: skipped: {why}");
+            return None;
+        }
+        Err(e) => panic!("kvm is not registered: {e}"),
+    }
+    Some(Rkt::new(common::bin(), "kvm").expect("harness"))
+}
+
+/// Stops what a test left running and collects its pods, also when the test
+/// fails: a pod network holds a lease, a netns and iptables rules on the host.
+struct Cleanup<'a>(&'a Rkt);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let list = self.0.rkt(&["list", "--no-legend", "--full"]);
+        for line in list.stdout.lines().filter(|l| l.contains("running")) {
+            if let Some(uuid) = line.split_whitespace().next() {
+                let _ = self.0.rkt(&["stop", "--force", uuid]);
+                let _ = self.0.rkt(&["status", "--wait=60s", uuid]);
+            }
+        }
+        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
+    }
+}
+
+fn image(rkt: &Rkt) -> String {
+    rkt.image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string()
+}
+
+/// `rkt run --stage1=kvm --net=default ARGS...`.
+fn run(rkt: &Rkt, args: &[&str]) -> RunOutput {
+    let mut all = vec!["--net=default"];
+    all.extend_from_slice(args);
+    rkt.run(&all)
+}
+
+fn sh(rkt: &Rkt, script: &str, extra: &[&str]) -> RunOutput {
+    let img = image(rkt);
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend_from_slice(&[&img, "--exec", "/bin/sh", "--", "-c", script]);
+    run(rkt, &args)
+}
+
+fn hardware_virtualization() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .flat_map(|l| l.split_whitespace())
+        .any(|f| f == "vmx" || f == "svm");
+    flags && Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
+#[test]
+fn exit_codes_round_trip_from_a_guest_with_its_own_kernel() {
+    let Some(rkt) = harness("exit_codes_round_trip_from_a_guest_with_its_own_kernel") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let host_release = nix::sys::utsname::uname()
+        .expect("uname")
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    // --debug: rkt names the accelerator it chose (and the kernel log shows).
+    let out = sh(&rkt, "uname -r; echo to-stderr >&2", &["--debug"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let guest_release = out.stdout.trim();
+    assert!(
+        guest_release.starts_with("6.") || guest_release.contains('-'),
+        "{}",
+        out.describe()
+    );
+    assert_ne!(guest_release, host_release, "the app ran on the host's kernel");
+    assert!(out.stderr.contains("to-stderr"), "{}", out.describe());
+    let accel = if hardware_virtualization() { "kvm" } else { "tcg" };
+    assert!(
+        out.stderr.contains(&format!("accel=\"{accel}\"")) || out.stderr.contains(&format!("accel={accel}")),
+        "{}",
+        out.describe()
+    );
+
+    let out = sh(&rkt, "echo three; exit 3", &[]);
+    assert_eq!(out.code, 3, "{}", out.describe());
+    assert_eq!(
+        out.stdout,
+        "three\n",
+        "no kernel noise on stdout: {}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("Linux version"), "{}", out.describe());
+
+    let out = sh(&rkt, "/no/such/command", &[]);
+    assert_eq!(out.code, 127, "{}", out.describe());
+    let status = rkt.rkt(&["list", "--no-legend", "--full"]);
+    assert_eq!(status.code, 0, "{}", status.describe());
+    assert_eq!(
+        status.stdout.lines().filter(|l| l.contains("exited")).count(),
+        3,
+        "{}",
+        status.describe()
+    );
+}
+
+#[test]
+fn two_apps_share_a_volume_inside_one_vm() {
+    let Some(rkt) = harness("two_apps_share_a_volume_inside_one_vm") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let img = image(&rkt);
+    let b = rkt
+        .image(&AciSpec::busybox("example.com/other"))
+        .expect("image")
+        .display()
+        .to_string();
+    // Each app publishes its file by rename, then waits (a bounded loop, no
+    // sleeps) for the other's. FIFOs would not do: 9p does not carry them.
+    let script_a = "echo from-a > /shared/a.tmp && mv /shared/a.tmp /shared/a; n=0; while [ ! -e /shared/b ]; do n=$((n+1)); [ $n -lt 100000 ] || exit 9; done; cat /shared/b";
+    let script_b = "echo from-b > /shared/b.tmp && mv /shared/b.tmp /shared/b; n=0; while [ ! -e /shared/a ]; do n=$((n+1)); [ $n -lt 100000 ] || exit 9; done; cat /shared/a; exit 5";
+    let out = run(
+        &rkt,
+        &[
+            "--volume=shared,kind=empty",
+            "--mount=volume=shared,target=/shared",
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            script_a,
+            "---",
+            &b,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            script_b,
+        ],
+    );
+    assert_eq!(out.code, 5, "the failing app's code: {}", out.describe());
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["from-a", "from-b"], "{}", out.describe());
+}
+
+#[test]
+fn net_host_is_refused() {
+    let Some(rkt) = harness("net_host_is_refused") else {
+        return;
+    };
+    let img = image(&rkt);
+    let out = rkt.run(&["--net=host", &img, "--exec", "/bin/true"]);
+    common::one_line_254(&out, "--net=host");
+}
+
+/// `rkt run` in the background with its stdout piped; the UUID saved to a file.
+fn spawn_run(rkt: &Rkt, args: &[&str]) -> (Child, std::path::PathBuf) {
+    let uuid_file = rkt
+        .work()
+        .join(format!("uuid-{}", rkt_engine::fsutil::unique_suffix()));
+    let save = format!("--uuid-file-save={}", uuid_file.display());
+    let mut all = vec!["run", "--insecure-options=image", "--stage1=kvm", save.as_str()];
+    all.extend_from_slice(args);
+    let child = rkt
+        .command(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    (child, uuid_file)
+}
+
+fn read_line(child: &mut Child) -> String {
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).expect("read") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+fn finish(mut child: Child) -> RunOutput {
+    let status = child.wait().expect("wait");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut stderr);
+    }
+    RunOutput {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn a_pod_on_the_default_network_is_reachable_from_the_host() {
+    let Some(rkt) = harness("a_pod_on_the_default_network_is_reachable_from_the_host") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let img = image(&rkt);
+    // The app's first line is its address (the CNI lease moved into the guest);
+    // nc listens right after, so a refused connection is retried at once: the
+    // loop is bounded by the deadline, not paced by sleeps.
+    let (mut child, _uuid) = spawn_run(
+        &rkt,
+        &[
+            "--net=default",
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "ip -o -4 addr show dev eth0; echo pong | nc -l -p 8080",
+        ],
+    );
+    let line = read_line(&mut child);
+    let Some(ip) = line
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        panic!("no address in {line:?}: {}", finish(child).describe());
+    };
+    assert!(
+        ip.octets()[..3] == [172, 16, 28],
+        "{ip} is not on the default network"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reply = String::new();
+    let mut last_error = String::new();
+    while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
+        match TcpStream::connect_timeout(&SocketAddrV4::new(ip, 8080).into(), Duration::from_secs(5)) {
+            Ok(mut stream) => {
+                let _ = stream.write_all(b"ping\n");
+                // nc ends when both directions have: ours ends here.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                let _ = stream.read_to_string(&mut reply);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    let out = finish(child);
+    assert_eq!(
+        reply,
+        "pong\n",
+        "last connect error: {last_error}; {}",
+        out.describe()
+    );
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(
+        out.stdout.contains("ping"),
+        "the app got the host's line: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
+    let Some(rkt) = harness("stop_ends_a_long_running_pod_and_gc_leaves_nothing") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let img = image(&rkt);
+    let (mut child, uuid_file) = spawn_run(
+        &rkt,
+        &[
+            "--net=default",
+            "--volume=v,kind=empty",
+            "--mount=volume=v,target=/v",
+            &img,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo ready; exec sleep 1000",
+        ],
+    );
+    let ready = read_line(&mut child);
+    assert_eq!(ready, "ready");
+    let uuid = std::fs::read_to_string(&uuid_file).expect("uuid file");
+    let uuid = uuid.trim().to_string();
+    let pid: i32 = std::fs::read_to_string(rkt.dir.join("pods/run").join(&uuid).join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("qemu's exe");
+    assert!(exe.to_string_lossy().contains("qemu-system"), "{exe:?}");
+    let netns = Path::new("/run/netns").join(format!("rkt-{uuid}"));
+    assert!(netns.exists(), "the pod's netns {netns:?}");
+
+    let stop = rkt.rkt(&["stop", &uuid]);
+    assert_eq!(stop.code, 0, "{}", stop.describe());
+    let out = finish(child);
+    assert_ne!(
+        out.code,
+        0,
+        "a stopped pod does not report success: {}",
+        out.describe()
+    );
+    let status = rkt.rkt(&["status", &uuid]);
+    assert!(status.stdout.contains("state=exited"), "{}", status.describe());
+    // Stopped by the guest's init (SIGTERM to the app), not by killing QEMU.
+    assert!(status.stdout.contains("app-busybox=143"), "{}", status.describe());
+    assert_eq!(out.code, 143, "{}", out.describe());
+
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu (pid {pid}) is still there"
+    );
+    assert!(!netns.exists(), "the netns (and its taps) outlived gc");
+    assert!(rkt.mounts_left().is_empty(), "mounts: {:?}", rkt.mounts_left());
+    let left = std::fs::read_dir(rkt.dir.join("pods/exited-garbage"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn uses_kvm_when_the_host_has_hardware_virtualization() {
+    if !hardware_virtualization() {
+        eprintln!("uses_kvm_when_the_host_has_hardware_virtualization: skipped: no hardware virtualization");
+        return;
+    }
+    let Some(rkt) = harness("uses_kvm_when_the_host_has_hardware_virtualization") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let out = sh(&rkt, "grep -c hypervisor /proc/cpuinfo", &["--debug"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(out.stderr.contains("kvm"), "{}", out.describe());
+}
