@@ -189,26 +189,9 @@ fn mount_rootfs(sys: &dyn Syscall, spec: &RootSpec<'_>) -> Result<(), ChildError
     }
 }
 
-/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
-/// carry unescaped (`,` separates options, `:` lower layers, `\` escapes).
+/// The engine's overlay options, as the child's error.
 pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, ChildError> {
-    let mut data = String::with_capacity(64 + lower.as_os_str().len() * 3);
-    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
-        let s = path.to_str().filter(|s| !s.contains([',', ':', '\\']));
-        let Some(s) = s else {
-            return Err(ChildError(format!(
-                "fly: overlay {key} {:?} contains a character overlayfs options cannot carry (',' ':' '\\' or non-UTF-8)",
-                path
-            )));
-        };
-        if !data.is_empty() {
-            data.push(',');
-        }
-        data.push_str(key);
-        data.push('=');
-        data.push_str(s);
-    }
-    Ok(data)
+    rkt_engine::pod::mounts::overlay_options(lower, upper, work).map_err(|e| ChildError(format!("fly: {e}")))
 }
 
 fn dir_in_root(root: BorrowedFd<'_>, path: &str, mode: Mode) -> Result<OwnedFd, ChildError> {

@@ -93,6 +93,16 @@ impl KvmError {
     }
 }
 
+impl From<rkt_engine::pod::mounts::PodMountError> for KvmError {
+    fn from(e: rkt_engine::pod::mounts::PodMountError) -> Self {
+        use rkt_engine::pod::mounts::PodMountError;
+        match e {
+            PodMountError::Io { context, source } => KvmError::Io { context, source },
+            PodMountError::Invalid(msg) => KvmError::Invalid(msg),
+        }
+    }
+}
+
 impl From<KvmError> for BackendError {
     fn from(e: KvmError) -> Self {
         match e {

@@ -4,13 +4,11 @@
 //! holds: each app's overlay and each volume's source, so the 9p share sees
 //! them and nothing is ever mounted on the host.
 
-use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
-use nix::sched::CloneFlags;
 use rkt_engine::fsutil;
-use rkt_engine::pod::layout::{self, AppRootfs};
+use rkt_engine::pod::layout;
+use rkt_engine::pod::mounts::{self, PlannedMount, plan_pod_mounts};
 use rkt_engine::pod::protocol::{self, EtcFile, InitConfig, VmConfig};
 use rkt_engine::schema::{PodManifest, VolumeKind};
 use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
@@ -113,116 +111,30 @@ fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// One mount made in QEMU's namespace before exec.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub source: CString,
-    pub target: PathBuf,
-    pub fstype: Option<&'static str>,
-    pub flags: MsFlags,
-    pub data: Option<String>,
-    pub what: String,
-}
-
+/// The pod's overlays and volumes, mounted in QEMU's own mount namespace
+/// before exec: the 9p share serves them, and they die with QEMU.
 #[derive(Debug, Clone, Default)]
 pub struct PodMounts {
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<PlannedMount>,
 }
 
 impl PodMounts {
     pub fn plan(pod: &Path, manifest: &PodManifest) -> Result<Self, KvmError> {
-        let mut mounts = Vec::new();
-        for app in &manifest.apps {
-            let name = app.name.as_str();
-            let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
-                KvmError::io(
-                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
-                    e,
-                )
-            })?;
-            if let AppRootfs::Overlay { lower } = spec {
-                let data = overlay_options(
-                    &lower,
-                    &layout::overlay_upper(pod, name),
-                    &layout::overlay_work(pod, name),
-                )?;
-                mounts.push(Mount {
-                    source: c"overlay".into(),
-                    target: layout::app_rootfs(pod, name),
-                    fstype: Some("overlay"),
-                    flags: MsFlags::empty(),
-                    data: Some(data),
-                    what: format!("the overlay of app {name:?}"),
-                });
-            }
-        }
-        for volume in &manifest.volumes {
-            let name = volume.name.as_str();
-            let source = match volume.kind {
-                VolumeKind::Empty => layout::empty_volume(pod, name),
-                VolumeKind::Host => match volume.source.as_deref() {
-                    Some(s) if !s.is_empty() => PathBuf::from(s),
-                    _ => return Err(KvmError::Invalid(format!("host volume {name:?} has no source"))),
-                },
-            };
-            let mut flags = MsFlags::MS_BIND;
-            if volume.recursive.unwrap_or(volume.kind == VolumeKind::Host) {
-                flags |= MsFlags::MS_REC;
-            }
-            let source = CString::new(source.as_os_str().as_encoded_bytes())
-                .map_err(|_| KvmError::Invalid(format!("volume {name:?}: source contains a NUL byte")))?;
-            mounts.push(Mount {
-                source,
-                target: protocol::volume(name).on_host(pod),
-                fstype: None,
-                flags,
-                data: None,
-                what: format!("volume {name:?}"),
-            });
-        }
-        Ok(PodMounts { mounts })
+        Ok(PodMounts {
+            mounts: plan_pod_mounts(pod, manifest)?,
+        })
     }
 
     /// In the forked child, before exec: a private mount namespace (a slave of
     /// the host's), then every planned mount. Returns the step that failed.
     pub fn make(&self) -> Result<(), String> {
-        let step = |what: &str, e: nix::Error| format!("kvm: {what}: {}", e.desc());
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .map_err(|e| step("making / a recursive slave", e))?;
+        let step = |msg: String| format!("kvm: {msg}");
+        mounts::enter_private_mount_namespace().map_err(step)?;
         for m in &self.mounts {
-            nix::mount::mount(
-                Some(m.source.as_c_str()),
-                &m.target,
-                m.fstype,
-                m.flags,
-                m.data.as_deref(),
-            )
-            .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+            m.make().map_err(step)?;
         }
         Ok(())
     }
-}
-
-/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
-/// carry unescaped.
-fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, KvmError> {
-    let mut parts = Vec::new();
-    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
-        let Some(s) = path.to_str().filter(|s| !s.contains([',', ':', '\\'])) else {
-            return Err(KvmError::Invalid(format!(
-                "overlay {key} {path:?} contains a character overlayfs options cannot carry"
-            )));
-        };
-        parts.push(format!("{key}={s}"));
-    }
-    Ok(parts.join(","))
 }
 
 #[cfg(test)]
@@ -243,15 +155,6 @@ mod tests {
         assert_eq!(
             etc_file(EtcFile::ResolvConf, &cfg, "web").unwrap(),
             b"nameserver 10.0.0.1\n"
-        );
-    }
-
-    #[test]
-    fn overlay_options_refuse_separators() {
-        assert!(overlay_options(Path::new("/l,x"), Path::new("/u"), Path::new("/w")).is_err());
-        assert_eq!(
-            overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")).unwrap(),
-            "lowerdir=/l,upperdir=/u,workdir=/w"
         );
     }
 }

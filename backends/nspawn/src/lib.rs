@@ -72,6 +72,16 @@ impl NspawnError {
     }
 }
 
+impl From<rkt_engine::pod::mounts::PodMountError> for NspawnError {
+    fn from(e: rkt_engine::pod::mounts::PodMountError) -> Self {
+        use rkt_engine::pod::mounts::PodMountError;
+        match e {
+            PodMountError::Io { context, source } => NspawnError::Io { context, source },
+            PodMountError::Invalid(msg) => NspawnError::Invalid(msg),
+        }
+    }
+}
+
 impl From<NspawnError> for BackendError {
     fn from(e: NspawnError) -> Self {
         match e {

@@ -9,14 +9,13 @@
 //! nspawn's recursive bind of the stage1 rootfs, and they die with the pod's
 //! last process: nothing is ever mounted on the host, nothing is left for gc.
 
-use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-use nix::sched::CloneFlags;
 use rkt_engine::fsutil;
-use rkt_engine::pod::layout::{self, AppRootfs};
+use rkt_engine::pod::layout;
+use rkt_engine::pod::mounts::{self, PlannedMount, plan_pod_mounts};
 use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig};
 use rkt_engine::schema::{PodManifest, VolumeKind};
 use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
@@ -132,23 +131,10 @@ fn copy_init_binary(target: &Path) -> Result<(), NspawnError> {
     std::fs::rename(&tmp, target).map_err(err)
 }
 
-/// One mount made before nspawn starts, computed in the parent so the forked
-/// child only makes system calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub source: CString,
-    pub target: PathBuf,
-    pub fstype: Option<&'static str>,
-    pub flags: MsFlags,
-    pub data: Option<String>,
-    /// For error messages.
-    pub what: String,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct PodMounts {
     pub private_nspawn_runtime: bool,
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<PlannedMount>,
     /// `cgroup.procs` of the pod's cgroups: nspawn joins them before exec, so
     /// the container is born inside.
     pub cgroup_procs: Vec<PathBuf>,
@@ -165,70 +151,14 @@ impl PodMounts {
         for (source, target, name) in cgroups.binds(pod) {
             std::fs::create_dir_all(&target)
                 .map_err(|e| NspawnError::io(format!("creating {}", target.display()), e))?;
-            let source = CString::new(source.as_os_str().as_encoded_bytes()).map_err(|_| {
-                NspawnError::Invalid(format!("cgroup {}: path contains a NUL byte", source.display()))
-            })?;
-            mounts.push(Mount {
-                source,
+            mounts.push(PlannedMount::bind(
+                &source,
                 target,
-                fstype: None,
-                flags: MsFlags::MS_BIND,
-                data: None,
-                what: format!("the pod's {name} cgroup"),
-            });
+                false,
+                format!("the pod's {name} cgroup"),
+            )?);
         }
-        for app in &manifest.apps {
-            let name = app.name.as_str();
-            let spec = layout::read_app_rootfs(pod, name).map_err(|e| {
-                NspawnError::io(
-                    format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
-                    e,
-                )
-            })?;
-            if let AppRootfs::Overlay { lower } = spec {
-                let data = overlay_options(
-                    &lower,
-                    &layout::overlay_upper(pod, name),
-                    &layout::overlay_work(pod, name),
-                )?;
-                mounts.push(Mount {
-                    source: c"overlay".into(),
-                    target: layout::app_rootfs(pod, name),
-                    fstype: Some("overlay"),
-                    flags: MsFlags::empty(),
-                    data: Some(data),
-                    what: format!("the overlay of app {name:?}"),
-                });
-            }
-        }
-        for volume in &manifest.volumes {
-            let name = volume.name.as_str();
-            let source = match volume.kind {
-                VolumeKind::Empty => layout::empty_volume(pod, name),
-                VolumeKind::Host => match volume.source.as_deref() {
-                    Some(s) if !s.is_empty() => PathBuf::from(s),
-                    _ => {
-                        return Err(NspawnError::Invalid(format!(
-                            "host volume {name:?} has no source"
-                        )));
-                    }
-                },
-            };
-            let mut flags = MsFlags::MS_BIND;
-            if volume.recursive.unwrap_or(volume.kind == VolumeKind::Host) {
-                flags |= MsFlags::MS_REC;
-            }
-            let source = CString::new(source.as_os_str().as_encoded_bytes())
-                .map_err(|_| NspawnError::Invalid(format!("volume {name:?}: source contains a NUL byte")))?;
-            mounts.push(Mount {
-                source,
-                target: protocol::volume(name).on_host(pod),
-                fstype: None,
-                flags,
-                data: None,
-                what: format!("volume {name:?}"),
-            });
-        }
+        mounts.extend(plan_pod_mounts(pod, manifest)?);
         Ok(PodMounts {
             private_nspawn_runtime,
             mounts,
@@ -239,16 +169,8 @@ impl PodMounts {
     /// In the forked child, before exec: a private mount namespace, then every
     /// planned mount. Returns the step that failed.
     pub fn make(&self) -> Result<(), String> {
-        let step = |what: &str, e: nix::Error| format!("nspawn: {what}: {}", e.desc());
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| step("unshare(CLONE_NEWNS)", e))?;
-        nix::mount::mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .map_err(|e| step("making / a recursive slave", e))?;
+        let step = |msg: String| format!("nspawn: {msg}");
+        mounts::enter_private_mount_namespace().map_err(step)?;
         if self.private_nspawn_runtime {
             nix::mount::mount(
                 Some("tmpfs"),
@@ -257,43 +179,16 @@ impl PodMounts {
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some("mode=755"),
             )
-            .map_err(|e| step("mounting a tmpfs on /run/systemd/nspawn", e))?;
+            .map_err(|e| step(format!("mounting a tmpfs on {NSPAWN_RUNTIME_DIR}: {}", e.desc())))?;
         }
         for m in &self.mounts {
-            nix::mount::mount(
-                Some(m.source.as_c_str()),
-                &m.target,
-                m.fstype,
-                m.flags,
-                m.data.as_deref(),
-            )
-            .map_err(|e| step(&format!("mounting {}", m.what), e))?;
+            m.make().map_err(step)?;
         }
         for procs in &self.cgroup_procs {
-            std::fs::write(procs, b"0").map_err(|e| format!("nspawn: joining {}: {e}", procs.display()))?;
+            std::fs::write(procs, b"0").map_err(|e| step(format!("joining {}: {e}", procs.display())))?;
         }
         Ok(())
     }
-}
-
-/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
-/// carry unescaped.
-pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, NspawnError> {
-    let mut data = String::new();
-    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
-        let Some(s) = path.to_str().filter(|s| !s.contains([',', ':', '\\'])) else {
-            return Err(NspawnError::Invalid(format!(
-                "overlay {key} {path:?} contains a character overlayfs options cannot carry"
-            )));
-        };
-        if !data.is_empty() {
-            data.push(',');
-        }
-        data.push_str(key);
-        data.push('=');
-        data.push_str(s);
-    }
-    Ok(data)
 }
 
 #[cfg(test)]
@@ -352,15 +247,6 @@ mod tests {
         assert!(
             plan.mounts[2].flags.contains(MsFlags::MS_REC),
             "host volumes are recursive by default"
-        );
-    }
-
-    #[test]
-    fn overlay_options_refuse_separators() {
-        assert!(overlay_options(Path::new("/l,x"), Path::new("/u"), Path::new("/w")).is_err());
-        assert_eq!(
-            overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")).unwrap(),
-            "lowerdir=/l,upperdir=/u,workdir=/w"
         );
     }
 }

@@ -31,6 +31,7 @@
 pub mod applog;
 pub mod layout;
 mod lock;
+pub mod mounts;
 pub mod protocol;
 pub mod sandbox;
 

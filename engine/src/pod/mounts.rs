@@ -1,0 +1,188 @@
+//! The host-side mounts that give a pod its files: each app's overlay over its
+//! tree and each volume bound where the stage1 expects it.
+//!
+//! Every stage1 that starts its pod from a private mount namespace (nspawn,
+//! kvm) plans them here in the parent, so the forked child before exec only
+//! makes system calls, and the mounts die with the pod's last process.
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+
+use crate::pod::layout::{self, AppRootfs};
+use crate::pod::protocol;
+use crate::schema::{PodManifest, VolumeKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodMountError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One mount, computed in the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMount {
+    pub source: CString,
+    pub target: PathBuf,
+    pub fstype: Option<&'static str>,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+    /// For error messages.
+    pub what: String,
+}
+
+impl PlannedMount {
+    /// A bind of `source` (a path that may not carry a NUL byte) onto `target`.
+    pub fn bind(
+        source: &Path,
+        target: PathBuf,
+        recursive: bool,
+        what: String,
+    ) -> Result<Self, PodMountError> {
+        let source = CString::new(source.as_os_str().as_encoded_bytes())
+            .map_err(|_| PodMountError::Invalid(format!("{what}: source contains a NUL byte")))?;
+        let mut flags = MsFlags::MS_BIND;
+        if recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        Ok(PlannedMount {
+            source,
+            target,
+            fstype: None,
+            flags,
+            data: None,
+            what,
+        })
+    }
+
+    /// Makes the mount; the error names it. Async-signal-safe apart from the
+    /// message, which is built only on failure.
+    pub fn make(&self) -> Result<(), String> {
+        nix::mount::mount(
+            Some(self.source.as_c_str()),
+            &self.target,
+            self.fstype,
+            self.flags,
+            self.data.as_deref(),
+        )
+        .map_err(|e| format!("mounting {}: {}", self.what, e.desc()))
+    }
+}
+
+/// The overlay of every app whose rootfs is one, then every volume bound at its
+/// pod-side path (`protocol::volume`), in the manifest's order.
+pub fn plan_pod_mounts(pod: &Path, manifest: &PodManifest) -> Result<Vec<PlannedMount>, PodMountError> {
+    let mut mounts = Vec::new();
+    for app in &manifest.apps {
+        let name = app.name.as_str();
+        let spec = layout::read_app_rootfs(pod, name).map_err(|source| PodMountError::Io {
+            context: format!("reading {}", layout::app_rootfs_spec(pod, name).display()),
+            source,
+        })?;
+        if let AppRootfs::Overlay { lower } = spec {
+            let data = overlay_options(
+                &lower,
+                &layout::overlay_upper(pod, name),
+                &layout::overlay_work(pod, name),
+            )?;
+            mounts.push(PlannedMount {
+                source: c"overlay".into(),
+                target: layout::app_rootfs(pod, name),
+                fstype: Some("overlay"),
+                flags: MsFlags::empty(),
+                data: Some(data),
+                what: format!("the overlay of app {name:?}"),
+            });
+        }
+    }
+    for volume in &manifest.volumes {
+        let name = volume.name.as_str();
+        let source = match volume.kind {
+            VolumeKind::Empty => layout::empty_volume(pod, name),
+            VolumeKind::Host => match volume.source.as_deref() {
+                Some(s) if !s.is_empty() => PathBuf::from(s),
+                _ => {
+                    return Err(PodMountError::Invalid(format!(
+                        "host volume {name:?} has no source"
+                    )));
+                }
+            },
+        };
+        let recursive = volume.recursive.unwrap_or(volume.kind == VolumeKind::Host);
+        mounts.push(PlannedMount::bind(
+            &source,
+            protocol::volume(name).on_host(pod),
+            recursive,
+            format!("volume {name:?}"),
+        )?);
+    }
+    Ok(mounts)
+}
+
+/// In a forked child: a mount namespace of its own, a recursive slave of the
+/// host's so nothing made in it propagates back.
+pub fn enter_private_mount_namespace() -> Result<(), String> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare(CLONE_NEWNS): {}", e.desc()))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / a recursive slave: {}", e.desc()))
+}
+
+/// `lowerdir=..,upperdir=..,workdir=..`; refuses paths the option syntax cannot
+/// carry unescaped (`,` separates options, `:` lower layers, `\` escapes).
+pub fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> Result<String, PodMountError> {
+    let mut data = String::with_capacity(64 + lower.as_os_str().len() * 3);
+    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
+        let Some(s) = path.to_str().filter(|s| !s.contains([',', ':', '\\'])) else {
+            return Err(PodMountError::Invalid(format!(
+                "overlay {key} {path:?} contains a character overlayfs options cannot carry (',' ':' '\\' or non-UTF-8)"
+            )));
+        };
+        if !data.is_empty() {
+            data.push(',');
+        }
+        data.push_str(key);
+        data.push('=');
+        data.push_str(s);
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_refuse_separators() {
+        let ok = overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w")).unwrap();
+        assert_eq!(ok, "lowerdir=/l,upperdir=/u,workdir=/w");
+        assert!(overlay_options(Path::new("/l,x"), Path::new("/u"), Path::new("/w")).is_err());
+        assert!(overlay_options(Path::new("/l"), Path::new("/u:x"), Path::new("/w")).is_err());
+        assert!(overlay_options(Path::new("/l"), Path::new("/u"), Path::new("/w\\")).is_err());
+    }
+
+    #[test]
+    fn binds_refuse_nul_bytes_and_name_the_mount() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = Path::new(std::ffi::OsStr::from_bytes(b"/a\0b"));
+        let err = PlannedMount::bind(bad, "/t".into(), false, "volume \"v\"".into()).unwrap_err();
+        assert_eq!(err.to_string(), "volume \"v\": source contains a NUL byte");
+        let ok = PlannedMount::bind(Path::new("/a"), "/t".into(), true, "v".into()).unwrap();
+        assert_eq!(ok.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+    }
+}
