@@ -141,6 +141,7 @@ impl Stage1 for KvmStage1 {
         Stage1Capabilities {
             multi_app: true,
             network_namespace: true,
+            host_network: false,
             interactive: false,
             // Memory and cpu isolators size the VM; none is enforced per app.
             isolators: false,
