@@ -336,6 +336,33 @@ fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
     let netns = Path::new("/run/netns").join(format!("rkt-{uuid}"));
     assert!(netns.exists(), "the pod's netns {netns:?}");
 
+    // `rkt enter`: run by the guest's init in the app's root with its
+    // environment; output and exit code come back through the share.
+    let entered = rkt.rkt(&[
+        "enter",
+        &uuid,
+        "/bin/sh",
+        "-c",
+        "echo entered-as-$USER; echo to-stderr >&2; touch /v/entered && exit 7",
+    ]);
+    assert_eq!(entered.code, 7, "{}", entered.describe());
+    assert_eq!(entered.stdout, "entered-as-root\n", "{}", entered.describe());
+    assert_eq!(entered.stderr, "to-stderr\n", "{}", entered.describe());
+    let missing = rkt.rkt(&["enter", &uuid, "/no/such/command"]);
+    assert_eq!(missing.code, 254, "{}", missing.describe());
+    assert!(
+        missing.stderr.contains("/no/such/command"),
+        "{}",
+        missing.describe()
+    );
+    let enter_dir = rkt
+        .dir
+        .join("pods/run")
+        .join(&uuid)
+        .join("stage1/rootfs/rkt/enter");
+    let left = std::fs::read_dir(&enter_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "enter requests left in {enter_dir:?}");
+
     let stop = rkt.rkt(&["stop", &uuid]);
     assert_eq!(stop.code, 0, "{}", stop.describe());
     let out = finish(child);

@@ -5,6 +5,7 @@
 //! A new stage1 is one line below (and its crate in Cargo.toml).
 
 use rkt_backend_fly as _;
+use rkt_backend_kvm as _;
 use rkt_backend_nspawn as _;
 
 use rkt_engine::stage::{Availability, Stage1, Stage1Capabilities, registry};

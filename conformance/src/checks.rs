@@ -287,7 +287,7 @@ fn environment_precedence(rkt: &Rkt) -> Outcome {
         "run",
         "--insecure-options=image",
         &format!("--stage1={}", rkt.stage1),
-        "--net=host",
+        rkt.default_net(),
         "--inherit-env",
         "--set-env=BOTH=flag",
         "--set-env=EXTRA=x",

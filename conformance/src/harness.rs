@@ -40,6 +40,8 @@ impl RunOutput {
 pub struct Rkt {
     bin: PathBuf,
     pub stage1: String,
+    /// The `--net` every check runs with unless it names one.
+    default_net: &'static str,
     work: PathBuf,
     pub dir: PathBuf,
     images: Mutex<BTreeMap<String, PathBuf>>,
@@ -57,6 +59,7 @@ impl Rkt {
         Ok(Rkt {
             bin: bin.to_path_buf(),
             stage1: stage1.to_string(),
+            default_net: default_net(stage1),
             work,
             dir,
             images: Mutex::new(BTreeMap::new()),
@@ -89,14 +92,34 @@ impl Rkt {
         }
     }
 
-    /// `rkt run --insecure-options=image --stage1=<backend> [--net=host] ARGS...`:
-    /// the host's network unless ARGS name one (every stage1 has it, and no
-    /// check is about networks).
+    /// The `--net` flag checks use when they need no particular network: the
+    /// host's where the backend can share it (cheapest), else none.
+    pub fn default_net(&self) -> &'static str {
+        self.default_net
+    }
+
+    /// Whether pods share the host's network (`--net=host`).
+    pub fn host_network(&self) -> bool {
+        self.default_net == "--net=host"
+    }
+
+    /// A pod registered with the metadata service must reach it: off the
+    /// host's network, that is the CNI default network's gateway.
+    fn net_for(&self, args: &[&str]) -> &'static str {
+        if !self.host_network() && args.contains(&"--mds-register") {
+            "--net=default"
+        } else {
+            self.default_net
+        }
+    }
+
+    /// `rkt run --insecure-options=image --stage1=<backend> [--net=...] ARGS...`:
+    /// [`Self::default_net`] unless ARGS name one (no check is about networks).
     pub fn run(&self, args: &[&str]) -> RunOutput {
         let stage1 = format!("--stage1={}", self.stage1);
         let mut all = vec!["run", "--insecure-options=image", stage1.as_str()];
         if !args.iter().any(|a| a.starts_with("--net")) {
-            all.push("--net=host");
+            all.push(self.net_for(args));
         }
         all.extend_from_slice(args);
         self.rkt(&all)
@@ -120,6 +143,15 @@ impl Rkt {
     /// Mount points at or below the work directory, from this process's view.
     pub fn mounts_left(&self) -> Vec<PathBuf> {
         mounts_under(&self.work)
+    }
+}
+
+/// From the backend's capabilities; an unknown name gets the host's network
+/// (its runs fail with rkt's own error anyway).
+fn default_net(stage1: &str) -> &'static str {
+    match crate::backends::find(stage1) {
+        Ok(b) if !b.capabilities.host_network => "--net=none",
+        _ => "--net=host",
     }
 }
 

@@ -145,7 +145,7 @@ impl RunningPod {
                 "run",
                 "--insecure-options=image",
                 &format!("--stage1={}", rkt.stage1),
-                "--net=host",
+                rkt.default_net(),
                 &format!("--uuid-file-save={}", uuid_file.display()),
                 &image,
                 "--exec",
@@ -343,9 +343,11 @@ pub fn metadata_service(rkt: &Rkt) -> Outcome {
     let lines: Vec<&str> = out.stdout.lines().collect();
     let url = lines.first().copied().unwrap_or_default();
     let port = service.listen.port();
+    let host = if rkt.host_network() { "127.0.0.1" } else { "" };
     ensure!(
-        url.starts_with(&format!("http://127.0.0.1:{port}/")) && url.len() > 40,
-        "AC_METADATA_URL on the host network: {}",
+        url.starts_with("http://") && url.contains(&format!("{host}:{port}/")) && url.len() > 40,
+        "AC_METADATA_URL (host network: {}): {}",
+        rkt.host_network(),
         out.describe()
     );
     let uuid = rkt.rkt(&["list", "--full", "--no-legend"]);

@@ -17,9 +17,18 @@ pub struct MetadataService {
 }
 
 impl MetadataService {
-    /// Starts the service on 127.0.0.1 and waits for its ready line.
+    /// Starts the service where the backend's pods reach it (127.0.0.1 on the
+    /// host's network, else every address: pods on the CNI default network
+    /// come from its gateway) and waits for its ready line.
     pub fn start(rkt: &Rkt) -> Result<Self, String> {
-        Self::start_on(rkt, "127.0.0.1")
+        Self::start_on(
+            rkt,
+            if rkt.host_network() {
+                "127.0.0.1"
+            } else {
+                "0.0.0.0"
+            },
+        )
     }
 
     /// Starts the service listening on `address` (0.0.0.0 for pods on a CNI

@@ -95,6 +95,7 @@ impl Stage1 for FlyStage1 {
         Stage1Capabilities {
             multi_app: false,
             network_namespace: false,
+            host_network: true,
             interactive: true,
             isolators: false,
         }

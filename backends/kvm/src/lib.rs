@@ -11,6 +11,7 @@
 
 mod accel;
 mod cache;
+mod enter;
 mod initramfs;
 mod kernel;
 mod net;
@@ -150,6 +151,7 @@ impl Stage1 for KvmStage1 {
         Stage1Capabilities {
             multi_app: true,
             network_namespace: true,
+            host_network: false,
             interactive: false,
             // Memory and cpu isolators size the VM; none is enforced per app.
             isolators: false,
@@ -179,27 +181,35 @@ impl Stage1 for KvmStage1 {
         Ok(exit)
     }
 
-    fn enter(&self, _pod: &PodInfo, _app: &str, _argv: &[String]) -> Result<i32, BackendError> {
-        Err(BackendError::Unsupported(
-            "stage1 kvm does not support enter yet".into(),
-        ))
+    fn enter(&self, pod: &PodInfo, app: &str, argv: &[String]) -> Result<i32, BackendError> {
+        if pod.state != PodState::Running {
+            return Err(BackendError::Other(format!(
+                "pod {} is {}, cannot enter it",
+                pod.uuid, pod.state
+            )));
+        }
+        if argv.is_empty() {
+            return Err(KvmError::Invalid("enter: no command given".into()).into());
+        }
+        let manifest_path = layout::manifest(&pod.path);
+        let manifest = std::fs::read(&manifest_path)
+            .map_err(|e| KvmError::io(format!("reading {}", manifest_path.display()), e))
+            .and_then(|b| {
+                PodManifest::from_json(&b)
+                    .map_err(|e| KvmError::Invalid(format!("{}: {e}", manifest_path.display())))
+            })?;
+        if manifest.app(app).is_none() {
+            return Err(KvmError::Invalid(format!("app {app:?} is not in this pod")).into());
+        }
+        let pid = read_pid(&pod.path)?;
+        Ok(enter::run(&pod.path, pid, app, argv)?)
     }
 
     fn stop(&self, pod: &PodInfo, force: bool) -> Result<(), BackendError> {
         if pod.state != PodState::Running {
             return Ok(());
         }
-        let path = pod.path.join(layout::PID);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
-        let pid = match text.trim().parse::<i32>() {
-            Ok(pid) if pid > 1 => nix::unistd::Pid::from_raw(pid),
-            _ => {
-                return Err(
-                    KvmError::Invalid(format!("{}: {:?} is not a pid", path.display(), text.trim())).into(),
-                );
-            }
-        };
+        let pid = read_pid(&pod.path)?;
         if !force {
             // The guest's init stops the apps (SIGTERM, post-stop handlers,
             // exit codes) and ends the VM; QEMU is killed only if it has not
@@ -225,6 +235,21 @@ impl Stage1 for KvmStage1 {
     /// Networker removes.
     fn gc(&self, _pod_dir: &Path) -> Result<(), BackendError> {
         Ok(())
+    }
+}
+
+/// QEMU's pid.
+fn read_pid(pod: &Path) -> Result<nix::unistd::Pid, KvmError> {
+    let path = pod.join(layout::PID);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(nix::unistd::Pid::from_raw(pid)),
+        _ => Err(KvmError::Invalid(format!(
+            "{}: {:?} is not a pid",
+            path.display(),
+            text.trim()
+        ))),
     }
 }
 

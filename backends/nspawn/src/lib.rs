@@ -122,6 +122,7 @@ impl Stage1 for NspawnStage1 {
         Stage1Capabilities {
             multi_app: true,
             network_namespace: true,
+            host_network: true,
             interactive: true,
             isolators: true,
         }

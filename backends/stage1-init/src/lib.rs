@@ -91,6 +91,15 @@ pub fn main() -> i32 {
     {
         return vm::main();
     }
+    if std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == protocol::VM_ENTER_ROLE_ARG)
+    {
+        return match std::env::args_os().nth(3) {
+            Some(dir) => vm_enter(Path::new(&dir)),
+            None => 254,
+        };
+    }
     // The pod must not outlive nspawn (nor rkt, which nspawn dies with).
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     run_pod()
@@ -464,13 +473,17 @@ fn load_app(
 
 /// A process in the app's root with its environment and credentials.
 fn app_command(app: &App, argv: &[String]) -> Command {
+    command_in(&app.root_dir, &app.plan, &app.confinement, argv)
+}
+
+fn command_in(root: &Path, plan: &AppLaunch, confinement: &Confinement, argv: &[String]) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env_clear()
-        .envs(app.plan.env.iter().map(|(k, v)| (k, v)));
-    let root = app.root_dir.clone();
-    let plan = app.plan.clone();
-    let confinement = app.confinement.clone();
+        .envs(plan.env.iter().map(|(k, v)| (k, v)));
+    let root = root.to_path_buf();
+    let plan = plan.clone();
+    let confinement = confinement.clone();
     // SAFETY: the init is single-threaded, so the forked child can run ordinary
     // code until exec; the hook only changes the child's root, credentials and
     // confinement.
@@ -525,6 +538,79 @@ fn run_handler(app: &App, argv: &[String]) -> Result<i32, InitError> {
     cmd.stdin(Stdio::null());
     let mut child = cmd.spawn().map_err(|e| InitError::io(what(), e))?;
     let status = child.wait().map_err(|e| InitError::io(what(), e))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// `rkt enter` inside a VM: runs the request in `dir` (see
+/// [`protocol::vm_enter_dir`]) in the app's root with its environment and
+/// credentials, its output into files there, then records its exit code (or
+/// why it could not start). Started by the VM init, already in the share.
+fn vm_enter(dir: &Path) -> i32 {
+    let result = run_enter_request(dir);
+    let (name, text) = match &result {
+        Ok(code) => (protocol::VM_ENTER_EXIT, code.to_string()),
+        Err(e) => (protocol::VM_ENTER_ERROR, e.to_string()),
+    };
+    let _ = fsutil::replace_file(&dir.join(name), text.as_bytes());
+    result.unwrap_or(254)
+}
+
+fn run_enter_request(dir: &Path) -> Result<i32, InitError> {
+    // The init's blocked signals came along through exec.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| InitError::io("unblocking signals", e.into()))?;
+    let claimed = dir.join(protocol::VM_ENTER_CLAIMED);
+    let request: protocol::VmEnterRequest = std::fs::read(&claimed)
+        .map_err(|e| InitError::io(format!("reading {}", claimed.display()), e))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| InitError::Invalid(format!("{}: {e}", claimed.display())))
+        })?;
+    if request.argv.is_empty() {
+        return Err(InitError::Invalid("enter: no command given".into()));
+    }
+    let config_path = protocol::init_config().inside();
+    let config: InitConfig = std::fs::read(&config_path)
+        .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))
+        .and_then(|b| {
+            serde_json::from_slice(&b)
+                .map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))
+        })?;
+    let manifest_path = protocol::pod_manifest().inside();
+    let bytes = std::fs::read(&manifest_path)
+        .map_err(|e| InitError::io(format!("reading {}", manifest_path.display()), e))?;
+    let manifest = PodManifest::from_json(&bytes)
+        .map_err(|e| InitError::Invalid(format!("{}: {e}", manifest_path.display())))?;
+    let name = request.app.as_str();
+    if manifest.app(name).is_none() {
+        return Err(InitError::Invalid(format!("app {name:?} is not in this pod")));
+    }
+    let root_dir = protocol::app_rootfs(name).inside();
+    let root = fsutil::open_dir(&root_dir)
+        .map_err(|e| InitError::io(format!("app {name:?}: opening {}", root_dir.display()), e))?;
+    let mut plan = plan_app(Path::new("/"), &manifest, name, root.as_fd())?;
+    drop(root);
+    if let Some(url) = &config.metadata_url {
+        plan.env.retain(|(k, _)| k != "AC_METADATA_URL");
+        plan.env.push(("AC_METADATA_URL".into(), url.clone()));
+    }
+    let confinement = match config.apps.iter().find(|a| a.app == name) {
+        Some(iso) => Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?,
+        None => Confinement::default(),
+    };
+    let output = |file: &str| {
+        let path = dir.join(file);
+        File::create(&path).map_err(|e| InitError::io(format!("creating {}", path.display()), e))
+    };
+    let mut cmd = command_in(&root_dir, &plan, &confinement, &request.argv);
+    cmd.stdin(Stdio::null())
+        .stdout(output(protocol::VM_ENTER_STDOUT)?)
+        .stderr(output(protocol::VM_ENTER_STDERR)?);
+    let status = cmd
+        .status()
+        .map_err(|e| InitError::Invalid(format!("enter: exec {:?}: {}", request.argv[0], errno_text(&e))))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()

@@ -65,14 +65,44 @@ fn watch_for_stop() {
         return;
     }
     let request = protocol::vm_stop_request().inside();
+    let enter_dir = protocol::vm_enter_dir().inside();
     let _ = std::thread::Builder::new()
         .name("stop-watch".into())
         .spawn(move || {
             while !request.exists() {
+                start_enter_requests(&enter_dir);
                 std::thread::sleep(STOP_POLL);
             }
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
         });
+}
+
+/// Claims each new `rkt enter` request and starts a fresh copy of this binary
+/// to run it ([`crate::vm_enter`]): a new single-threaded process, where the
+/// fork before the command's exec is safe. The init's reaper collects it like
+/// any orphan; the runner itself waits for the command and records its code.
+fn start_enter_requests(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let request = entry.path();
+        let claimed = request.join(protocol::VM_ENTER_CLAIMED);
+        if std::fs::rename(request.join(protocol::VM_ENTER_REQUEST), &claimed).is_err() {
+            continue;
+        }
+        let started = std::process::Command::new("/proc/self/exe")
+            .arg(protocol::INIT_ROLE_ARG)
+            .arg(protocol::VM_ENTER_ROLE_ARG)
+            .arg(&request)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = started {
+            let message = format!("enter: starting the runner: {e}");
+            let _ =
+                rkt_engine::fsutil::replace_file(&request.join(protocol::VM_ENTER_ERROR), message.as_bytes());
+        }
+    }
 }
 
 fn bring_up() -> Result<(), InitError> {

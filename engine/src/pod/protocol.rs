@@ -214,6 +214,33 @@ pub fn vm_stop_request() -> Stage1Path {
     Stage1Path::new("rkt/stop")
 }
 
+/// `rkt enter` on a VM pod: stage0 makes `rkt/enter/<id>/` and renames
+/// [`VmEnterRequest`] JSON into it as `request`; the VM init claims it (renames
+/// it to `claimed`) and runs the command, which writes its output to `stdout`
+/// and `stderr` there; `exit` (the exit code) or `error` (why it could not
+/// run) is renamed into place last.
+pub fn vm_enter_dir() -> Stage1Path {
+    Stage1Path::new("rkt/enter")
+}
+
+pub const VM_ENTER_REQUEST: &str = "request";
+pub const VM_ENTER_CLAIMED: &str = "claimed";
+pub const VM_ENTER_STDOUT: &str = "stdout";
+pub const VM_ENTER_STDERR: &str = "stderr";
+pub const VM_ENTER_EXIT: &str = "exit";
+pub const VM_ENTER_ERROR: &str = "error";
+
+/// The third argument of the init role for one `rkt enter` command in a VM
+/// (`/proc/self/exe stage1-init vm-enter <dir>`), started by the VM init.
+pub const VM_ENTER_ROLE_ARG: &str = "vm-enter";
+
+/// What `rkt enter` asks a VM pod to run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmEnterRequest {
+    pub app: String,
+    pub argv: Vec<String>,
+}
+
 /// What the VM init sets up in the guest before the apps start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -50,6 +50,8 @@ pub struct Stage1Capabilities {
     pub multi_app: bool,
     /// Runs the pod in its own network namespace (else: host network only).
     pub network_namespace: bool,
+    /// Can share the host's network (`--net=host`); a VM cannot.
+    pub host_network: bool,
     /// `--interactive`: the app gets the terminal.
     pub interactive: bool,
     /// Enforces appc isolators (cgroups, capabilities, seccomp).
