@@ -76,6 +76,8 @@ pub enum Command {
     App(commands::app::AppArgs),
     /// Serve rkt's read-only gRPC API (v1alpha) over --dir
     ApiService(commands::api_service::ApiServiceArgs),
+    /// Serve the Kubernetes CRI v1 RuntimeService on a unix socket
+    CriService(commands::cri_service::CriServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -159,6 +161,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Version => "version",
         Command::App(args) => args.name(),
         Command::ApiService(_) => "api-service",
+        Command::CriService(_) => "cri-service",
     }
 }
 

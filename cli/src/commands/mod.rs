@@ -3,6 +3,7 @@
 pub mod api_service;
 pub mod app;
 pub mod cat_manifest;
+pub mod cri_service;
 pub mod enter;
 pub mod fetch;
 pub mod gc;
@@ -44,6 +45,7 @@ pub fn dispatch(cli: Cli) -> Result<u8> {
         Command::Version => version::version(),
         Command::App(args) => app::app(global, args),
         Command::ApiService(args) => api_service::api_service(global, args),
+        Command::CriService(args) => cri_service::cri_service(global, args),
     }
 }
 
