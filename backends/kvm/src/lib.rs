@@ -141,8 +141,9 @@ impl Stage1 for KvmStage1 {
             multi_app: true,
             network_namespace: true,
             interactive: false,
-            // Memory and cpu isolators size the VM; none is enforced per app.
-            isolators: false,
+            // Memory and cpu isolators size the VM and limit each app's
+            // cgroup in the guest, whose init confines each app as nspawn's.
+            isolators: true,
         }
     }
 
