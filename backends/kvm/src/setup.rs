@@ -93,10 +93,10 @@ fn plan_isolation(manifest: &PodManifest, cfg: &RunConfig) -> Result<Vec<AppIsol
             .as_ref()
             .map(|a| a.isolators.as_slice())
             .unwrap_or(&[]);
-        iso.own_cgroup = Some(OwnCgroup {
+        iso.own_cgroup = Some(Box::new(OwnCgroup {
             dir: Path::new(protocol::VM_CGROUP_ROOT).join(&iso.app),
             files: AppLimits::of(isolators).map_err(invalid)?.cgroup2_files(),
-        });
+        }));
     }
     Ok(apps)
 }

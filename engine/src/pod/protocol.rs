@@ -149,7 +149,7 @@ pub struct AppIsolation {
     /// pod's guest no stage0 can reach the cgroups (a container pod's are
     /// stage0's, in `cgroup_procs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub own_cgroup: Option<OwnCgroup>,
+    pub own_cgroup: Option<Box<OwnCgroup>>,
 }
 
 /// A cgroup2 directory, as the init sees it, and the limit files written in it
