@@ -136,6 +136,82 @@ fn exit_codes_round_trip_from_a_guest_with_its_own_kernel() {
     );
 }
 
+/// One boot, every kind of isolator: the guest's init confines the app as
+/// nspawn's does, and gives it its own cgroup with its memory limit.
+#[test]
+fn isolators_are_enforced_inside_the_guest() {
+    let Some(rkt) = harness("isolators_are_enforced_inside_the_guest") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let img = image(&rkt);
+    // `paths` lifts only the default masks, so the app can read its cgroup.
+    let script = "grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status; \
+                  mkdir /tmp/x; echo mkdir=$?; \
+                  mount -t tmpfs none /tmp; echo mount=$?; \
+                  touch /x; echo touch=$?; \
+                  own=$(cut -d: -f3 /proc/self/cgroup); echo cgroup=$own; \
+                  echo memory.max=$(cat /sys/fs/cgroup$own/memory.max)";
+    let out = rkt.rkt(&[
+        "run",
+        "--insecure-options=image,paths",
+        "--stage1=kvm",
+        "--net=default",
+        &img,
+        "--caps-remove=CAP_NET_RAW",
+        "--seccomp=mode=remove,errno=ENOSYS,mkdir,mkdirat",
+        "--memory=96M",
+        "--readonly-rootfs",
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let field = |name: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in {}", out.describe()))
+            .to_string()
+    };
+    const NET_RAW: u64 = 1 << 13;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).expect("CapBnd");
+    assert_eq!(bounding & (NET_RAW | SYS_ADMIN), 0, "{}", out.describe());
+    assert_ne!(bounding, 0, "{}", out.describe());
+    assert_eq!(field("NoNewPrivs:"), "1", "{}", out.describe());
+    assert_eq!(field("mkdir="), "1", "{}", out.describe());
+    assert!(
+        out.stderr.contains("Function not implemented"),
+        "{}",
+        out.describe()
+    );
+    assert_ne!(
+        field("mount="),
+        "0",
+        "mount without CAP_SYS_ADMIN: {}",
+        out.describe()
+    );
+    assert_eq!(field("touch="), "1", "{}", out.describe());
+    assert!(out.stderr.contains("Read-only file system"), "{}", out.describe());
+    assert_ne!(
+        field("cgroup="),
+        "/",
+        "the app has its own cgroup: {}",
+        out.describe()
+    );
+    assert_eq!(
+        field("memory.max="),
+        // appc's M is 10^6; the kernel keeps whole pages.
+        (96_000_000u64 / 4096 * 4096).to_string(),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn two_apps_share_a_volume_inside_one_vm() {
     let Some(rkt) = harness("two_apps_share_a_volume_inside_one_vm") else {

@@ -153,8 +153,9 @@ impl Stage1 for KvmStage1 {
             network_namespace: true,
             host_network: false,
             interactive: false,
-            // Memory and cpu isolators size the VM; none is enforced per app.
-            isolators: false,
+            // Memory and cpu isolators size the VM and limit each app's
+            // cgroup in the guest, whose init confines each app as nspawn's.
+            isolators: true,
         }
     }
 

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use rkt_engine::fsutil;
 use rkt_engine::pod::layout;
 use rkt_engine::pod::mounts::{self, PlannedMount, plan_pod_mounts};
-use rkt_engine::pod::protocol::{self, EtcFile, InitConfig, VmConfig};
+use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig, OwnCgroup, VmConfig};
 use rkt_engine::schema::{PodManifest, VolumeKind};
+use rkt_engine::stage::isolation::{self, IsolatorError};
+use rkt_engine::stage::limits::AppLimits;
 use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
 
 use crate::KvmError;
@@ -45,7 +47,7 @@ pub fn prepare_stage1_rootfs(
     let init = InitConfig {
         interactive: false,
         debug: cfg.debug,
-        apps: Vec::new(),
+        apps: plan_isolation(manifest, cfg)?,
         metadata_url: cfg.metadata_url.clone(),
     };
     let json =
@@ -76,6 +78,25 @@ pub fn prepare_stage1_rootfs(
     // Across the share a FIFO cannot carry the init's report: a plain file
     // does, read once QEMU has exited.
     write(protocol::report_fifo().on_host(pod), b"")
+}
+
+/// Each app's isolation as an nspawn pod's, and its own cgroup in the guest
+/// with its resource limits (the guest's init makes it: stage0 cannot).
+fn plan_isolation(manifest: &PodManifest, cfg: &RunConfig) -> Result<Vec<AppIsolation>, KvmError> {
+    let invalid = |e: IsolatorError| KvmError::Invalid(e.to_string());
+    let mut apps = isolation::plan(manifest, cfg.insecure, &|_| Vec::new()).map_err(invalid)?;
+    for (iso, runtime) in apps.iter_mut().zip(&manifest.apps) {
+        let isolators = runtime
+            .app
+            .as_ref()
+            .map(|a| a.isolators.as_slice())
+            .unwrap_or(&[]);
+        iso.own_cgroup = Some(Box::new(OwnCgroup {
+            dir: Path::new(protocol::VM_CGROUP_ROOT).join(&iso.app),
+            files: AppLimits::of(isolators).map_err(invalid)?.cgroup2_files(),
+        }));
+    }
+    Ok(apps)
 }
 
 /// The init's report, once the VM has ended: None when it never wrote one.

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use rkt_engine::fsutil;
 use rkt_engine::pod::protocol;
-use rkt_engine::schema::{IsolatorKind, PodManifest, ResourceAmounts};
+use rkt_engine::schema::PodManifest;
+pub use rkt_engine::stage::limits::AppLimits;
+use rkt_engine::stage::limits::{CFS_PERIOD_US, cfs_quota_us};
 
 use crate::NspawnError;
 
@@ -32,8 +34,6 @@ use crate::NspawnError;
 pub const RECORD: &str = "cgroups";
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// rkt's CFS period, as systemd's CPUQuota= uses.
-const CFS_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
@@ -49,32 +49,6 @@ pub struct Hierarchy {
     version: Version,
     /// The pod's directory in it.
     pod_dir: PathBuf,
-}
-
-/// What stage0 limits for one app.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AppLimits {
-    pub memory: ResourceAmounts,
-    pub cpu: ResourceAmounts,
-    pub cpu_shares: Option<u32>,
-}
-
-impl AppLimits {
-    pub fn of(isolators: &[rkt_engine::schema::Isolator]) -> Result<Self, NspawnError> {
-        let mut limits = AppLimits::default();
-        for iso in isolators {
-            match iso
-                .kind()
-                .map_err(|e| NspawnError::Invalid(format!("isolator {}: {e}", iso.name)))?
-            {
-                IsolatorKind::Memory(m) => limits.memory = m,
-                IsolatorKind::Cpu(c) => limits.cpu = c,
-                IsolatorKind::CpuShares(s) => limits.cpu_shares = Some(s),
-                _ => {}
-            }
-        }
-        Ok(limits)
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -187,8 +161,8 @@ impl PodCgroups {
                 ))
             })
         };
-        let memory = limits.memory.limit.is_some() || limits.memory.request.is_some();
-        let cpu = limits.cpu.limit.is_some() || limits.cpu_shares.is_some();
+        let memory = limits.limits_memory();
+        let cpu = limits.limits_cpu();
         if self.hierarchies.iter().any(|h| h.version == Version::V1) {
             if memory {
                 let dir = need("memory", "a memory isolator")?.pod_dir.join(app);
@@ -216,22 +190,8 @@ impl PodCgroups {
             }
         } else if memory || cpu {
             let dir = need("unified", "a resource isolator")?.pod_dir.join(app);
-            if let Some(limit) = limits.memory.limit {
-                write(&dir, "memory.max", limit)?;
-                write(&dir, "memory.swap.max", 0)?;
-            }
-            if let Some(request) = limits.memory.request {
-                write(&dir, "memory.low", request)?;
-            }
-            if let Some(millis) = limits.cpu.limit {
-                write_str(
-                    &dir,
-                    "cpu.max",
-                    &format!("{} {CFS_PERIOD_US}", cfs_quota_us(millis)),
-                )?;
-            }
-            if let Some(shares) = limits.cpu_shares {
-                write(&dir, "cpu.weight", shares_to_weight(shares))?;
+            for (file, value) in limits.cgroup2_files() {
+                write_str(&dir, &file, &value)?;
             }
         }
         Ok(())
@@ -420,17 +380,6 @@ fn own_cgroup(proc_cgroup: &str, name: &str, version: Version) -> Option<String>
     })
 }
 
-/// At least 1 ms per period: the kernel refuses smaller quotas.
-fn cfs_quota_us(millicores: u64) -> u64 {
-    (millicores.saturating_mul(CFS_PERIOD_US) / 1000).max(1000)
-}
-
-/// systemd's mapping of v1 shares (2..=262144, default 1024) to v2 weights
-/// (1..=10000, default 100).
-fn shares_to_weight(shares: u32) -> u64 {
-    1 + (u64::from(shares).saturating_sub(2) * 9999) / 262_142
-}
-
 fn write(dir: &Path, file: &str, value: u64) -> Result<(), NspawnError> {
     write_str(dir, file, &value.to_string())
 }
@@ -461,16 +410,6 @@ mod tests {
             Some("/y")
         );
         assert_eq!(own_cgroup(HYBRID, "pids", Version::V1), None);
-    }
-
-    #[test]
-    fn cpu_amounts_convert_as_systemd_does() {
-        assert_eq!(cfs_quota_us(500), 50_000);
-        assert_eq!(cfs_quota_us(2000), 200_000);
-        assert_eq!(cfs_quota_us(1), 1000);
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(1024), 39);
     }
 
     #[test]

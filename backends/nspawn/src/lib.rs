@@ -10,7 +10,6 @@
 
 mod cgroups;
 mod command;
-mod isolation;
 mod process;
 mod setup;
 mod userns;
@@ -22,6 +21,7 @@ use rkt_engine::pod::layout;
 use rkt_engine::pod::protocol::{self, InitReport};
 use rkt_engine::pod::{Pod, PodInfo, PodState, Running};
 use rkt_engine::schema::PodManifest;
+use rkt_engine::stage::isolation::{self, IsolatorError};
 use rkt_engine::stage::{
     Availability, BackendError, PodExit, Registration, RunConfig, Stage1, Stage1Capabilities,
 };
@@ -79,6 +79,12 @@ impl From<rkt_engine::pod::mounts::PodMountError> for NspawnError {
             PodMountError::Io { context, source } => NspawnError::Io { context, source },
             PodMountError::Invalid(msg) => NspawnError::Invalid(msg),
         }
+    }
+}
+
+impl From<IsolatorError> for NspawnError {
+    fn from(e: IsolatorError) -> Self {
+        NspawnError::Invalid(e.to_string())
     }
 }
 
@@ -218,7 +224,7 @@ impl Stage1 for NspawnStage1 {
             .unwrap_or(&[]);
         let limits = vec![(app.to_string(), cgroups::AppLimits::of(isolators)?)];
         pod_cgroups.create(&pod.path, &limits)?;
-        let isolation = isolation::plan(manifest, insecure, &pod_cgroups)?;
+        let isolation = isolation::plan(manifest, insecure, &|app| pod_cgroups.app_procs(app))?;
         Ok(isolation.into_iter().find(|i| i.app == app))
     }
 
@@ -257,7 +263,7 @@ impl NspawnStage1 {
                 .map_err(|e| NspawnError::io(format!("creating {}", setup::NSPAWN_RUNTIME_DIR), e))?;
         }
         let pod_cgroups = cgroups::PodCgroups::plan(uuid, &manifest)?;
-        let isolation = isolation::plan(&manifest, cfg.insecure, &pod_cgroups)?;
+        let isolation = isolation::plan(&manifest, cfg.insecure, &|app| pod_cgroups.app_procs(app))?;
         let own_seccomp = isolation.iter().all(|app| app.seccomp.is_some());
         let limits = manifest
             .apps

@@ -435,7 +435,12 @@ fn load_app(
                 &iso.masked_paths,
             )
             .map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
-            Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?
+            let mut confinement =
+                Confinement::new(iso).map_err(|e| InitError::Invalid(format!("app {name:?}: {e}")))?;
+            if let Some(own) = &iso.own_cgroup {
+                confinement.cgroup_procs.push(make_own_cgroup(own)?);
+            }
+            confinement
         }
         None => Confinement::default(),
     };
@@ -469,6 +474,18 @@ fn load_app(
         code: None,
         log,
     })
+}
+
+/// Makes the app's cgroup with its limits; the `cgroup.procs` its processes join.
+fn make_own_cgroup(own: &protocol::OwnCgroup) -> Result<PathBuf, InitError> {
+    std::fs::create_dir_all(&own.dir)
+        .map_err(|e| InitError::io(format!("creating {}", own.dir.display()), e))?;
+    for (file, value) in &own.files {
+        let path = own.dir.join(file);
+        std::fs::write(&path, value)
+            .map_err(|e| InitError::io(format!("writing {value} to {}", path.display()), e))?;
+    }
+    Ok(own.dir.join("cgroup.procs"))
 }
 
 /// A process in the app's root with its environment and credentials.

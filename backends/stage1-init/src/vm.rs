@@ -265,9 +265,26 @@ fn mount_share() -> Result<(), InitError> {
         Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=mmap"),
     )?;
     mount_kernel_filesystems(share)?;
+    mount_cgroups(share)?;
     nix::unistd::chdir(share).map_err(|e| InitError::io(format!("chdir {SHARE}"), e.into()))?;
     nix::unistd::chroot(".").map_err(|e| InitError::io("chroot into the pod's share", e.into()))?;
     nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))
+}
+
+/// cgroup2 with the memory and cpu controllers handed down, so each app gets
+/// its own cgroup with its limits ([`protocol::OwnCgroup`]).
+fn mount_cgroups(share: &Path) -> Result<(), InitError> {
+    let root = share.join(protocol::VM_CGROUP_ROOT.trim_start_matches('/'));
+    mount(
+        "cgroup2",
+        &root,
+        "cgroup2",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    let control = root.join("cgroup.subtree_control");
+    std::fs::write(&control, "+memory +cpu")
+        .map_err(|e| InitError::io(format!("writing +memory +cpu to {}", control.display()), e))
 }
 
 fn configure_network(config: &VmConfig) -> Result<(), InitError> {

@@ -145,6 +145,20 @@ pub struct AppIsolation {
     pub masked_paths: Vec<String>,
     /// `cgroup.procs` files, as the init sees them, each process of the app joins.
     pub cgroup_procs: Vec<PathBuf>,
+    /// A cgroup the init makes for the app itself and puts it in: in a VM
+    /// pod's guest no stage0 can reach the cgroups (a container pod's are
+    /// stage0's, in `cgroup_procs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_cgroup: Option<Box<OwnCgroup>>,
+}
+
+/// A cgroup2 directory, as the init sees it, and the limit files written in it
+/// before the app joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnCgroup {
+    pub dir: PathBuf,
+    pub files: Vec<(String, String)>,
 }
 
 /// A seccomp filter by syscall names and `@group`s; the init compiles it.
@@ -198,6 +212,10 @@ pub const VM_SHARE_TAG: &str = "rkt";
 /// virtio-serial port names carrying the apps' stdout and stderr out of a VM.
 pub const VM_STDOUT_PORT: &str = "rkt.stdout";
 pub const VM_STDERR_PORT: &str = "rkt.stderr";
+
+/// Where the guest's init mounts cgroup2 (inside the share it chroots into),
+/// the parent of each app's [`OwnCgroup`].
+pub const VM_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// In the VM's initramfs: the kernel modules to load, one file name (relative to
 /// this file's directory) per line, dependencies first.

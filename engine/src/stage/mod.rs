@@ -5,7 +5,9 @@
 //! `inventory::submit!`; nothing in the engine names a backend.
 
 pub mod block_on;
+pub mod isolation;
 pub mod launch;
+pub mod limits;
 pub mod registry;
 pub mod signals;
 

@@ -1,22 +1,40 @@
 //! Stage0's reading of each app's security isolators into the init's
-//! [`AppIsolation`]: what the init applies between fork and exec.
+//! [`AppIsolation`]: what the init applies between fork and exec. Shared by
+//! every stage1 that runs the stage1 init (nspawn, and kvm inside its guest).
 
-use rkt_engine::pod::protocol::{AppIsolation, SeccompFilter, SeccompMode};
-use rkt_engine::schema::{IsolatorKind, PodManifest, app_capabilities};
-use rkt_engine::stage::InsecureOptions;
+use std::path::PathBuf;
 
-use crate::NspawnError;
-use crate::cgroups::PodCgroups;
+use crate::pod::protocol::{AppIsolation, SeccompFilter, SeccompMode};
+use crate::schema::{IsolatorKind, PodManifest, SchemaError, app_capabilities};
+use crate::stage::InsecureOptions;
+
+/// An isolator that does not parse; `what` names the app or the isolator.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct IsolatorError {
+    pub what: String,
+    #[source]
+    pub source: SchemaError,
+}
 
 /// Without a seccomp isolator an app gets this group refused (EPERM, as
 /// docker's profile does); `--insecure-options=seccomp` lifts it.
 pub const DEFAULT_SECCOMP_GROUP: &str = "@rkt/default-blacklist";
 
+impl From<IsolatorError> for crate::stage::BackendError {
+    fn from(e: IsolatorError) -> Self {
+        crate::stage::BackendError::Other(e.to_string())
+    }
+}
+
+/// Each app's isolation; `app_procs` names the `cgroup.procs` files the init
+/// puts the app's processes in (cgroups stage0 made; none when the init makes
+/// them itself).
 pub fn plan(
     manifest: &PodManifest,
     insecure: InsecureOptions,
-    cgroups: &PodCgroups,
-) -> Result<Vec<AppIsolation>, NspawnError> {
+    app_procs: &dyn Fn(&str) -> Vec<PathBuf>,
+) -> Result<Vec<AppIsolation>, IsolatorError> {
     manifest
         .apps
         .iter()
@@ -27,7 +45,10 @@ pub fn plan(
                 .as_ref()
                 .map(|a| a.isolators.as_slice())
                 .unwrap_or(&[]);
-            let bad = |e: rkt_engine::schema::SchemaError| NspawnError::Invalid(format!("app {name:?}: {e}"));
+            let bad = |source: SchemaError| IsolatorError {
+                what: format!("app {name:?}"),
+                source,
+            };
             let capabilities = if insecure.capabilities {
                 None
             } else {
@@ -43,7 +64,7 @@ pub fn plan(
                 app: name.to_string(),
                 capabilities,
                 read_only_rootfs: runtime.read_only_root_fs,
-                cgroup_procs: cgroups.app_procs(name),
+                cgroup_procs: app_procs(name),
                 ..AppIsolation::default()
             };
             let mut own_read_only = Vec::new();
@@ -139,7 +160,7 @@ mod tests {
     #[test]
     fn defaults_confine_and_insecure_options_lift() {
         let m = manifest(serde_json::json!([]));
-        let a = &plan(&m, InsecureOptions::default(), &PodCgroups::default()).unwrap()[0];
+        let a = &plan(&m, InsecureOptions::default(), &|_: &str| Vec::new()).unwrap()[0];
         assert_eq!(a.capabilities.as_ref().unwrap().len(), 14);
         assert_eq!(a.seccomp.as_ref().unwrap().syscalls, [DEFAULT_SECCOMP_GROUP]);
         assert!(a.read_only_rootfs && !a.masked_paths.is_empty());
@@ -149,7 +170,7 @@ mod tests {
             seccomp: true,
             ..InsecureOptions::default()
         };
-        let a = &plan(&m, all, &PodCgroups::default()).unwrap()[0];
+        let a = &plan(&m, all, &|_: &str| Vec::new()).unwrap()[0];
         assert!(a.capabilities.is_none() && a.seccomp.is_none() && a.masked_paths.is_empty());
     }
 
@@ -159,7 +180,7 @@ mod tests {
             {"name": "os/linux/read-only-paths", "value": {"paths": ["/etc"]}},
             {"name": "os/linux/masked-paths", "value": {"paths": ["/etc/shadow", "/root"]}},
         ]));
-        let a = &plan(&m, InsecureOptions::default(), &PodCgroups::default()).unwrap()[0];
+        let a = &plan(&m, InsecureOptions::default(), &|_: &str| Vec::new()).unwrap()[0];
         assert!(a.read_only_paths.contains(&"/proc/sys".to_string()));
         assert_eq!(a.read_only_paths.last().map(String::as_str), Some("/etc"));
         assert!(
@@ -170,7 +191,7 @@ mod tests {
             paths: true,
             ..InsecureOptions::default()
         };
-        let a = &plan(&m, insecure, &PodCgroups::default()).unwrap()[0];
+        let a = &plan(&m, insecure, &|_: &str| Vec::new()).unwrap()[0];
         assert_eq!(a.read_only_paths, ["/etc"]);
         assert_eq!(a.masked_paths, ["/etc/shadow", "/root"]);
     }
@@ -182,7 +203,7 @@ mod tests {
             {"name": "os/linux/no-new-privileges", "value": true},
             {"name": "os/linux/oom-score-adj", "value": 500},
         ]));
-        let a = &plan(&m, InsecureOptions::default(), &PodCgroups::default()).unwrap()[0];
+        let a = &plan(&m, InsecureOptions::default(), &|_: &str| Vec::new()).unwrap()[0];
         let f = a.seccomp.as_ref().unwrap();
         assert_eq!(f.mode, SeccompMode::Retain);
         assert_eq!(f.errno.as_deref(), Some("ENOSYS"));
