@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use rkt_conformance::{Rkt, busybox_path};
+use rkt_conformance::Rkt;
 use rkt_cri::runtime_v1::runtime_service_client::RuntimeServiceClient;
 use rkt_cri::runtime_v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
@@ -22,29 +22,12 @@ use rkt_cri::runtime_v1::{
     PodSandboxStateValue, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StatusRequest, StopPodSandboxRequest, VersionRequest,
 };
-use rkt_engine::stage::{Availability, Stage1, registry};
 use tonic::transport::Channel;
 
 use rkt_backend_nspawn as _;
 
 fn harness(test: &str) -> Option<Rkt> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped: needs root");
-        return None;
-    }
-    if busybox_path().is_none() {
-        eprintln!("{test}: skipped: needs busybox-static");
-        return None;
-    }
-    match registry::create::<dyn Stage1>("nspawn").map(|s| s.availability()) {
-        Ok(Availability::Available) => {}
-        Ok(Availability::Unavailable(why)) => {
-            eprintln!("{test}: skipped: {why}");
-            return None;
-        }
-        Err(e) => panic!("nspawn is not registered: {e}"),
-    }
-    Some(Rkt::new(common::bin(), "nspawn").expect("harness"))
+    common::stage1_harness(test, "nspawn")
 }
 
 /// A running `rkt cri-service`; dropping it kills it.

@@ -12,29 +12,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rkt_conformance::harness::RunOutput;
-use rkt_conformance::{AciSpec, Rkt, busybox_path};
-use rkt_engine::stage::{Availability, Stage1, registry};
+use rkt_conformance::{AciSpec, Rkt};
 
 use rkt_backend_kvm as _;
 
 fn harness(test: &str) -> Option<Rkt> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped: needs root");
-        return None;
-    }
-    if busybox_path().is_none() {
-        eprintln!("{test}: skipped: needs busybox-static");
-        return None;
-    }
-    match registry::create::<dyn Stage1>("kvm").map(|s| s.availability()) {
-        Ok(Availability::Available) => {}
-        Ok(Availability::Unavailable(why)) => {
-            eprintln!("{test}: skipped: {why}");
-            return None;
-        }
-        Err(e) => panic!("kvm is not registered: {e}"),
-    }
-    Some(Rkt::new(common::bin(), "kvm").expect("harness"))
+    common::stage1_harness(test, "kvm")
 }
 
 /// Stops what a test left running and collects its pods, also when the test

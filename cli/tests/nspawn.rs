@@ -10,30 +10,13 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 
 use rkt_conformance::harness::RunOutput;
-use rkt_conformance::{AciSpec, Rkt, busybox_path};
+use rkt_conformance::{AciSpec, Rkt};
 use rkt_engine::pod::PodsDir;
-use rkt_engine::stage::{Availability, Stage1, registry};
 
 use rkt_backend_nspawn as _;
 
 fn harness(test: &str) -> Option<Rkt> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{test}: skipped: needs root");
-        return None;
-    }
-    if busybox_path().is_none() {
-        eprintln!("{test}: skipped: needs busybox-static");
-        return None;
-    }
-    match registry::create::<dyn Stage1>("nspawn").map(|s| s.availability()) {
-        Ok(Availability::Available) => {}
-        Ok(Availability::Unavailable(why)) => {
-            eprintln!("{test}: skipped: {why}");
-            return None;
-        }
-        Err(e) => panic!("nspawn is not registered: {e}"),
-    }
-    Some(Rkt::new(common::bin(), "nspawn").expect("harness"))
+    common::stage1_harness(test, "nspawn")
 }
 
 fn image(rkt: &Rkt, name: &str) -> String {

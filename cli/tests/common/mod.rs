@@ -9,7 +9,7 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rkt"))
 }
 
-/// A harness, or None (with a "skipped" line) when root or busybox is missing.
+/// A fly harness, or None (with a "skipped" line) when root or busybox is missing.
 #[allow(dead_code)] // not every test file uses the fly harness
 pub fn harness(test: &str) -> Option<Rkt> {
     if !nix::unistd::geteuid().is_root() {
@@ -21,6 +21,31 @@ pub fn harness(test: &str) -> Option<Rkt> {
         return None;
     }
     Some(Rkt::new(bin(), "fly").expect("harness"))
+}
+
+/// A harness for `stage1`, or None (with a "skipped" line saying why) when
+/// root, busybox or what the stage1 needs is missing. The backend must be
+/// linked into the test (`use rkt_backend_NAME as _;`).
+#[allow(dead_code)] // not every test file runs a pod
+pub fn stage1_harness(test: &str, stage1: &str) -> Option<Rkt> {
+    use rkt_engine::stage::{Availability, Stage1, registry};
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{test}: skipped: needs root");
+        return None;
+    }
+    if busybox_path().is_none() {
+        eprintln!("{test}: skipped: needs busybox-static");
+        return None;
+    }
+    match registry::create::<dyn Stage1>(stage1).map(|s| s.availability()) {
+        Ok(Availability::Available) => {}
+        Ok(Availability::Unavailable(why)) => {
+            eprintln!("{test}: skipped: {why}");
+            return None;
+        }
+        Err(e) => panic!("{stage1} is not registered: {e}"),
+    }
+    Some(Rkt::new(bin(), stage1).expect("harness"))
 }
 
 /// rkt's contract for its own errors: exit 254, one line, naming what was wrong.
