@@ -50,10 +50,30 @@ fn the_ace_validator_passes_on_every_multi_app_stage1() {
     assert!(names.contains(&"nspawn"), "nspawn is registered and multi-app");
     for name in names {
         let rkt = Rkt::new(common::bin(), name).expect("harness");
-        match pod_checks::ace_validator(&rkt) {
-            Outcome::Passed => eprintln!("{test}: stage1 {name}: prestart, sidekick, main, poststop OK"),
-            Outcome::Skipped(why) => eprintln!("{test}: stage1 {name}: skipped: {why}"),
-            Outcome::Failed(why) => panic!("stage1 {name}: ACE validator: {why}"),
+        // The validator gives each metadata request 100 ms, connect included: a
+        // guest under TCG emulation on a loaded machine can miss that. Only that
+        // failure earns another pod, and each one is reported.
+        let mut attempts = 1;
+        loop {
+            match pod_checks::ace_validator(&rkt) {
+                Outcome::Passed => {
+                    eprintln!(
+                        "{test}: stage1 {name}: prestart, sidekick, main, poststop OK (attempt {attempts})"
+                    );
+                    break;
+                }
+                Outcome::Skipped(why) => {
+                    eprintln!("{test}: stage1 {name}: skipped: {why}");
+                    break;
+                }
+                Outcome::Failed(why) if attempts < 3 && why.contains("Client.Timeout exceeded") => {
+                    eprintln!(
+                        "{test}: stage1 {name}: attempt {attempts} missed the validator's 100 ms timeout: {why}"
+                    );
+                    attempts += 1;
+                }
+                Outcome::Failed(why) => panic!("stage1 {name}: ACE validator: {why}"),
+            }
         }
     }
 }
