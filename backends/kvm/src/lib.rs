@@ -350,26 +350,7 @@ impl KvmStage1 {
                 )));
             }
         }
-        let mut apps = Vec::with_capacity(manifest.apps.len());
-        for app in &manifest.apps {
-            let name = app.name.as_str();
-            let status = layout::app_status(dir, name);
-            let code = match std::fs::read_to_string(&status)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                Some(code) => code,
-                // QEMU was killed (`rkt stop`) before the app ended.
-                None => {
-                    let killed = 128 + nix::sys::signal::Signal::SIGKILL as i32;
-                    let _ = fsutil::replace_file(&status, killed.to_string().as_bytes());
-                    killed
-                }
-            };
-            apps.push((name.to_string(), code));
-        }
-        let code = protocol::pod_exit_code(&apps);
-        Ok(PodExit { apps, code })
+        Ok(protocol::recorded_pod_exit(dir, &manifest))
     }
 }
 

@@ -298,6 +298,32 @@ pub fn pod_exit_code(codes: &[(String, i32)]) -> i32 {
     codes.iter().map(|(_, c)| *c).find(|c| *c != 0).unwrap_or(0)
 }
 
+/// The pod's exit as the stage1 init recorded it in `rkt/status/<app>`, for
+/// stage1s whose init runs the apps (nspawn, kvm). An app with no status was
+/// killed with its init (`rkt stop --force`, QEMU killed) before it ended: it
+/// is recorded as SIGKILL'd so later readers agree.
+pub fn recorded_pod_exit(pod: &Path, manifest: &crate::schema::PodManifest) -> crate::stage::PodExit {
+    let mut apps = Vec::with_capacity(manifest.apps.len());
+    for app in &manifest.apps {
+        let name = app.name.as_str();
+        let status = layout::app_status(pod, name);
+        let code = match std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            Some(code) => code,
+            None => {
+                let killed = 128 + nix::sys::signal::Signal::SIGKILL as i32;
+                let _ = crate::fsutil::replace_file(&status, killed.to_string().as_bytes());
+                killed
+            }
+        };
+        apps.push((name.to_string(), code));
+    }
+    let code = pod_exit_code(&apps);
+    crate::stage::PodExit { apps, code }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
