@@ -1,7 +1,7 @@
 //! `rkt stop` for fly: signal the app through a pidfd, so the signal reaches the
 //! process the pid file named when we looked, never a later owner of that pid.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -19,19 +19,11 @@ pub(crate) struct Pinned {
 impl Pinned {
     /// `None` when the process is already gone.
     pub fn open(pid: Pid) -> Result<Option<Pinned>, BackendError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no
-        // memory is passed.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if fd < 0 {
-            return match Errno::last() {
-                Errno::ESRCH => Ok(None),
-                e => Err(BackendError::io(format!("fly: pidfd_open({pid})"), e.into())),
-            };
-        }
-        let raw =
-            i32::try_from(fd).map_err(|_| BackendError::Other(format!("fly: pidfd_open({pid}): bad fd")))?;
-        // SAFETY: `raw` is a fresh fd returned by the kernel, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = match rkt_engine::stage::process::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(Errno::ESRCH) => return Ok(None),
+            Err(e) => return Err(BackendError::io(format!("fly: pidfd_open({pid})"), e.into())),
+        };
         Ok(Some(Pinned { pid, fd }))
     }
 

@@ -335,7 +335,7 @@ impl KvmStage1 {
         let vm_process = process::spawn(&qemu, &args.to_argv(), net::open_netns(netns)?, &mounts)?;
         for name in [layout::PID, layout::PPID] {
             let path = dir.join(name);
-            fsutil::replace_file(&path, vm_process.pid.to_string().as_bytes())
+            fsutil::replace_file(&path, vm_process.pid().to_string().as_bytes())
                 .map_err(|e| KvmError::io(format!("writing {}", path.display()), e))?;
         }
         let qemu_code = vm_process.wait()?;

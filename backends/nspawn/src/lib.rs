@@ -303,11 +303,11 @@ impl NspawnStage1 {
         };
         let report = process::ReportReader::open(&protocol::report_fifo().on_host(dir))?;
         let nspawn = process::spawn_nspawn(&nspawn, &args.to_argv(), &args.env(), &mounts)?;
-        write_pid_file(&dir.join(layout::PPID), nspawn.pid)?;
+        write_pid_file(&dir.join(layout::PPID), nspawn.pid())?;
 
         let outcome = report.wait(&nspawn);
         if let Some(InitReport::Running) = &outcome
-            && let Some(init) = process::init_of(nspawn.pid)
+            && let Some(init) = process::init_of(nspawn.pid())
         {
             write_pid_file(&dir.join(layout::PID), init)?;
         }

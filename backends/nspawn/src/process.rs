@@ -4,19 +4,18 @@
 //!
 //! Assumption (as for fly): the calling process is single-threaded when it forks.
 
-use rkt_engine::stage::signals::{Forwarding, HeldSignals};
+use rkt_engine::stage::process::{SpawnError, Supervised, pidfd_open, spawn_supervised};
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use rkt_engine::fsutil;
@@ -29,22 +28,18 @@ use crate::NspawnError;
 use crate::setup::PodMounts;
 
 /// A running systemd-nspawn; rkt's stop signals go to it until it is waited for.
-pub struct Nspawn {
-    pub pid: Pid,
-    child: Child,
-    _forwarding: Forwarding,
-}
+pub struct Nspawn(Supervised);
 
 impl Nspawn {
+    pub fn pid(&self) -> Pid {
+        self.0.pid
+    }
+
     /// nspawn's exit code (the init's, i.e. the pod's), or 128+signal.
-    pub fn wait(mut self) -> Result<i32, NspawnError> {
-        let status = self
-            .child
+    pub fn wait(self) -> Result<i32, NspawnError> {
+        self.0
             .wait()
-            .map_err(|e| NspawnError::io("waiting for systemd-nspawn", e))?;
-        Ok(status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+            .map_err(|e| NspawnError::io("waiting for systemd-nspawn", e))
     }
 }
 
@@ -55,56 +50,14 @@ pub fn spawn_nspawn(
     env: &[(&str, &str)],
     mounts: &PodMounts,
 ) -> Result<Nspawn, NspawnError> {
-    let (errors_read, errors_write) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| NspawnError::io("creating a pipe", e.into()))?;
-    let parent = nix::unistd::getpid();
     let mut cmd = Command::new(program);
     cmd.args(argv).envs(env.iter().copied());
     let mounts = mounts.clone();
-    // SAFETY: rkt is single-threaded here (module docs); the hook makes system
-    // calls and formats at most one error message before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // nspawn, and with it the pod, must not outlive a killed rkt.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The forwarded signals are held (blocked) around the spawn; a mask
-            // survives exec, and nspawn must see SIGTERM.
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&SigSet::empty()),
-                None,
-            )?;
-            if nix::unistd::getppid() != parent {
-                return Err(Errno::ESRCH.into());
-            }
-            if let Err(msg) = mounts.make() {
-                let _ = nix::unistd::write(&errors_write, msg.as_bytes());
-                return Err(Errno::EINVAL.into());
-            }
-            Ok(())
-        });
+    match spawn_supervised(cmd, move || mounts.make()) {
+        Ok(nspawn) => Ok(Nspawn(nspawn)),
+        Err(SpawnError::Start(e)) => Err(NspawnError::io(format!("starting {}", program.display()), e)),
+        Err(SpawnError::Setup(msg)) => Err(NspawnError::Pod(msg)),
     }
-    let held = HeldSignals::hold();
-    let child = cmd.spawn();
-    drop(cmd);
-    let child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            let mut msg = String::new();
-            let _ = std::fs::File::from(errors_read).read_to_string(&mut msg);
-            if msg.is_empty() {
-                return Err(NspawnError::io(format!("starting {}", program.display()), e));
-            }
-            return Err(NspawnError::Pod(msg));
-        }
-    };
-    let pid = Pid::from_raw(child.id() as i32);
-    let forwarding = held.install(pid);
-    Ok(Nspawn {
-        pid,
-        child,
-        _forwarding: forwarding,
-    })
 }
 
 /// The read end of the init's report FIFO, opened before nspawn starts so the
@@ -127,7 +80,7 @@ impl ReportReader {
     /// Blocks until the init reports or nspawn exits without a report (None).
     /// A FIFO polls readable only once a writer has come: no busy loop.
     pub fn wait(&self, nspawn: &Nspawn) -> Option<InitReport> {
-        let pidfd = pidfd_open(nspawn.pid).ok()?;
+        let pidfd = pidfd_open(nspawn.pid()).ok()?;
         let mut line = Vec::new();
         loop {
             let mut fds = [
@@ -159,17 +112,6 @@ impl ReportReader {
             }
         }
     }
-}
-
-fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The pod's init: nspawn's child (its intermediate child has exited by the

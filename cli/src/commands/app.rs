@@ -4,7 +4,7 @@
 //! `rkt_engine::mutable`).
 
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use rkt_engine::mutable::{AddAppRequest, AppStatus};
 use rkt_engine::runner::{PrepareRequest, RunRequest, pod_stage1};
 use rkt_engine::schema::{EnvVar, ExposedPort, Volume};
+use rkt_engine::stage::process;
 use rkt_engine::stage::{FetchPolicy, NetRequest};
 use uuid::Uuid;
 
@@ -404,36 +405,15 @@ fn exec(global: &GlobalFlags, args: ExecArgs) -> Result<u8> {
         .process_group(0)
         .spawn()
         .context("cannot start rkt enter")?;
-    let pid = child.id() as i32;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
-    }
-    // SAFETY: a fresh fd the syscall just returned, owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [nix::poll::PollFd::new(
-        pidfd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let wait = nix::poll::PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(millis));
-        match nix::poll::poll(&mut fds, wait) {
-            Ok(0) if left.is_zero() => {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                let _ = child.wait();
-                bail!(
-                    "the command did not finish within {}",
-                    humantime::format_duration(timeout)
-                );
-            }
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => break,
-            Err(e) => return Err(e).context("waiting for the command"),
-        }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pidfd = process::pidfd_open(pid).context("pidfd_open")?;
+    if !process::wait_pidfd(pidfd.as_fd(), Some(timeout)).context("waiting for the command")? {
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::SIGKILL);
+        let _ = child.wait();
+        bail!(
+            "the command did not finish within {}",
+            humantime::format_duration(timeout)
+        );
     }
     let status = child.wait().context("waiting for the command")?;
     use std::os::unix::process::ExitStatusExt;

@@ -8,6 +8,7 @@ pub mod block_on;
 pub mod isolation;
 pub mod launch;
 pub mod limits;
+pub mod process;
 pub mod registry;
 pub mod signals;
 
