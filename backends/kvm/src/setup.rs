@@ -10,7 +10,7 @@ use rkt_engine::fsutil;
 use rkt_engine::pod::layout;
 use rkt_engine::pod::mounts::{self, PlannedMount, plan_pod_mounts};
 use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig, OwnCgroup, VmConfig};
-use rkt_engine::schema::{PodManifest, VolumeKind};
+use rkt_engine::schema::PodManifest;
 use rkt_engine::stage::isolation::{self, IsolatorError};
 use rkt_engine::stage::limits::AppLimits;
 use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
@@ -59,21 +59,7 @@ pub fn prepare_stage1_rootfs(
             write(protocol::etc_file(file).on_host(pod), &bytes)?;
         }
     }
-    for volume in &manifest.volumes {
-        let target = protocol::volume(volume.name.as_str()).on_host(pod);
-        let is_file = volume.kind == VolumeKind::Host
-            && volume
-                .source
-                .as_deref()
-                .and_then(|s| std::fs::metadata(s).ok())
-                .is_some_and(|m| !m.is_dir());
-        let made = if is_file {
-            std::fs::write(&target, b"")
-        } else {
-            std::fs::create_dir_all(&target)
-        };
-        made.map_err(|e| KvmError::io(format!("creating {}", target.display()), e))?;
-    }
+    mounts::create_volume_targets(pod, manifest)?;
     let _ = std::fs::remove_file(protocol::vm_stop_request().on_host(pod));
     // Across the share a FIFO cannot carry the init's report: a plain file
     // does, read once QEMU has exited.

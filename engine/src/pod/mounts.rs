@@ -127,6 +127,31 @@ pub fn plan_pod_mounts(pod: &Path, manifest: &PodManifest) -> Result<Vec<Planned
     Ok(mounts)
 }
 
+/// Creates what each volume is bound over at its pod-side path: an empty file
+/// for a host volume whose source is a file, a directory otherwise. A bind
+/// mount needs its target to exist and be of the source's kind.
+pub fn create_volume_targets(pod: &Path, manifest: &PodManifest) -> Result<(), PodMountError> {
+    for volume in &manifest.volumes {
+        let target = protocol::volume(volume.name.as_str()).on_host(pod);
+        let is_file = volume.kind == VolumeKind::Host
+            && volume
+                .source
+                .as_deref()
+                .and_then(|s| std::fs::metadata(s).ok())
+                .is_some_and(|m| !m.is_dir());
+        let made = if is_file {
+            std::fs::write(&target, b"")
+        } else {
+            std::fs::create_dir_all(&target)
+        };
+        made.map_err(|source| PodMountError::Io {
+            context: format!("creating {}", target.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// In a forked child: a mount namespace of its own, a recursive slave of the
 /// host's so nothing made in it propagates back.
 pub fn enter_private_mount_namespace() -> Result<(), String> {
