@@ -4,7 +4,8 @@
 //! aborted prepares and prepared pods past their expiry move to garbage.
 //! Sweep: each garbage pod past its grace period has its network torn down, its
 //! stage1's `gc` run, everything mounted below it unmounted, and is deleted
-//! without crossing a mount point. A failure on one pod is reported and the sweep
+//! without crossing a mount point; then its user-id range and its labels (an
+//! SELinux MCS pair) are released. A failure on one pod is reported and the sweep
 //! goes on with the next.
 
 use std::path::Path;
@@ -15,9 +16,9 @@ use uuid::Uuid;
 use crate::pod::layout;
 use crate::pod::{AnyPod, Garbage, Pod, PodError, PodState, PodsDir};
 use crate::runner::{NetRecord, pod_stage1};
-use crate::stage::Networker;
 use crate::stage::block_on::block_on;
 use crate::stage::registry;
+use crate::stage::{Labeler, Networker};
 
 #[derive(Debug, Clone, Copy)]
 pub struct GcOptions {
@@ -169,7 +170,23 @@ fn sweep(pod: Pod<Garbage>) -> Result<(), String> {
     if let Err(e) = crate::userns::Allocator::default().release(uuid) {
         tracing::warn!("pod {uuid}: {e}");
     }
+    release_labels(uuid);
     Ok(())
+}
+
+/// Every labeler gives back what it reserved for the pod (the pod does not
+/// record which one labelled it: one that holds nothing treats it as done).
+fn release_labels(uuid: Uuid) {
+    match registry::all::<dyn Labeler>() {
+        Ok(labelers) => {
+            for labeler in labelers {
+                if let Err(e) = labeler.release(&uuid) {
+                    tracing::warn!("pod {uuid}: labeler {}: {e}", labeler.name());
+                }
+            }
+        }
+        Err(e) => tracing::warn!("pod {uuid}: {e}; labels not released"),
+    }
 }
 
 /// Runs the recorded networker's teardown; a failure is logged and gc goes on,

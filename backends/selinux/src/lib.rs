@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rkt_engine::pod::PodInfo;
 use rkt_engine::stage::{Availability, BackendError, Labeler, Labels, Registration};
+use uuid::Uuid;
 
 /// Below the labeler's root: the MCS allocation table, `cX,cY PODS-DIR UUID` a line.
 pub const MCS_TABLE: &str = "run/rkt-rs/selinux-mcs";
@@ -136,8 +137,12 @@ impl SelinuxLabeler {
         }
     }
 
-    /// The pod's MCS pair, allocated once per pod.
-    fn allocate_categories(&self, pod: &PodInfo) -> Result<(u32, u32), BackendError> {
+    /// Reads the MCS table under its lock, lets `change` edit its entries and
+    /// writes them back (durably) before the lock is dropped.
+    fn with_table<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<McsEntry>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         let table = self.root.join(MCS_TABLE);
         let io = |what: &str, e: std::io::Error| other(format!("{what} {}: {e}", table.display()));
         if let Some(dir) = table.parent() {
@@ -154,6 +159,19 @@ impl SelinuxLabeler {
             .map_err(|(_, e)| io("locking", e.into()))?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(|e| io("reading", e))?;
+        let mut entries: Vec<McsEntry> = text.lines().filter_map(McsEntry::parse).collect();
+        let result = change(&mut entries)?;
+        let text: String = entries.iter().map(McsEntry::line).collect();
+        file.set_len(0).map_err(|e| io("truncating", e))?;
+        file.rewind().map_err(|e| io("rewinding", e))?;
+        file.write_all(text.as_bytes()).map_err(|e| io("writing", e))?;
+        file.sync_data().map_err(|e| io("syncing", e))?;
+        Ok(result)
+    }
+
+    /// The pod's MCS pair, allocated once per pod. Pairs of pods that vanished
+    /// without a gc (their directory deleted by hand) are reclaimed here too.
+    fn allocate_categories(&self, pod: &PodInfo) -> Result<(u32, u32), BackendError> {
         let uuid = pod.uuid.to_string();
         let pods = pod
             .path
@@ -161,39 +179,28 @@ impl SelinuxLabeler {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let mut entries: Vec<McsEntry> = text.lines().filter_map(McsEntry::parse).collect();
-        entries.retain(|e| e.uuid == uuid || e.live());
-        let pair = match entries.iter().find(|e| e.uuid == uuid) {
-            Some(mine) => mine.pair,
-            None => {
-                if entries.len() as u32 >= CATEGORIES * (CATEGORIES - 1) / 2 {
-                    return Err(other("every MCS category pair is taken".into()));
-                }
-                let pair = loop {
-                    let a = random_u32() % CATEGORIES;
-                    let b = random_u32() % CATEGORIES;
-                    if a == b {
-                        continue;
-                    }
-                    let pair = (a.min(b), a.max(b));
-                    if !entries.iter().any(|e| e.pair == pair) {
-                        break pair;
-                    }
-                };
-                entries.push(McsEntry {
-                    pair,
-                    pods,
-                    uuid: uuid.clone(),
-                });
-                pair
+        self.with_table(|entries| {
+            entries.retain(|e| e.uuid == uuid || e.live());
+            if let Some(mine) = entries.iter().find(|e| e.uuid == uuid) {
+                return Ok(mine.pair);
             }
-        };
-        let text: String = entries.iter().map(McsEntry::line).collect();
-        file.set_len(0).map_err(|e| io("truncating", e))?;
-        file.rewind().map_err(|e| io("rewinding", e))?;
-        file.write_all(text.as_bytes()).map_err(|e| io("writing", e))?;
-        file.sync_data().map_err(|e| io("syncing", e))?;
-        Ok(pair)
+            if entries.len() as u32 >= CATEGORIES * (CATEGORIES - 1) / 2 {
+                return Err(other("every MCS category pair is taken".into()));
+            }
+            let pair = loop {
+                let a = random_u32() % CATEGORIES;
+                let b = random_u32() % CATEGORIES;
+                if a == b {
+                    continue;
+                }
+                let pair = (a.min(b), a.max(b));
+                if !entries.iter().any(|e| e.pair == pair) {
+                    break pair;
+                }
+            };
+            entries.push(McsEntry { pair, pods, uuid });
+            Ok(pair)
+        })
     }
 }
 
@@ -277,6 +284,18 @@ impl Labeler for SelinuxLabeler {
         Ok(Labels {
             process: Some(with_categories(&process, pair)),
             mount: Some(with_categories(&file, pair)),
+        })
+    }
+
+    fn release(&self, pod: &Uuid) -> Result<(), BackendError> {
+        // Nothing was ever allocated where there is no table (SELinux off).
+        if !self.root.join(MCS_TABLE).exists() {
+            return Ok(());
+        }
+        let uuid = pod.to_string();
+        self.with_table(|entries| {
+            entries.retain(|e| e.uuid != uuid);
+            Ok(())
         })
     }
 }
@@ -381,6 +400,28 @@ mod tests {
         let table = std::fs::read_to_string(root.path().join(MCS_TABLE)).unwrap();
         assert_eq!(table.lines().count(), 1, "{table}");
         assert!(table.contains(&kept.uuid.to_string()));
+    }
+
+    #[test]
+    fn gc_releases_a_pods_pair() {
+        let root = fake_root(Some("1"));
+        let l = SelinuxLabeler::at(root.path());
+        let first = pod(root.path());
+        let second = pod(root.path());
+        l.labels(&first).unwrap();
+        l.labels(&second).unwrap();
+        l.release(&first.uuid).unwrap();
+        let table = std::fs::read_to_string(root.path().join(MCS_TABLE)).unwrap();
+        assert_eq!(table.lines().count(), 1, "{table}");
+        assert!(table.contains(&second.uuid.to_string()), "{table}");
+        l.release(&first.uuid).unwrap();
+    }
+
+    #[test]
+    fn releasing_without_a_table_creates_none() {
+        let root = fake_root(None);
+        SelinuxLabeler::at(root.path()).release(&Uuid::new_v4()).unwrap();
+        assert!(!root.path().join(MCS_TABLE).exists());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use crate::pod::{Pod, PodInfo, Running};
 use crate::schema::ImageId;
 use crate::store::Store;
+use uuid::Uuid;
 
 pub use registry::{Registration, RegistryError};
 
@@ -373,4 +374,10 @@ pub trait Labeler: Send + Sync {
     fn name(&self) -> &'static str;
     fn availability(&self) -> Availability;
     fn labels(&self, pod: &PodInfo) -> Result<Labels, BackendError>;
+    /// Gives back what `labels` reserved for the pod (an MCS pair). Called by
+    /// gc on every labeler once the pod's files are gone, so one that holds
+    /// nothing for this pod must treat it as done.
+    fn release(&self, _pod: &Uuid) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
