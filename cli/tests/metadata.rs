@@ -166,3 +166,79 @@ fn a_second_service_on_one_socket_and_a_busy_port_are_one_line_errors() {
     common::one_line_254(&busy, &first.listen.port().to_string());
     assert!(!other.exists(), "a service that failed left its socket behind");
 }
+
+/// A `rkt run` killed before it could unregister its pod leaves the pod's token
+/// working only until gc collects the pod: gc unregisters it from the service
+/// the pod recorded.
+#[test]
+fn gc_unregisters_a_pod_whose_run_was_killed() {
+    let test = "gc_unregisters_a_pod_whose_run_was_killed";
+    if !root(test) {
+        return;
+    }
+    let rkt = Rkt::new(common::bin(), "fly").expect("harness");
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string();
+    let service = MetadataService::start(&rkt).expect("service");
+    let [register, socket] = service.run_flags();
+    let mut run = rkt
+        .command(&[
+            "run",
+            "--insecure-options=image",
+            "--stage1=fly",
+            &register,
+            &socket,
+            &image,
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo $AC_METADATA_URL; exec sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("rkt run");
+    let mut url = String::new();
+    // The app prints its URL once the pod is registered and running.
+    let read = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(run.stdout.take().expect("stdout")),
+        &mut url,
+    );
+    let url = url.trim().to_string();
+    assert!(
+        matches!(read, Ok(n) if n > 0) && url.starts_with("http://127.0.0.1:"),
+        "{test}: no URL from the pod: {url:?}"
+    );
+    let registered = service::get(&format!("{url}/acMetadata/v1/pod/uuid"), true);
+    assert!(
+        matches!(registered, Ok((200, _, _))),
+        "{test}: while running: {registered:?}"
+    );
+
+    run.kill().expect("SIGKILL rkt run");
+    run.wait().expect("reap rkt run");
+    // The pod may outlive rkt for a moment (its app dies by parent-death
+    // signal): `rkt status --wait` returns once it has exited.
+    let list = rkt.rkt(&["list", "--full", "--no-legend"]);
+    let uuid = list
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let wait = rkt.rkt(&["status", "--wait", &uuid]);
+    assert_eq!(wait.code, 0, "{test}: {}", wait.describe());
+    let still = service::get(&format!("{url}/acMetadata/v1/pod/uuid"), true);
+    assert!(
+        matches!(still, Ok((200, _, _))),
+        "{test}: a killed run cannot unregister: {still:?}"
+    );
+
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{test}: {}", gc.describe());
+    let gone = service::get(&format!("{url}/acMetadata/v1/pod/uuid"), true);
+    assert!(matches!(gone, Ok((401, _, _))), "{test}: after gc: {gone:?}");
+}

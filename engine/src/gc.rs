@@ -156,6 +156,7 @@ fn age(now: SystemTime, then: SystemTime) -> Duration {
 fn sweep(pod: Pod<Garbage>) -> Result<(), String> {
     let dir = pod.path().to_path_buf();
     teardown_network(&dir);
+    crate::mds::unregister_recorded(&dir, pod.uuid());
     // A pod that never got as far as choosing a stage1 has nothing for it to release.
     if dir.join(layout::STAGE1).exists() {
         match pod_stage1(&dir) {

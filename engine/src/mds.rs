@@ -12,12 +12,14 @@
 //! definition.
 
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::fsutil;
 use crate::pod::layout;
 use crate::schema::PodManifest;
 use crate::stage::NetInfo;
@@ -71,6 +73,7 @@ impl Default for MdsRegistration {
 pub struct Registered {
     socket: PathBuf,
     uuid: Uuid,
+    pod_dir: PathBuf,
     /// `AC_METADATA_URL` for the pod's apps.
     pub url: String,
 }
@@ -90,8 +93,16 @@ impl MdsRegistration {
         let registered = Registered {
             socket: self.socket.clone(),
             uuid,
+            pod_dir: pod_dir.to_path_buf(),
             url: String::new(),
         };
+        // Recorded before anything else can fail, so whatever happens to this
+        // process from here on, gc knows where to unregister the pod.
+        let record = pod_dir.join(layout::MDS_REGISTRATION);
+        if let Err(e) = fsutil::replace_file(&record, self.socket.as_os_str().as_bytes()) {
+            registered.unregister();
+            return Err(MdsError::Invalid(format!("writing {}: {e}", record.display())));
+        }
         let apps = manifest.apps.iter().try_for_each(|app| {
             let name = app.name.as_str();
             let path = layout::app_image_manifest(pod_dir, name);
@@ -127,9 +138,23 @@ impl MdsRegistration {
 impl Registered {
     /// Forgets the pod; best effort (the service may be gone by now).
     pub fn unregister(&self) {
-        if let Err(e) = exchange(&self.socket, "DELETE", &format!("/pods/{}", self.uuid), b"") {
-            tracing::warn!("unregistering pod {} from the metadata service: {e}", self.uuid);
-        }
+        unregister(&self.socket, self.uuid);
+        let _ = std::fs::remove_file(self.pod_dir.join(layout::MDS_REGISTRATION));
+    }
+}
+
+/// For gc: unregisters a pod whose `rkt run` ended without doing so (killed),
+/// from the service its record names. Best effort, as at the end of a run.
+pub fn unregister_recorded(pod_dir: &Path, uuid: Uuid) {
+    let Ok(socket) = std::fs::read(pod_dir.join(layout::MDS_REGISTRATION)) else {
+        return;
+    };
+    unregister(Path::new(std::ffi::OsStr::from_bytes(&socket)), uuid);
+}
+
+fn unregister(socket: &Path, uuid: Uuid) {
+    if let Err(e) = exchange(socket, "DELETE", &format!("/pods/{uuid}"), b"") {
+        tracing::warn!("unregistering pod {uuid} from the metadata service: {e}");
     }
 }
 

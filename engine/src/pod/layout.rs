@@ -22,6 +22,9 @@ pub const PPID: &str = "ppid";
 pub const STAGE1: &str = "stage1.json";
 /// Networks set up for the pod, as recorded by the Networker.
 pub const NET_INFO: &str = "net-info.json";
+/// The metadata service's registration socket, while the pod is registered
+/// with it: gc unregisters a pod whose `rkt run` was killed before it could.
+pub const MDS_REGISTRATION: &str = "mds-registration";
 /// When the pod was marked garbage (mtime); gc's grace period counts from here.
 pub const GC_MARKED: &str = "gc-marked";
 
