@@ -13,7 +13,7 @@ use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig, OwnCgro
 use rkt_engine::schema::{PodManifest, VolumeKind};
 use rkt_engine::stage::isolation::{self, IsolatorError};
 use rkt_engine::stage::limits::AppLimits;
-use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
+use rkt_engine::stage::{DnsMode, HostsMode, InsecureOptions, RunConfig};
 
 use crate::KvmError;
 
@@ -47,7 +47,7 @@ pub fn prepare_stage1_rootfs(
     let init = InitConfig {
         interactive: false,
         debug: cfg.debug,
-        apps: plan_isolation(manifest, cfg)?,
+        apps: plan_isolation(manifest, cfg.insecure)?,
         metadata_url: cfg.metadata_url.clone(),
     };
     let json =
@@ -82,9 +82,12 @@ pub fn prepare_stage1_rootfs(
 
 /// Each app's isolation as an nspawn pod's, and its own cgroup in the guest
 /// with its resource limits (the guest's init makes it: stage0 cannot).
-fn plan_isolation(manifest: &PodManifest, cfg: &RunConfig) -> Result<Vec<AppIsolation>, KvmError> {
+pub fn plan_isolation(
+    manifest: &PodManifest,
+    insecure: InsecureOptions,
+) -> Result<Vec<AppIsolation>, KvmError> {
     let invalid = |e: IsolatorError| KvmError::Invalid(e.to_string());
-    let mut apps = isolation::plan(manifest, cfg.insecure, &|_| Vec::new()).map_err(invalid)?;
+    let mut apps = isolation::plan(manifest, insecure, &|_| Vec::new()).map_err(invalid)?;
     for (iso, runtime) in apps.iter_mut().zip(&manifest.apps) {
         let isolators = runtime
             .app
