@@ -561,10 +561,14 @@ fn a_vm_sandbox_takes_apps_that_come_and_go() {
         "--",
         "/bin/sh",
         "-c",
-        "echo in-$AC_APP_NAME; exit 3",
+        "echo in-$AC_APP_NAME; grep CapBnd /proc/self/status; exit 3",
     ]);
     assert_eq!(exec.code, 3, "{}", exec.describe());
-    assert_eq!(exec.stdout.trim(), "in-a", "{}", exec.describe());
+    assert!(exec.stdout.starts_with("in-a\nCapBnd:"), "{}", exec.describe());
+    // Confined as the added app: rkt's 14 default capabilities.
+    let bnd = exec.stdout.rsplit('\t').next().map(str::trim).expect("CapBnd");
+    let bnd = u64::from_str_radix(bnd, 16).expect("hex");
+    assert_eq!(bnd.count_ones(), 14, "{bnd:#x}");
 
     ok(&app(&["stop", &uuid, "--app=a"]), "app stop a");
     let status = app(&["status", &uuid, "--app=a"]);

@@ -241,13 +241,17 @@ impl Stage1 for KvmStage1 {
     /// init; its confinement is planned as for an app present from the start.
     fn prepare_added_app(
         &self,
-        _pod: &PodInfo,
+        pod: &PodInfo,
         manifest: &PodManifest,
         app: &str,
         insecure: rkt_engine::stage::InsecureOptions,
     ) -> Result<Option<protocol::AppIsolation>, BackendError> {
         let isolation = setup::plan_isolation(manifest, insecure)?;
-        Ok(isolation.into_iter().find(|i| i.app == app))
+        let added = isolation.into_iter().find(|i| i.app == app);
+        if let Some(iso) = &added {
+            setup::record_added_isolation(&pod.path, iso)?;
+        }
+        Ok(added)
     }
 
     /// QEMU died with `rkt run` (or before it); its mounts lived in its own

@@ -102,6 +102,21 @@ pub fn plan_isolation(
     Ok(apps)
 }
 
+/// `rkt enter` and `rkt app exec` in the guest confine a command as the
+/// init's config says: an app added to a running sandbox is recorded there
+/// too (replacing a removed app of the same name). The init itself takes the
+/// added app's isolation from the request.
+pub fn record_added_isolation(pod: &Path, iso: &AppIsolation) -> Result<(), KvmError> {
+    let path = protocol::init_config().on_host(pod);
+    let bytes = std::fs::read(&path).map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
+    let mut config: InitConfig =
+        serde_json::from_slice(&bytes).map_err(|e| KvmError::Invalid(format!("{}: {e}", path.display())))?;
+    config.apps.retain(|a| a.app != iso.app);
+    config.apps.push(iso.clone());
+    let json = serde_json::to_vec(&config).map_err(|e| KvmError::Invalid(e.to_string()))?;
+    fsutil::replace_file(&path, &json).map_err(|e| KvmError::io(format!("writing {}", path.display()), e))
+}
+
 /// The init's report, once the VM has ended: None when it never wrote one.
 pub fn read_report(pod: &Path) -> Option<protocol::InitReport> {
     let bytes = std::fs::read(protocol::report_fifo().on_host(pod)).ok()?;
