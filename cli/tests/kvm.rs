@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -464,4 +464,154 @@ fn uses_kvm_when_the_host_has_hardware_virtualization() {
     let out = sh(&rkt, "grep -c hypervisor /proc/cpuinfo", &["--debug"]);
     assert_eq!(out.code, 0, "{}", out.describe());
     assert!(out.stderr.contains("kvm"), "{}", out.describe());
+}
+
+/// The sequence on a VM: sandbox -> add two apps -> start -> exec in
+/// one -> stop one -> its status shows the exit code -> rm it -> the other
+/// still runs -> stop the pod -> gc leaves nothing. Every request travels the
+/// same typed protocol as on nspawn, over the VM's virtio-serial channel.
+/// Synchronised on the apps' own lines, which the sandbox relays to its
+/// stdout (a FIFO on the 9p share would be the guest's own pipe).
+#[test]
+fn a_vm_sandbox_takes_apps_that_come_and_go() {
+    let Some(rkt) = harness("a_vm_sandbox_takes_apps_that_come_and_go") else {
+        return;
+    };
+    let _cleanup = Cleanup(&rkt);
+    let img = image(&rkt);
+    let mut sandbox = rkt
+        .command(&[
+            "app",
+            "sandbox",
+            "--insecure-options=image",
+            "--stage1=kvm",
+            "--net=default",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rkt app sandbox");
+    let uuid = read_line(&mut sandbox);
+    assert!(!uuid.is_empty(), "no UUID: {}", finish(sandbox).describe());
+    let ok = |out: &RunOutput, what: &str| assert_eq!(out.code, 0, "{what}: {}", out.describe());
+    // `paths` lifts only the default masks, so an app can read its cgroup.
+    let app = |args: &[&str]| {
+        let mut all = vec!["--insecure-options=image,paths", "app"];
+        all.extend_from_slice(args);
+        rkt.rkt(&all)
+    };
+    ok(
+        &rkt.rkt(&["status", "--wait-ready=60s", &uuid]),
+        "status --wait-ready",
+    );
+    let pod_dir = rkt.dir.join("pods/run").join(&uuid);
+    let pid: i32 = std::fs::read_to_string(pod_dir.join("pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let netns = Path::new("/run/netns").join(format!("rkt-{uuid}"));
+    assert!(netns.exists(), "the sandbox's netns {netns:?}");
+
+    // a: in its own cgroup of the guest with its memory limit, exits 7 on
+    // SIGTERM; b runs until the pod stops.
+    let a_script = "trap 'exit 7' TERM; echo a-cgroup $(cat /proc/self/cgroup) $(cat /sys/fs/cgroup/a/memory.max); echo a-up; sleep 1000 & wait $!; exit 1";
+    let b_script = "echo b-up; exec sleep 1000";
+    for (name, script, extra) in [("a", a_script, "--memory=64M"), ("b", b_script, "--cpu=500m")] {
+        let out = app(&[
+            "add",
+            &uuid,
+            &img,
+            &format!("--name={name}"),
+            extra,
+            "--exec=/bin/sh",
+            "--",
+            "-c",
+            script,
+        ]);
+        ok(&out, &format!("app add {name}"));
+    }
+    for name in ["a", "b"] {
+        ok(&app(&["start", &uuid, &format!("--app={name}")]), "app start");
+    }
+    let mut seen: Vec<String> = Vec::new();
+    {
+        let mut lines = BufReader::new(sandbox.stdout.as_mut().expect("stdout")).lines();
+        while !(seen.iter().any(|l| l == "a-up") && seen.iter().any(|l| l == "b-up")) {
+            match lines.next() {
+                Some(line) => seen.push(line.expect("sandbox output")),
+                None => panic!("the sandbox's output ended: {seen:?}"),
+            }
+        }
+    }
+    assert!(
+        // appc's M is 10^6 (64 MB is whole pages).
+        seen.iter().any(|l| l == "a-cgroup 0::/a 64000000"),
+        "a's cgroup and limit in the guest: {seen:?}"
+    );
+    let status = app(&["status", &uuid, "--app=a", "--format=json"]);
+    ok(&status, "app status a");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    assert_eq!(json["state"], "running", "{}", status.describe());
+
+    let exec = app(&[
+        "exec",
+        &uuid,
+        "--app=a",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo in-$AC_APP_NAME; grep CapBnd /proc/self/status; exit 3",
+    ]);
+    assert_eq!(exec.code, 3, "{}", exec.describe());
+    assert!(exec.stdout.starts_with("in-a\nCapBnd:"), "{}", exec.describe());
+    // Confined as the added app: rkt's 14 default capabilities.
+    let bnd = exec.stdout.rsplit('\t').next().map(str::trim).expect("CapBnd");
+    let bnd = u64::from_str_radix(bnd, 16).expect("hex");
+    assert_eq!(bnd.count_ones(), 14, "{bnd:#x}");
+
+    ok(&app(&["stop", &uuid, "--app=a"]), "app stop a");
+    let status = app(&["status", &uuid, "--app=a"]);
+    ok(&status, "app status a");
+    assert!(status.stdout.contains("state=exited"), "{}", status.describe());
+    assert!(status.stdout.contains("exit_code=7"), "{}", status.describe());
+    let logs = rkt.rkt(&["logs", "--app=a", &uuid]);
+    assert!(logs.stdout.contains("a-up\n"), "{}", logs.describe());
+
+    let a_root = pod_dir.join("stage1/rootfs/opt/stage2/a");
+    assert!(a_root.join("rootfs/bin").exists(), "a's rootfs before rm");
+    ok(&app(&["rm", &uuid, "--app=a"]), "app rm a");
+    assert!(!a_root.exists(), "a's rootfs is left after rm");
+    let list = app(&["list", "--no-legend", &uuid]);
+    let names: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["b"], "{}", list.describe());
+
+    // b still runs.
+    let status = app(&["status", &uuid, "--app=b"]);
+    assert!(status.stdout.contains("state=running"), "{}", status.describe());
+    let exec = app(&["exec", &uuid, "--app=b", "--", "/bin/true"]);
+    assert_eq!(exec.code, 0, "{}", exec.describe());
+
+    ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
+    let ended = finish(sandbox);
+    let status = rkt.rkt(&["status", "--wait=60s", &uuid]);
+    assert!(
+        status.stdout.contains("state=exited"),
+        "{}: {}",
+        status.describe(),
+        ended.describe()
+    );
+    ok(&rkt.rkt(&["gc", "--grace-period=0s"]), "gc");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu (pid {pid}) is still there"
+    );
+    assert!(!netns.exists(), "the netns (and its taps) outlived gc");
+    assert!(rkt.mounts_left().is_empty(), "mounts: {:?}", rkt.mounts_left());
+    let pods = rkt.rkt(&["list", "--no-legend"]);
+    assert_eq!(pods.stdout, "", "{}", pods.describe());
 }

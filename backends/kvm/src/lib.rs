@@ -17,6 +17,7 @@ mod kernel;
 mod net;
 mod process;
 mod qemu;
+mod sandbox_relay;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -231,6 +232,28 @@ impl Stage1 for KvmStage1 {
         }
     }
 
+    /// `rkt app` requests reach the guest's init through [`sandbox_relay`].
+    fn supports_mutable_pods(&self) -> bool {
+        true
+    }
+
+    /// The app's cgroup (with its limits) lives in the guest, made by its
+    /// init; its confinement is planned as for an app present from the start.
+    fn prepare_added_app(
+        &self,
+        pod: &PodInfo,
+        manifest: &PodManifest,
+        app: &str,
+        insecure: rkt_engine::stage::InsecureOptions,
+    ) -> Result<Option<protocol::AppIsolation>, BackendError> {
+        let isolation = setup::plan_isolation(manifest, insecure)?;
+        let added = isolation.into_iter().find(|i| i.app == app);
+        if let Some(iso) = &added {
+            setup::record_added_isolation(&pod.path, iso)?;
+        }
+        Ok(added)
+    }
+
     /// QEMU died with `rkt run` (or before it); its mounts lived in its own
     /// namespace and the taps in the pod's network namespace, which the
     /// Networker removes.
@@ -331,8 +354,17 @@ impl KvmStage1 {
             debug: cfg.debug,
             tsc_khz: accel::tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         };
-        tracing::debug!(argv = ?args.to_argv(), "kvm: starting qemu");
-        let vm_process = process::spawn(&qemu, &args.to_argv(), net::open_netns(netns)?, &mounts)?;
+        let mut argv = args.to_argv();
+        let channel = if rkt_engine::pod::sandbox::is_mutable(&manifest) {
+            let channel = sandbox_relay::Channel::new()?;
+            argv.extend(QemuArgs::sandbox_channel_argv(channel.qemu_fd()));
+            Some(channel)
+        } else {
+            None
+        };
+        tracing::debug!(?argv, "kvm: starting qemu");
+        let vm_process = process::spawn(&qemu, &argv, net::open_netns(netns)?, &mounts)?;
+        let _relay = channel.map(|c| c.start(dir)).transpose()?;
         for name in [layout::PID, layout::PPID] {
             let path = dir.join(name);
             fsutil::replace_file(&path, vm_process.pid().to_string().as_bytes())

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use rkt_engine::pod::protocol;
+use rkt_engine::pod::{protocol, sandbox};
 
 use crate::accel::Accel;
 
@@ -158,6 +158,23 @@ impl QemuArgs {
     }
 }
 
+impl QemuArgs {
+    /// A mutable pod's request channel ([`sandbox::VM_PORT`]) on the
+    /// virtio-serial bus [`QemuArgs::to_argv`] sets up: QEMU's end of the
+    /// channel is the inherited descriptor `fd`.
+    pub fn sandbox_channel_argv(fd: i32) -> Vec<OsString> {
+        [
+            "-chardev".to_string(),
+            format!("socket,id=sandbox,fd={fd}"),
+            "-device".to_string(),
+            format!("virtserialport,chardev=sandbox,name={}", sandbox::VM_PORT),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect()
+    }
+}
+
 /// QEMU's option syntax doubles a comma inside a value.
 fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
@@ -241,5 +258,18 @@ mod tests {
         let cmdline = a.kernel_cmdline();
         assert!(cmdline.contains("console=ttyS0") && !cmdline.contains("quiet"));
         assert!(!cmdline.contains("tsc_early_khz") && !cmdline.contains("pci=off"));
+    }
+
+    #[test]
+    fn a_mutable_pods_channel_is_an_inherited_socket_on_a_named_port() {
+        let v: Vec<String> = QemuArgs::sandbox_channel_argv(9)
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(after(&v, "-chardev"), ["socket,id=sandbox,fd=9"]);
+        assert_eq!(
+            after(&v, "-device"),
+            ["virtserialport,chardev=sandbox,name=rkt.sandbox"]
+        );
     }
 }

@@ -13,7 +13,7 @@ use rkt_engine::pod::protocol::{self, AppIsolation, EtcFile, InitConfig, OwnCgro
 use rkt_engine::schema::PodManifest;
 use rkt_engine::stage::isolation::{self, IsolatorError};
 use rkt_engine::stage::limits::AppLimits;
-use rkt_engine::stage::{DnsMode, HostsMode, RunConfig};
+use rkt_engine::stage::{DnsMode, HostsMode, InsecureOptions, RunConfig};
 
 use crate::KvmError;
 
@@ -47,7 +47,7 @@ pub fn prepare_stage1_rootfs(
     let init = InitConfig {
         interactive: false,
         debug: cfg.debug,
-        apps: plan_isolation(manifest, cfg)?,
+        apps: plan_isolation(manifest, cfg.insecure)?,
         metadata_url: cfg.metadata_url.clone(),
     };
     let json =
@@ -68,9 +68,12 @@ pub fn prepare_stage1_rootfs(
 
 /// Each app's isolation as an nspawn pod's, and its own cgroup in the guest
 /// with its resource limits (the guest's init makes it: stage0 cannot).
-fn plan_isolation(manifest: &PodManifest, cfg: &RunConfig) -> Result<Vec<AppIsolation>, KvmError> {
+pub fn plan_isolation(
+    manifest: &PodManifest,
+    insecure: InsecureOptions,
+) -> Result<Vec<AppIsolation>, KvmError> {
     let invalid = |e: IsolatorError| KvmError::Invalid(e.to_string());
-    let mut apps = isolation::plan(manifest, cfg.insecure, &|_| Vec::new()).map_err(invalid)?;
+    let mut apps = isolation::plan(manifest, insecure, &|_| Vec::new()).map_err(invalid)?;
     for (iso, runtime) in apps.iter_mut().zip(&manifest.apps) {
         let isolators = runtime
             .app
@@ -83,6 +86,21 @@ fn plan_isolation(manifest: &PodManifest, cfg: &RunConfig) -> Result<Vec<AppIsol
         }));
     }
     Ok(apps)
+}
+
+/// `rkt enter` and `rkt app exec` in the guest confine a command as the
+/// init's config says: an app added to a running sandbox is recorded there
+/// too (replacing a removed app of the same name). The init itself takes the
+/// added app's isolation from the request.
+pub fn record_added_isolation(pod: &Path, iso: &AppIsolation) -> Result<(), KvmError> {
+    let path = protocol::init_config().on_host(pod);
+    let bytes = std::fs::read(&path).map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
+    let mut config: InitConfig =
+        serde_json::from_slice(&bytes).map_err(|e| KvmError::Invalid(format!("{}: {e}", path.display())))?;
+    config.apps.retain(|a| a.app != iso.app);
+    config.apps.push(iso.clone());
+    let json = serde_json::to_vec(&config).map_err(|e| KvmError::Invalid(e.to_string()))?;
+    fsutil::replace_file(&path, &json).map_err(|e| KvmError::io(format!("writing {}", path.display()), e))
 }
 
 /// The init's report, once the VM has ended: None when it never wrote one.

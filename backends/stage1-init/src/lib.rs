@@ -17,6 +17,7 @@ mod relay;
 mod sandbox;
 pub mod seccomp;
 mod vm;
+mod vm_sandbox;
 
 use std::fs::File;
 use std::io::Write;
@@ -199,14 +200,18 @@ impl Pod {
             .map_err(|e| InitError::Invalid(format!("{}: {e}", manifest_path.display())))?;
 
         mounts::ensure_console(&Kernel, Path::new("/dev"))?;
+        let mutable = rkt_engine::pod::sandbox::is_mutable(&manifest);
         let mut apps = Vec::with_capacity(manifest.apps.len());
-        for runtime in &manifest.apps {
+        // A sandbox starts empty: its apps arrive through requests, also those
+        // stage0 added to the manifest while the pod was still starting (a VM's
+        // requests wait on its channel until the init serves them).
+        for runtime in manifest.apps.iter().filter(|_| !mutable) {
             let name = runtime.name.as_str();
             let isolation = config.apps.iter().find(|a| a.app == name);
             apps.push(load_app(&config, &manifest, runtime, isolation)?);
         }
         Ok(Pod {
-            mutable: rkt_engine::pod::sandbox::is_mutable(&manifest),
+            mutable,
             config,
             apps,
             relays: Vec::new(),

@@ -39,6 +39,7 @@ pub fn main() -> i32 {
     let code = match bring_up() {
         Ok(()) => {
             watch_for_stop();
+            crate::vm_sandbox::start();
             crate::run_pod()
         }
         Err(e) => {
@@ -222,7 +223,7 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> Result<(), InitError> {
 }
 
 /// `/dev/vportNpM` of the port named `name`, once its device node exists.
-fn find_port(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_port(name: &str) -> Option<PathBuf> {
     let ports = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
     for port in ports.flatten() {
         let named = std::fs::read_to_string(port.path().join("name")).ok()?;

@@ -7,7 +7,9 @@
 //! init that dies closes the connection instead of leaving stage0 waiting. Every
 //! message carries [`PROTOCOL_VERSION`]; a peer refuses a version it does not
 //! speak. A stage1 that cannot share a unix socket with the host (a VM) serves
-//! the same lines over its own channel.
+//! the same lines over its own channel: stage0 still connects to [`socket`],
+//! where the stage1 relays each line over one virtio-serial port ([`VM_PORT`])
+//! tagged with its connection's number ([`encode_frame`]).
 //!
 //! What the init knows about each app lives in [`app_state`] files (written
 //! temp + rename), so `rkt app status` and `rkt app list` read them without
@@ -256,6 +258,32 @@ pub fn send(pod_dir: &Path, request: &Request) -> Result<Response, SandboxError>
     decode_response(&answer)
 }
 
+/// The virtio-serial port that carries a VM pod's requests and answers.
+pub const VM_PORT: &str = "rkt.sandbox";
+
+/// One request or answer on a VM's shared channel: `ID LINE\n`, where ID is
+/// the number the host's relay gave the connection the request came on, so
+/// answers (a stop's can come much later) find their way back.
+pub fn encode_frame(id: u64, line: &[u8]) -> Vec<u8> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut frame = format!("{id} ").into_bytes();
+    frame.extend_from_slice(line);
+    frame.push(b'\n');
+    frame
+}
+
+/// The connection number and the line of a frame (without its newline).
+pub fn decode_frame(frame: &[u8]) -> Result<(u64, &[u8]), SandboxError> {
+    let frame = frame.strip_suffix(b"\n").unwrap_or(frame);
+    let bad = || SandboxError::Protocol(format!("malformed frame {:?}", String::from_utf8_lossy(frame)));
+    let space = frame.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+    let id = std::str::from_utf8(&frame[..space])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((id, &frame[space + 1..]))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -295,6 +323,21 @@ mod tests {
         assert!(e.to_string().contains("version 2"), "{e}");
         assert!(decode_request(b"nonsense").is_err());
         assert!(decode_request(br#"{"version":1,"request":"fly"}"#).is_err());
+    }
+
+    #[test]
+    fn frames_carry_a_line_and_its_connection() {
+        let line = encode_request(&Request::StartApp { app: "a".into() });
+        let frame = encode_frame(42, &line);
+        assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1);
+        let (id, back) = decode_frame(&frame).unwrap();
+        assert_eq!(id, 42);
+        assert_eq!(
+            decode_request(back).unwrap(),
+            Request::StartApp { app: "a".into() }
+        );
+        assert!(decode_frame(b"nonsense\n").is_err());
+        assert!(decode_frame(b"x {}\n").is_err());
     }
 
     #[test]
