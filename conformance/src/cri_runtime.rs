@@ -892,7 +892,7 @@ fn restart_recovers_everything(ctx: &mut Ctx) -> CaseResult {
     for i in 0..2 {
         let (sandbox, config) = ctx.sandbox(&format!("restart-{i}"))?;
         let running = ctx.running(&sandbox, &config, "running", "exec sleep 3600")?;
-        let template = ctx.container_config("created", &["/bin/true"]);
+        let template = ctx.container_config("created", &["/bin/sleep", "3600"]);
         let created = ctx.create(&sandbox, &config, template)?;
         let exited = ctx.running(&sandbox, &config, "exited", "exit 4")?;
         ctx.eventually("the exiting container to exit", Duration::from_secs(30), |ctx| {
