@@ -47,7 +47,11 @@ fn cri_runtime_conformance_cases_pass() {
         }
     }
     assert!(!results.is_empty(), "no CRI case ran");
-    assert!(failures.is_empty(), "CRI cases not passing:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "CRI cases not passing:\n{}",
+        failures.join("\n")
+    );
     // Every sandbox the cases made was removed through the CRI.
     let left = rkt.rkt(&["list", "--no-legend"]);
     assert!(left.stdout.trim().is_empty(), "pods left: {}", left.stdout);

@@ -187,7 +187,11 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    fn call<T, F>(&mut self, what: &str, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> Result<T, String>
+    fn call<T, F>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T, String>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -226,7 +230,10 @@ impl<'a> Ctx<'a> {
             }),
             hostname: String::new(),
             log_directory: self.logs.join(&name).display().to_string(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             annotations: HashMap::from([("suite".to_string(), "rkt-conformance".to_string())]),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
@@ -280,14 +287,21 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn create(&mut self, sandbox: &str, sandbox_config: &PodSandboxConfig, config: ContainerConfig) -> Result<String, String> {
+    fn create(
+        &mut self,
+        sandbox: &str,
+        sandbox_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, String> {
         let request = CreateContainerRequest {
             pod_sandbox_id: sandbox.to_string(),
             config: Some(config),
             sandbox_config: Some(sandbox_config.clone()),
         };
         Ok(self
-            .call("CreateContainer", |mut c| async move { c.create_container(request).await })?
+            .call("CreateContainer", |mut c| async move {
+                c.create_container(request).await
+            })?
             .container_id)
     }
 
@@ -302,7 +316,11 @@ impl<'a> Ctx<'a> {
     fn stop(&mut self, id: &str, timeout: i64) -> CaseResult {
         let container_id = id.to_string();
         self.call("StopContainer", |mut c| async move {
-            c.stop_container(StopContainerRequest { container_id, timeout }).await
+            c.stop_container(StopContainerRequest {
+                container_id,
+                timeout,
+            })
+            .await
         })?;
         Ok(())
     }
@@ -333,7 +351,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// A started container running `sh -c SCRIPT`.
-    fn running(&mut self, sandbox: &str, config: &PodSandboxConfig, name: &str, script: &str) -> Result<String, String> {
+    fn running(
+        &mut self,
+        sandbox: &str,
+        config: &PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> Result<String, String> {
         let container = self.container_config(name, &["/bin/sh", "-c", script]);
         let id = self.create(sandbox, config, container)?;
         self.start(&id)?;
@@ -352,7 +376,8 @@ impl<'a> Ctx<'a> {
     fn list_sandboxes(&mut self, filter: PodSandboxFilter) -> Result<Vec<String>, String> {
         let mut ids: Vec<String> = self
             .call("ListPodSandbox", |mut c| async move {
-                c.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }).await
+                c.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) })
+                    .await
             })?
             .items
             .into_iter()
@@ -365,7 +390,8 @@ impl<'a> Ctx<'a> {
     fn list_containers(&mut self, filter: ContainerFilter) -> Result<Vec<String>, String> {
         let mut ids: Vec<String> = self
             .call("ListContainers", |mut c| async move {
-                c.list_containers(ListContainersRequest { filter: Some(filter) }).await
+                c.list_containers(ListContainersRequest { filter: Some(filter) })
+                    .await
             })?
             .containers
             .into_iter()
@@ -386,7 +412,8 @@ impl<'a> Ctx<'a> {
     fn remove_sandbox(&mut self, id: &str) -> CaseResult {
         let pod_sandbox_id = id.to_string();
         self.call("RemovePodSandbox", |mut c| async move {
-            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id }).await
+            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id })
+                .await
         })?;
         self.made.retain(|m| m != id);
         Ok(())
@@ -404,7 +431,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// Re-checks `probe` until it yields Some or `within` passes.
-    fn eventually<T>(&mut self, what: &str, within: Duration, mut probe: impl FnMut(&mut Self) -> Result<Option<T>, String>) -> Result<T, String> {
+    fn eventually<T>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut probe: impl FnMut(&mut Self) -> Result<Option<T>, String>,
+    ) -> Result<T, String> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(v) = probe(self)? {
@@ -433,11 +465,18 @@ impl<'a> Ctx<'a> {
     fn log_with(&mut self, id: &str, needle: &str) -> Result<Vec<(String, String)>, String> {
         let needle = needle.to_string();
         let id = id.to_string();
-        self.eventually(&format!("{needle:?} in the log of {id}"), Duration::from_secs(30), |ctx| {
-            let text = ctx.log_of(&id)?;
-            let records = parse_log(&text)?;
-            Ok(records.iter().any(|(_, m)| m.contains(&needle)).then_some(records))
-        })
+        self.eventually(
+            &format!("{needle:?} in the log of {id}"),
+            Duration::from_secs(30),
+            |ctx| {
+                let text = ctx.log_of(&id)?;
+                let records = parse_log(&text)?;
+                Ok(records
+                    .iter()
+                    .any(|(_, m)| m.contains(&needle))
+                    .then_some(records))
+            },
+        )
     }
 
     /// Restarts the suite's own server and reconnects.
@@ -472,7 +511,9 @@ pub fn parse_log(text: &str) -> Result<Vec<(String, String)>, String> {
         if !ok_time || !matches!(stream, "stdout" | "stderr") || !matches!(tag, "P" | "F") {
             return Err(format!("not a CRI log line: {line:?}"));
         }
-        let (s, mut m) = partial.take().unwrap_or_else(|| (stream.to_string(), String::new()));
+        let (s, mut m) = partial
+            .take()
+            .unwrap_or_else(|| (stream.to_string(), String::new()));
         m.push_str(message);
         if tag == "F" {
             out.push((s, m));
@@ -491,11 +532,16 @@ fn runtime_status(ctx: &mut Ctx) -> CaseResult {
     let version = ctx.call("Version", |mut c| async move {
         c.version(VersionRequest { version: "v1".into() }).await
     })?;
-    check(version.runtime_api_version == "v1", || format!("runtime_api_version {:?}", version.runtime_api_version))?;
-    check(!version.runtime_name.is_empty() && !version.runtime_version.is_empty(), || {
-        format!("runtime name/version empty: {version:?}")
+    check(version.runtime_api_version == "v1", || {
+        format!("runtime_api_version {:?}", version.runtime_api_version)
     })?;
-    let status = ctx.call("Status", |mut c| async move { c.status(StatusRequest { verbose: false }).await })?;
+    check(
+        !version.runtime_name.is_empty() && !version.runtime_version.is_empty(),
+        || format!("runtime name/version empty: {version:?}"),
+    )?;
+    let status = ctx.call("Status", |mut c| async move {
+        c.status(StatusRequest { verbose: false }).await
+    })?;
     let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
     let find = |t: &str| conditions.iter().find(|c| c.r#type == t).cloned();
     let runtime = find("RuntimeReady").ok_or("no RuntimeReady condition")?;
@@ -520,13 +566,19 @@ fn sandbox_lifecycle_with_filters(ctx: &mut Ctx) -> CaseResult {
             .collect(),
         ..Default::default()
     };
-    check(ctx.list_sandboxes(by_run(None))? == both, || "label filter: not both sandboxes".into())?;
-    check(ctx.list_sandboxes(by_run(Some("a")))? == vec![a.clone()], || "label filter role=a".into())?;
+    check(ctx.list_sandboxes(by_run(None))? == both, || {
+        "label filter: not both sandboxes".into()
+    })?;
+    check(ctx.list_sandboxes(by_run(Some("a")))? == vec![a.clone()], || {
+        "label filter role=a".into()
+    })?;
     let by_id = PodSandboxFilter {
         id: a.clone(),
         ..Default::default()
     };
-    check(ctx.list_sandboxes(by_id)? == vec![a.clone()], || "id filter".into())?;
+    check(ctx.list_sandboxes(by_id)? == vec![a.clone()], || {
+        "id filter".into()
+    })?;
     let id = a.clone();
     let status = ctx
         .call("PodSandboxStatus", |mut c| async move {
@@ -538,27 +590,39 @@ fn sandbox_lifecycle_with_filters(ctx: &mut Ctx) -> CaseResult {
         })?
         .status
         .ok_or("PodSandboxStatus: no status")?;
-    check(status.state() == PodSandboxState::SandboxReady, || format!("{a} not ready: {status:?}"))?;
-    check(status.metadata == a_config.metadata, || format!("metadata changed: {:?}", status.metadata))?;
-    check(status.annotations == a_config.annotations, || "annotations changed".into())?;
+    check(status.state() == PodSandboxState::SandboxReady, || {
+        format!("{a} not ready: {status:?}")
+    })?;
+    check(status.metadata == a_config.metadata, || {
+        format!("metadata changed: {:?}", status.metadata)
+    })?;
+    check(status.annotations == a_config.annotations, || {
+        "annotations changed".into()
+    })?;
     ctx.stop_sandbox(&a)?;
-    ctx.stop_sandbox(&a).map_err(|e| format!("second stop must be OK: {e}"))?;
+    ctx.stop_sandbox(&a)
+        .map_err(|e| format!("second stop must be OK: {e}"))?;
     let ready = PodSandboxFilter {
         state: Some(PodSandboxStateValue {
             state: PodSandboxState::SandboxReady.into(),
         }),
         ..by_run(None)
     };
-    check(ctx.list_sandboxes(ready)? == vec![b.clone()], || "state filter READY".into())?;
+    check(ctx.list_sandboxes(ready)? == vec![b.clone()], || {
+        "state filter READY".into()
+    })?;
     let not_ready = PodSandboxFilter {
         state: Some(PodSandboxStateValue {
             state: PodSandboxState::SandboxNotready.into(),
         }),
         ..by_run(None)
     };
-    check(ctx.list_sandboxes(not_ready)? == vec![a.clone()], || "state filter NOTREADY".into())?;
+    check(ctx.list_sandboxes(not_ready)? == vec![a.clone()], || {
+        "state filter NOTREADY".into()
+    })?;
     ctx.remove_sandbox(&a)?;
-    ctx.remove_sandbox(&a).map_err(|e| format!("second remove must be OK: {e}"))?;
+    ctx.remove_sandbox(&a)
+        .map_err(|e| format!("second remove must be OK: {e}"))?;
     let gone = a.clone();
     let code = ctx.code_of(|mut c| async move {
         c.pod_sandbox_status(PodSandboxStatusRequest {
@@ -567,10 +631,16 @@ fn sandbox_lifecycle_with_filters(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::NotFound, || format!("status of a removed sandbox: {code:?}"))?;
-    check(ctx.list_sandboxes(by_run(None))? == vec![b.clone()], || "removed sandbox still listed".into())?;
-    ctx.stop_sandbox("no-such-sandbox").map_err(|e| format!("stop of a missing sandbox: {e}"))?;
-    ctx.remove_sandbox("no-such-sandbox").map_err(|e| format!("remove of a missing sandbox: {e}"))
+    check(code == Code::NotFound, || {
+        format!("status of a removed sandbox: {code:?}")
+    })?;
+    check(ctx.list_sandboxes(by_run(None))? == vec![b.clone()], || {
+        "removed sandbox still listed".into()
+    })?;
+    ctx.stop_sandbox("no-such-sandbox")
+        .map_err(|e| format!("stop of a missing sandbox: {e}"))?;
+    ctx.remove_sandbox("no-such-sandbox")
+        .map_err(|e| format!("remove of a missing sandbox: {e}"))
 }
 
 fn container_lifecycle(ctx: &mut Ctx) -> CaseResult {
@@ -579,11 +649,16 @@ fn container_lifecycle(ctx: &mut Ctx) -> CaseResult {
     container.labels.insert("tier".into(), "test".into());
     let id = ctx.create(&sandbox, &config, container.clone())?;
     let status = ctx.status(&id)?;
-    check(status.state() == ContainerState::ContainerCreated, || format!("after create: {status:?}"))?;
-    check(status.metadata == container.metadata, || "metadata changed".into())?;
-    check(status.annotations == container.annotations && status.labels == container.labels, || {
-        "labels or annotations changed".into()
+    check(status.state() == ContainerState::ContainerCreated, || {
+        format!("after create: {status:?}")
     })?;
+    check(status.metadata == container.metadata, || {
+        "metadata changed".into()
+    })?;
+    check(
+        status.annotations == container.annotations && status.labels == container.labels,
+        || "labels or annotations changed".into(),
+    )?;
     check(status.created_at > 0, || "created_at unset".into())?;
     let by = |f: ContainerFilter| f;
     check(
@@ -605,35 +680,53 @@ fn container_lifecycle(ctx: &mut Ctx) -> CaseResult {
         state: Some(ContainerStateValue { state: s.into() }),
         ..Default::default()
     };
-    check(ctx.list_containers(state_filter(ContainerState::ContainerCreated))? == vec![id.clone()], || {
-        "state filter CREATED".into()
-    })?;
-    check(ctx.list_containers(state_filter(ContainerState::ContainerRunning))?.is_empty(), || {
-        "state filter RUNNING before start".into()
-    })?;
+    check(
+        ctx.list_containers(state_filter(ContainerState::ContainerCreated))? == vec![id.clone()],
+        || "state filter CREATED".into(),
+    )?;
+    check(
+        ctx.list_containers(state_filter(ContainerState::ContainerRunning))?
+            .is_empty(),
+        || "state filter RUNNING before start".into(),
+    )?;
     let labels = |k: &str, v: &str| ContainerFilter {
         label_selector: HashMap::from([(k.to_string(), v.to_string())]),
         pod_sandbox_id: sandbox.clone(),
         ..Default::default()
     };
-    check(ctx.list_containers(labels("tier", "test"))? == vec![id.clone()], || "label filter".into())?;
-    check(ctx.list_containers(labels("tier", "prod"))?.is_empty(), || "label filter mismatch".into())?;
+    check(
+        ctx.list_containers(labels("tier", "test"))? == vec![id.clone()],
+        || "label filter".into(),
+    )?;
+    check(ctx.list_containers(labels("tier", "prod"))?.is_empty(), || {
+        "label filter mismatch".into()
+    })?;
     ctx.start(&id)?;
     let status = ctx.status(&id)?;
-    check(status.state() == ContainerState::ContainerRunning, || format!("after start: {status:?}"))?;
-    check(status.started_at >= status.created_at, || "started_at before created_at".into())?;
-    check(ctx.list_containers(state_filter(ContainerState::ContainerRunning))? == vec![id.clone()], || {
-        "state filter RUNNING".into()
+    check(status.state() == ContainerState::ContainerRunning, || {
+        format!("after start: {status:?}")
     })?;
+    check(status.started_at >= status.created_at, || {
+        "started_at before created_at".into()
+    })?;
+    check(
+        ctx.list_containers(state_filter(ContainerState::ContainerRunning))? == vec![id.clone()],
+        || "state filter RUNNING".into(),
+    )?;
     ctx.stop(&id, 10)?;
     let status = ctx.status(&id)?;
-    check(status.state() == ContainerState::ContainerExited, || format!("after stop: {status:?}"))?;
-    check(status.finished_at >= status.started_at && status.finished_at > 0, || {
-        format!("finished_at: {status:?}")
+    check(status.state() == ContainerState::ContainerExited, || {
+        format!("after stop: {status:?}")
     })?;
-    ctx.stop(&id, 10).map_err(|e| format!("second stop must be OK: {e}"))?;
+    check(
+        status.finished_at >= status.started_at && status.finished_at > 0,
+        || format!("finished_at: {status:?}"),
+    )?;
+    ctx.stop(&id, 10)
+        .map_err(|e| format!("second stop must be OK: {e}"))?;
     ctx.remove(&id)?;
-    ctx.remove(&id).map_err(|e| format!("second remove must be OK: {e}"))?;
+    ctx.remove(&id)
+        .map_err(|e| format!("second remove must be OK: {e}"))?;
     let gone = id.clone();
     let code = ctx.code_of(|mut c| async move {
         c.container_status(ContainerStatusRequest {
@@ -642,7 +735,9 @@ fn container_lifecycle(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::NotFound, || format!("status of a removed container: {code:?}"))?;
+    check(code == Code::NotFound, || {
+        format!("status of a removed container: {code:?}")
+    })?;
     check(
         ctx.list_containers(ContainerFilter {
             pod_sandbox_id: sandbox.clone(),
@@ -675,9 +770,15 @@ fn stop_container_timeout_then_kill(ctx: &mut Ctx) -> CaseResult {
     ctx.stop(&id, 2)?;
     let took = started.elapsed();
     let status = ctx.status(&id)?;
-    check(status.state() == ContainerState::ContainerExited, || format!("after stop: {status:?}"))?;
-    check(took >= Duration::from_secs(2), || format!("killed before the grace period: {took:?}"))?;
-    check(status.exit_code == 137, || format!("exit code after the kill: {status:?}"))?;
+    check(status.state() == ContainerState::ContainerExited, || {
+        format!("after stop: {status:?}")
+    })?;
+    check(took >= Duration::from_secs(2), || {
+        format!("killed before the grace period: {took:?}")
+    })?;
+    check(status.exit_code == 137, || {
+        format!("exit code after the kill: {status:?}")
+    })?;
     ctx.clean()
 }
 
@@ -685,7 +786,11 @@ fn container_config_env_workdir_user(ctx: &mut Ctx) -> CaseResult {
     let (sandbox, config) = ctx.sandbox("config")?;
     let mut container = ctx.container_config(
         "configured",
-        &["/bin/sh", "-c", "echo \"seen:$GREETING:$(pwd):$(id -u):$(id -g):$0\"; exec sleep 3600"],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"seen:$GREETING:$(pwd):$(id -u):$(id -g):$0\"; exec sleep 3600",
+        ],
     );
     container.args = vec!["from-args".into()];
     container.envs = vec![KeyValue {
@@ -719,18 +824,27 @@ fn container_config_env_workdir_user(ctx: &mut Ctx) -> CaseResult {
     })?;
     let status = ctx.status(&id)?;
     let linux = status.resources.and_then(|r| r.linux).unwrap_or_default();
-    check(linux.memory_limit_in_bytes == 64 << 20 && linux.cpu_quota == 50_000, || {
-        format!("resources not reported: {linux:?}")
-    })?;
+    check(
+        linux.memory_limit_in_bytes == 64 << 20 && linux.cpu_quota == 50_000,
+        || format!("resources not reported: {linux:?}"),
+    )?;
     ctx.clean()
 }
 
 fn exec_sync(ctx: &mut Ctx) -> CaseResult {
     let (sandbox, config) = ctx.sandbox("exec")?;
     let id = ctx.running(&sandbox, &config, "execd", "exec sleep 3600")?;
-    let out = ctx.exec(&id, &["/bin/sh", "-c", "echo to-out; echo to-err >&2; exit 3"], 30)?;
-    check(out.stdout == b"to-out\n", || format!("stdout {:?}", String::from_utf8_lossy(&out.stdout)))?;
-    check(out.stderr == b"to-err\n", || format!("stderr {:?}", String::from_utf8_lossy(&out.stderr)))?;
+    let out = ctx.exec(
+        &id,
+        &["/bin/sh", "-c", "echo to-out; echo to-err >&2; exit 3"],
+        30,
+    )?;
+    check(out.stdout == b"to-out\n", || {
+        format!("stdout {:?}", String::from_utf8_lossy(&out.stdout))
+    })?;
+    check(out.stderr == b"to-err\n", || {
+        format!("stderr {:?}", String::from_utf8_lossy(&out.stderr))
+    })?;
     check(out.exit_code == 3, || format!("exit code {}", out.exit_code))?;
     let ok = ctx.exec(&id, &["/bin/true"], 0)?;
     check(ok.exit_code == 0, || format!("true exited {}", ok.exit_code))?;
@@ -744,8 +858,12 @@ fn exec_sync(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::DeadlineExceeded, || format!("ExecSync past its timeout: {code:?}"))?;
-    check(started.elapsed() < Duration::from_secs(30), || "the timeout did not end the command".into())?;
+    check(code == Code::DeadlineExceeded, || {
+        format!("ExecSync past its timeout: {code:?}")
+    })?;
+    check(started.elapsed() < Duration::from_secs(30), || {
+        "the timeout did not end the command".into()
+    })?;
     ctx.stop(&id, 0)?;
     let stopped = id.clone();
     let code = ctx.code_of(|mut c| async move {
@@ -756,7 +874,9 @@ fn exec_sync(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::FailedPrecondition, || format!("ExecSync in an exited container: {code:?}"))?;
+    check(code == Code::FailedPrecondition, || {
+        format!("ExecSync in an exited container: {code:?}")
+    })?;
     ctx.clean()
 }
 
@@ -775,16 +895,22 @@ fn container_logs(ctx: &mut Ctx) -> CaseResult {
         ("stdout".to_string(), "last-line".to_string()),
     ];
     for want in &expected {
-        check(records.contains(want), || format!("{want:?} missing from {records:?}"))?;
+        check(records.contains(want), || {
+            format!("{want:?} missing from {records:?}")
+        })?;
     }
     let path = ctx.status(&id)?.log_path;
     let wanted = Path::new(&config.log_directory).join("logger/0.log");
-    check(Path::new(&path) == wanted, || format!("log path {path:?}, asked for {}", wanted.display()))?;
+    check(Path::new(&path) == wanted, || {
+        format!("log path {path:?}, asked for {}", wanted.display())
+    })?;
     // The log outlives the container, as the kubelet expects.
     ctx.stop(&id, 0)?;
     ctx.remove(&id)?;
     let after = std::fs::read_to_string(&wanted).unwrap_or_default();
-    check(after.contains("first-line"), || format!("log gone after remove: {after:?}"))?;
+    check(after.contains("first-line"), || {
+        format!("log gone after remove: {after:?}")
+    })?;
     ctx.clean()
 }
 
@@ -799,9 +925,10 @@ fn sandbox_dns_and_hostname(ctx: &mut Ctx) -> CaseResult {
     let sandbox = ctx.run_sandbox(config.clone())?;
     let id = ctx.running(&sandbox, &config, "resolver", "exec sleep 3600")?;
     let host = ctx.exec(&id, &["/bin/hostname"], 30)?;
-    check(String::from_utf8_lossy(&host.stdout).trim() == "cri-conformance-host", || {
-        format!("hostname {:?}", String::from_utf8_lossy(&host.stdout))
-    })?;
+    check(
+        String::from_utf8_lossy(&host.stdout).trim() == "cri-conformance-host",
+        || format!("hostname {:?}", String::from_utf8_lossy(&host.stdout)),
+    )?;
     let resolv = ctx.exec(&id, &["/bin/cat", "/etc/resolv.conf"], 30)?;
     let text = String::from_utf8_lossy(&resolv.stdout).into_owned();
     for want in [
@@ -810,7 +937,9 @@ fn sandbox_dns_and_hostname(ctx: &mut Ctx) -> CaseResult {
         "search svc.cluster.local cluster.local",
         "options ndots:5",
     ] {
-        check(text.lines().any(|l| l.trim() == want), || format!("{want:?} not in resolv.conf: {text:?}"))?;
+        check(text.lines().any(|l| l.trim() == want), || {
+            format!("{want:?} not in resolv.conf: {text:?}")
+        })?;
     }
     ctx.clean()
 }
@@ -827,13 +956,18 @@ fn several_sandboxes(ctx: &mut Ctx) -> CaseResult {
     for (sandbox, id, hostname) in &pods {
         let out = ctx.exec(id, &["/bin/hostname"], 30)?;
         check(String::from_utf8_lossy(&out.stdout).trim() == hostname, || {
-            format!("container of {sandbox} sees hostname {:?}", String::from_utf8_lossy(&out.stdout))
+            format!(
+                "container of {sandbox} sees hostname {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })?;
         let listed = ctx.list_containers(ContainerFilter {
             pod_sandbox_id: sandbox.clone(),
             ..Default::default()
         })?;
-        check(listed == vec![id.clone()], || format!("containers of {sandbox}: {listed:?}"))?;
+        check(listed == vec![id.clone()], || {
+            format!("containers of {sandbox}: {listed:?}")
+        })?;
     }
     ctx.clean()
 }
@@ -845,7 +979,9 @@ fn errors_are_statuses(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::NotFound, || format!("StartContainer of a missing container: {code:?}"))?;
+    check(code == Code::NotFound, || {
+        format!("StartContainer of a missing container: {code:?}")
+    })?;
     ctx.stop("0123456789abcdef0123456789abcdef", 0)
         .map_err(|e| format!("StopContainer of a missing container must be OK: {e}"))?;
     ctx.remove("0123456789abcdef0123456789abcdef")
@@ -857,7 +993,9 @@ fn errors_are_statuses(ctx: &mut Ctx) -> CaseResult {
         sandbox_config: Some(config),
     };
     let code = ctx.code_of(|mut c| async move { c.create_container(request).await });
-    check(code == Code::NotFound, || format!("CreateContainer in a missing sandbox: {code:?}"))?;
+    check(code == Code::NotFound, || {
+        format!("CreateContainer in a missing sandbox: {code:?}")
+    })?;
     let code = ctx.code_of(|mut c| async move {
         c.exec(ExecRequest {
             container_id: "x".into(),
@@ -867,7 +1005,9 @@ fn errors_are_statuses(ctx: &mut Ctx) -> CaseResult {
         })
         .await
     });
-    check(code == Code::Unimplemented, || format!("streaming Exec: {code:?}"))?;
+    check(code == Code::Unimplemented, || {
+        format!("streaming Exec: {code:?}")
+    })?;
     let (sandbox, config) = ctx.sandbox("bad-image")?;
     let mut container = ctx.container_config("bad", &["/bin/true"]);
     container.image = Some(ImageSpec {
@@ -880,7 +1020,9 @@ fn errors_are_statuses(ctx: &mut Ctx) -> CaseResult {
         sandbox_config: Some(config),
     };
     let code = ctx.code_of(|mut c| async move { c.create_container(request).await });
-    check(code != Code::Ok && code != Code::Unknown, || format!("CreateContainer of a missing image: {code:?}"))?;
+    check(code != Code::Ok && code != Code::Unknown, || {
+        format!("CreateContainer of a missing image: {code:?}")
+    })?;
     ctx.clean()
 }
 
@@ -912,16 +1054,25 @@ fn restart_recovers_everything(ctx: &mut Ctx) -> CaseResult {
         format!("containers before {containers_before:?}, after {containers_after:?}")
     })?;
     for (sandbox, running, created, exited) in &before {
-        check(ctx.state(running)? == ContainerState::ContainerRunning, || format!("{running} not running"))?;
-        check(ctx.state(created)? == ContainerState::ContainerCreated, || format!("{created} not created"))?;
-        let status = ctx.status(exited)?;
-        check(status.state() == ContainerState::ContainerExited && status.exit_code == 4, || {
-            format!("{exited} after restart: {status:?}")
+        check(ctx.state(running)? == ContainerState::ContainerRunning, || {
+            format!("{running} not running")
         })?;
+        check(ctx.state(created)? == ContainerState::ContainerCreated, || {
+            format!("{created} not created")
+        })?;
+        let status = ctx.status(exited)?;
+        check(
+            status.state() == ContainerState::ContainerExited && status.exit_code == 4,
+            || format!("{exited} after restart: {status:?}"),
+        )?;
         let out = ctx.exec(running, &["/bin/echo", "still-here"], 30)?;
-        check(out.stdout == b"still-here\n", || format!("exec after restart in {sandbox}: {out:?}"))?;
+        check(out.stdout == b"still-here\n", || {
+            format!("exec after restart in {sandbox}: {out:?}")
+        })?;
         ctx.start(created)?;
-        check(ctx.state(created)? == ContainerState::ContainerRunning, || format!("{created} did not start"))?;
+        check(ctx.state(created)? == ContainerState::ContainerRunning, || {
+            format!("{created} did not start")
+        })?;
     }
     ctx.clean()
 }

@@ -241,7 +241,11 @@ fn run_cri(args: &Args, socket: Option<&Path>, image: &str, log_root: &Path) -> 
                     return ExitCode::from(254);
                 }
             };
-            let stage1 = if args.stage1 == "fly" { "nspawn" } else { &args.stage1 };
+            let stage1 = if args.stage1 == "fly" {
+                "nspawn"
+            } else {
+                &args.stage1
+            };
             Rkt::new(&rkt, stage1)
                 .map_err(|e| format!("cannot set up: {e}"))
                 .and_then(|h| cri_runtime::run_with_own_server(&h, args.filter.as_deref()))
@@ -265,5 +269,9 @@ fn run_cri(args: &Args, socket: Option<&Path>, image: &str, log_root: &Path) -> 
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

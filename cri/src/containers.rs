@@ -161,7 +161,10 @@ impl Engine {
             Err(rkt_engine::runner::RunnerError::Pod(PodError::NotFound(_))) => return Ok(None),
             Err(e) => return Err(SandboxError::Rkt(e.to_string()).into()),
         };
-        Ok(statuses.into_iter().find(|a| a.name == record.app).map(|a| (state, a)))
+        Ok(statuses
+            .into_iter()
+            .find(|a| a.name == record.app)
+            .map(|a| (state, a)))
     }
 
     fn view(&self, record: ContainerRecord) -> Result<ContainerView, ContainerError> {
@@ -190,7 +193,9 @@ impl Engine {
             phase,
             started_at,
             finished_at,
-            exit_code: app.exit_code.unwrap_or(if phase == Phase::Exited { 255 } else { 0 }),
+            exit_code: app
+                .exit_code
+                .unwrap_or(if phase == Phase::Exited { 255 } else { 0 }),
         })
     }
 
@@ -222,7 +227,8 @@ impl Engine {
         }
         if spec.record.cpu_quota > 0 && spec.record.cpu_period > 0 {
             // Millicores, rounded up so a small quota still gets some CPU.
-            let millis = ((spec.record.cpu_quota * 1000 + spec.record.cpu_period - 1) / spec.record.cpu_period).max(1);
+            let millis =
+                ((spec.record.cpu_quota * 1000 + spec.record.cpu_period - 1) / spec.record.cpu_period).max(1);
             args.push(format!("--cpu={millis}m"));
         }
         if spec.cpu_shares > 0 {
@@ -253,9 +259,10 @@ impl Engine {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         self.rkt_ok(&argv)?;
         let created = (|| {
-            let pod = PodsDir::existing(&self.dir).info(&Uuid::parse_str(&sandbox_id).map_err(|_| {
-                ContainerError::Invalid(format!("bad sandbox id {sandbox_id:?}"))
-            })?)?;
+            let pod = PodsDir::existing(&self.dir).info(
+                &Uuid::parse_str(&sandbox_id)
+                    .map_err(|_| ContainerError::Invalid(format!("bad sandbox id {sandbox_id:?}")))?,
+            )?;
             let image_id = app_image_id(&pod.path, &id)?;
             let log_path = if spec.record.log_path.is_empty() || sandbox.log_directory.is_empty() {
                 String::new()
@@ -292,7 +299,12 @@ impl Engine {
                 phase_name(view.phase)
             )));
         }
-        self.rkt_ok(&["app", "start", &record.sandbox_id, &format!("--app={}", record.app)])?;
+        self.rkt_ok(&[
+            "app",
+            "start",
+            &record.sandbox_id,
+            &format!("--app={}", record.app),
+        ])?;
         Ok(())
     }
 
@@ -419,7 +431,13 @@ impl Engine {
         let mut command = tokio::process::Command::new(&self.rkt);
         command
             .args(&self.global_args)
-            .args(["app", "exec", &record.sandbox_id, &format!("--app={}", record.app), "--"])
+            .args([
+                "app",
+                "exec",
+                &record.sandbox_id,
+                &format!("--app={}", record.app),
+                "--",
+            ])
             .args(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -435,7 +453,10 @@ impl Engine {
                 Ok(output) => output,
                 Err(_) => {
                     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::SIGKILL,
+                        );
                     }
                     return Err(ContainerError::Timeout(format!(
                         "command {cmd:?} in container {id} did not finish within {}s",
@@ -470,8 +491,8 @@ pub fn phase_name(phase: Phase) -> &'static str {
 fn app_image_id(pod: &Path, app: &str) -> Result<String, ContainerError> {
     let path = layout::manifest(pod);
     let bytes = std::fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
-    let manifest =
-        PodManifest::from_json(&bytes).map_err(|e| ContainerError::Invalid(format!("{}: {e}", path.display())))?;
+    let manifest = PodManifest::from_json(&bytes)
+        .map_err(|e| ContainerError::Invalid(format!("{}: {e}", path.display())))?;
     Ok(manifest
         .app(app)
         .map(|a| a.image.id.to_string())
@@ -527,7 +548,10 @@ fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> std::io::
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let wait = nix::poll::PollTimeout::try_from(left.as_millis().min(60_000) as i32)
             .unwrap_or(nix::poll::PollTimeout::MAX);
         match nix::poll::poll(&mut fds, wait) {

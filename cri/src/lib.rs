@@ -27,10 +27,10 @@ pub mod runtime_v1 {
     tonic::include_proto!("runtime.v1");
 }
 
+use containers::{ContainerError, ContainerRecord, ContainerSpec, ContainerView, Phase};
 use runtime_v1::runtime_service_client::RuntimeServiceClient;
 use runtime_v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use runtime_v1::*;
-use containers::{ContainerError, ContainerRecord, ContainerSpec, ContainerView, Phase};
 use sandboxes::{Engine, Readiness, Record, SandboxError, SandboxSpec};
 
 /// The CRI version this service implements.
@@ -395,7 +395,9 @@ fn container_matches(filter: &ContainerFilter, view: &ContainerView) -> bool {
 
 fn container_id_of(id: String, call: &str) -> Result<String, Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{call}: container_id is required")));
+        return Err(Status::invalid_argument(format!(
+            "{call}: container_id is required"
+        )));
     }
     Ok(id)
 }
@@ -664,7 +666,10 @@ impl RuntimeService for CriService {
         ))
     }
 
-    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
         let request = request.into_inner();
         let id = container_id_of(request.container_id, "ExecSync")?;
         if request.cmd.is_empty() {
@@ -691,7 +696,9 @@ impl RuntimeService for CriService {
     }
 
     async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(Status::unimplemented("Attach: streaming attach is not served by rkt-rs"))
+        Err(Status::unimplemented(
+            "Attach: streaming attach is not served by rkt-rs",
+        ))
     }
 
     async fn port_forward(
