@@ -64,6 +64,10 @@ pub fn all_cases() -> Vec<CriCase> {
             run: container_config_env_workdir_user,
         },
         CriCase {
+            name: "memory-limit-enforced",
+            run: memory_limit_enforced,
+        },
+        CriCase {
             name: "exec-sync",
             run: exec_sync,
         },
@@ -828,6 +832,40 @@ fn container_config_env_workdir_user(ctx: &mut Ctx) -> CaseResult {
         linux.memory_limit_in_bytes == 64 << 20 && linux.cpu_quota == 50_000,
         || format!("resources not reported: {linux:?}"),
     )?;
+    ctx.clean()
+}
+
+/// LinuxContainerResources.memory_limit_in_bytes becomes the app's memory
+/// isolator: past it the kernel kills the app (137), under it the app ends well.
+fn memory_limit_enforced(ctx: &mut Ctx) -> CaseResult {
+    let (sandbox, config) = ctx.sandbox("memory")?;
+    let mut outcomes = Vec::new();
+    for (name, megabytes) in [("over", 200), ("under", 4)] {
+        // tail keeps a line without a newline whole: that much memory.
+        let script = format!("head -c {megabytes}m /dev/zero | tail >/dev/null");
+        let mut container = ctx.container_config(name, &["/bin/sh", "-c", &script]);
+        container.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = ctx.create(&sandbox, &config, container)?;
+        ctx.start(&id)?;
+        let status = ctx.eventually(
+            &format!("the {name} container to exit"),
+            Duration::from_secs(60),
+            |ctx| {
+                let s = ctx.status(&id)?;
+                Ok((s.state() == ContainerState::ContainerExited).then_some(s))
+            },
+        )?;
+        outcomes.push(status.exit_code);
+    }
+    check(outcomes == [137, 0], || {
+        format!("exit codes past and under a 32 MiB limit: {outcomes:?}, want [137, 0]")
+    })?;
     ctx.clean()
 }
 
