@@ -8,6 +8,7 @@
 pub mod ace;
 pub mod backends;
 pub mod checks;
+pub mod cri_runtime;
 pub mod harness;
 pub mod image;
 pub mod pod_checks;

@@ -49,6 +49,19 @@ enum Cmd {
         #[arg(long)]
         out_dir: PathBuf,
     },
+    /// Run the CRI RuntimeService cases (critest's basics): against --socket,
+    /// or against a `rkt cri-service` started on a fresh --dir
+    Cri {
+        /// A CRI server's unix socket; without it the suite starts its own
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The image containers run, already in that server's store (with --socket)
+        #[arg(long, default_value = rkt_conformance::cri_runtime::SUITE_IMAGE)]
+        image: String,
+        /// Where sandboxes' log directories go (with --socket)
+        #[arg(long, default_value = "/tmp/rkt-cri-conformance-logs")]
+        log_root: PathBuf,
+    },
 }
 
 #[derive(Default)]
@@ -77,6 +90,14 @@ fn main() -> ExitCode {
                 ExitCode::from(254)
             }
         };
+    }
+    if let Some(Cmd::Cri {
+        socket,
+        image,
+        log_root,
+    }) = &args.command
+    {
+        return run_cri(&args, socket.as_deref(), image, log_root);
     }
     let registered = match backends::all() {
         Ok(all) => all,
@@ -204,5 +225,53 @@ fn default_rkt() -> Result<PathBuf, String> {
             "no rkt binary at {} (cargo build -p rkt, or give --rkt=PATH)",
             rkt.display()
         ))
+    }
+}
+
+fn run_cri(args: &Args, socket: Option<&Path>, image: &str, log_root: &Path) -> ExitCode {
+    use rkt_conformance::cri_runtime;
+    let results = match socket {
+        Some(socket) => cri_runtime::Ctx::new(socket, image, log_root, None)
+            .map(|mut ctx| cri_runtime::run_cases(&mut ctx, args.filter.as_deref())),
+        None => {
+            let rkt = match args.rkt.clone().map(Ok).unwrap_or_else(default_rkt) {
+                Ok(rkt) => rkt,
+                Err(e) => {
+                    eprintln!("rkt-conformance: {e}");
+                    return ExitCode::from(254);
+                }
+            };
+            let stage1 = if args.stage1 == "fly" {
+                "nspawn"
+            } else {
+                &args.stage1
+            };
+            Rkt::new(&rkt, stage1)
+                .map_err(|e| format!("cannot set up: {e}"))
+                .and_then(|h| cri_runtime::run_with_own_server(&h, args.filter.as_deref()))
+        }
+    };
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rkt-conformance cri: {e}");
+            return ExitCode::from(254);
+        }
+    };
+    let mut failed = false;
+    for (name, outcome) in &results {
+        match outcome {
+            Outcome::Passed => println!("cri {name}: passed"),
+            Outcome::Skipped(why) => println!("cri {name}: skipped: {why}"),
+            Outcome::Failed(what) => {
+                failed = true;
+                println!("cri {name}: FAILED: {what}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

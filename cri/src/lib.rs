@@ -3,13 +3,16 @@
 //! rktlet did for rkt. Pod sandboxes are rkt's mutable pods (see
 //! `sandboxes`); the service keeps no state but `--dir`.
 //!
-//! Served so far: Version, Status, RunPodSandbox, StopPodSandbox,
-//! RemovePodSandbox, PodSandboxStatus, ListPodSandbox. Every other CRI call
-//! (containers, exec, images) answers Unimplemented.
+//! Served: Version, Status, the pod sandbox calls, the container calls
+//! (Create/Start/Stop/Remove/List/ContainerStatus on the sandbox's apps, see
+//! `containers`) and ExecSync. The streaming calls (Exec, Attach,
+//! PortForward), ReopenContainerLog and every call left out of our proto
+//! (stats, updates, checkpoints, events) answer Unimplemented.
 
 // tonic::Status is what every handler must return; boxing it in between buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod containers;
 pub mod sandboxes;
 
 use std::collections::HashMap;
@@ -24,6 +27,7 @@ pub mod runtime_v1 {
     tonic::include_proto!("runtime.v1");
 }
 
+use containers::{ContainerError, ContainerRecord, ContainerSpec, ContainerView, Phase};
 use runtime_v1::runtime_service_client::RuntimeServiceClient;
 use runtime_v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use runtime_v1::*;
@@ -146,6 +150,26 @@ fn status_of(e: SandboxError) -> Status {
     }
 }
 
+fn container_status_of(e: ContainerError) -> Status {
+    match e {
+        ContainerError::NotFound(_) => Status::not_found(e.to_string()),
+        ContainerError::Invalid(m) => Status::invalid_argument(m),
+        ContainerError::Precondition(m) => Status::failed_precondition(m),
+        ContainerError::Timeout(m) => Status::deadline_exceeded(m),
+        ContainerError::Sandbox(e) => status_of(e),
+    }
+}
+
+/// [`blocking`] for container work.
+async fn blocking_container<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ContainerError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+        .map_err(container_status_of)
+}
+
 /// Runs engine work (which forks and waits) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SandboxError> + Send + 'static,
@@ -212,6 +236,7 @@ fn spec_of(request: RunPodSandboxRequest) -> Result<SandboxSpec, Status> {
             runtime_handler: request.runtime_handler,
             host_network,
             created_at: now_nanos(),
+            log_directory: config.log_directory,
         },
         hostname: config.hostname,
         dns_servers: dns.servers,
@@ -237,6 +262,144 @@ fn matches(filter: &PodSandboxFilter, record: &Record, readiness: Readiness) -> 
             .label_selector
             .iter()
             .all(|(k, v)| record.labels.get(k) == Some(v))
+}
+
+fn container_spec_of(request: CreateContainerRequest) -> Result<ContainerSpec, Status> {
+    let fail = |m: String| Err(Status::invalid_argument(format!("CreateContainer: {m}")));
+    if request.pod_sandbox_id.is_empty() {
+        return fail("pod_sandbox_id is required".into());
+    }
+    let Some(config) = request.config else {
+        return fail("config is required".into());
+    };
+    let Some(metadata) = config.metadata else {
+        return fail("config.metadata is required".into());
+    };
+    if metadata.name.is_empty() {
+        return fail("config.metadata.name is required".into());
+    }
+    let image = config.image.map(|i| i.image).unwrap_or_default();
+    if image.trim().is_empty() {
+        return fail("config.image.image is required".into());
+    }
+    if !config.mounts.is_empty() {
+        return Err(Status::unimplemented(
+            "CreateContainer: host path mounts are not supported yet (a mutable pod takes volumes only when its sandbox starts)",
+        ));
+    }
+    if config.tty || config.stdin {
+        return Err(Status::unimplemented(
+            "CreateContainer: tty and stdin containers need Attach, which rkt-rs does not serve",
+        ));
+    }
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return fail(format!("working_dir {:?} must be absolute", config.working_dir));
+    }
+    let mut env = Vec::new();
+    for kv in config.envs {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return fail(format!("environment variable name {:?} is invalid", kv.key));
+        }
+        env.retain(|(k, _): &(String, String)| *k != kv.key);
+        env.push((kv.key, kv.value));
+    }
+    let mut exec = config.command;
+    exec.extend(config.args);
+    if exec.iter().any(|a| a == "---") {
+        return fail("\"---\" cannot be an argument (rkt's app separator)".into());
+    }
+    let linux = config.linux.unwrap_or_default();
+    let resources = linux.resources.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let user = match (&security.run_as_user, security.run_as_username.as_str()) {
+        (Some(_), name) if !name.is_empty() => {
+            return fail("run_as_user and run_as_username are exclusive".into());
+        }
+        (Some(uid), _) if uid.value < 0 => return fail(format!("run_as_user {} is negative", uid.value)),
+        (Some(uid), _) => Some(uid.value.to_string()),
+        (None, "") => None,
+        (None, name) => Some(name.to_string()),
+    };
+    let group = match &security.run_as_group {
+        Some(_) if user.is_none() => {
+            return fail("run_as_group needs run_as_user or run_as_username".into());
+        }
+        Some(gid) if gid.value < 0 => return fail(format!("run_as_group {} is negative", gid.value)),
+        Some(gid) => Some(gid.value.to_string()),
+        None => None,
+    };
+    if resources.memory_limit_in_bytes < 0 || resources.cpu_quota < -1 || resources.cpu_period < 0 {
+        return fail("negative resource limits".into());
+    }
+    Ok(ContainerSpec {
+        record: ContainerRecord {
+            sandbox_id: request.pod_sandbox_id,
+            name: metadata.name,
+            attempt: metadata.attempt,
+            image,
+            labels: config.labels.into_iter().collect(),
+            annotations: config.annotations.into_iter().collect(),
+            log_path: config.log_path,
+            memory_limit: resources.memory_limit_in_bytes,
+            cpu_quota: resources.cpu_quota,
+            cpu_period: resources.cpu_period,
+            created_at: now_nanos(),
+            ..ContainerRecord::default()
+        },
+        exec,
+        env,
+        working_dir: config.working_dir,
+        user,
+        group,
+        cpu_shares: resources.cpu_shares,
+        oom_score_adj: resources.oom_score_adj,
+        readonly_rootfs: security.readonly_rootfs,
+    })
+}
+
+fn container_state_of(phase: Phase) -> ContainerState {
+    match phase {
+        Phase::Created => ContainerState::ContainerCreated,
+        Phase::Running => ContainerState::ContainerRunning,
+        Phase::Exited => ContainerState::ContainerExited,
+        Phase::Unknown => ContainerState::ContainerUnknown,
+    }
+}
+
+fn container_metadata_of(record: &ContainerRecord) -> ContainerMetadata {
+    ContainerMetadata {
+        name: record.name.clone(),
+        attempt: record.attempt,
+    }
+}
+
+fn image_spec_of(record: &ContainerRecord) -> ImageSpec {
+    ImageSpec {
+        image: record.image.clone(),
+        ..Default::default()
+    }
+}
+
+fn container_matches(filter: &ContainerFilter, view: &ContainerView) -> bool {
+    (filter.id.is_empty() || view.record.id.starts_with(&filter.id))
+        && (filter.pod_sandbox_id.is_empty() || view.record.sandbox_id.starts_with(&filter.pod_sandbox_id))
+        && filter
+            .state
+            .as_ref()
+            .is_none_or(|s| s.state() == container_state_of(view.phase))
+        && filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| view.record.labels.get(k) == Some(v))
+}
+
+fn container_id_of(id: String, call: &str) -> Result<String, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{call}: container_id is required"
+        )));
+    }
+    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -379,5 +542,171 @@ impl RuntimeService for CriService {
             })
             .collect();
         Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let spec = container_spec_of(request.into_inner())?;
+        let config = self.config.clone();
+        let container_id = blocking_container(move || config.engine.create_container(spec)).await?;
+        Ok(Response::new(CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = container_id_of(request.into_inner().container_id, "StartContainer")?;
+        let config = self.config.clone();
+        blocking_container(move || config.engine.start_container(&id)).await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        let id = container_id_of(request.container_id, "StopContainer")?;
+        let timeout = std::time::Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
+        let config = self.config.clone();
+        blocking_container(move || config.engine.stop_container(&id, timeout)).await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = container_id_of(request.into_inner().container_id, "RemoveContainer")?;
+        let config = self.config.clone();
+        blocking_container(move || config.engine.remove_container(&id)).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let config = self.config.clone();
+        let all = blocking_container(move || config.engine.list_containers()).await?;
+        let containers = all
+            .into_iter()
+            .filter(|view| container_matches(&filter, view))
+            .map(|view| Container {
+                id: view.record.id.clone(),
+                pod_sandbox_id: view.record.sandbox_id.clone(),
+                metadata: Some(container_metadata_of(&view.record)),
+                image: Some(image_spec_of(&view.record)),
+                image_ref: view.record.image_id.clone(),
+                state: container_state_of(view.phase).into(),
+                created_at: view.record.created_at,
+                labels: map_of(&view.record.labels),
+                annotations: map_of(&view.record.annotations),
+                image_id: view.record.image_id.clone(),
+            })
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let id = container_id_of(request.into_inner().container_id, "ContainerStatus")?;
+        let config = self.config.clone();
+        let view = blocking_container(move || config.engine.container_status(&id)).await?;
+        let record = &view.record;
+        let reason = match view.phase {
+            Phase::Exited if view.exit_code == 0 => "Completed",
+            Phase::Exited => "Error",
+            Phase::Unknown => "PodSandboxGone",
+            _ => "",
+        };
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(ContainerStatus {
+                id: record.id.clone(),
+                metadata: Some(container_metadata_of(record)),
+                state: container_state_of(view.phase).into(),
+                created_at: record.created_at,
+                started_at: view.started_at,
+                finished_at: view.finished_at,
+                exit_code: view.exit_code,
+                image: Some(image_spec_of(record)),
+                image_ref: record.image_id.clone(),
+                reason: reason.into(),
+                message: String::new(),
+                labels: map_of(&record.labels),
+                annotations: map_of(&record.annotations),
+                mounts: Vec::new(),
+                log_path: record.log_path.clone(),
+                resources: Some(ContainerResources {
+                    linux: Some(LinuxContainerResources {
+                        memory_limit_in_bytes: record.memory_limit,
+                        cpu_quota: record.cpu_quota,
+                        cpu_period: record.cpu_period,
+                        ..Default::default()
+                    }),
+                }),
+                image_id: record.image_id.clone(),
+            }),
+            info: HashMap::new(),
+        }))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(Status::unimplemented(
+            "ReopenContainerLog: rkt-rs links each container's log once; it does not reopen it",
+        ))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let id = container_id_of(request.container_id, "ExecSync")?;
+        if request.cmd.is_empty() {
+            return Err(Status::invalid_argument("ExecSync: cmd is required"));
+        }
+        let timeout = std::time::Duration::from_secs(u64::try_from(request.timeout).unwrap_or(0));
+        let (stdout, stderr, exit_code) = self
+            .config
+            .engine
+            .exec_sync(&id, &request.cmd, timeout)
+            .await
+            .map_err(container_status_of)?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
+    }
+
+    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(Status::unimplemented(
+            "Exec: streaming exec is not served by rkt-rs; use ExecSync",
+        ))
+    }
+
+    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        Err(Status::unimplemented(
+            "Attach: streaming attach is not served by rkt-rs",
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        Err(Status::unimplemented(
+            "PortForward: streaming port forwarding is not served by rkt-rs",
+        ))
     }
 }

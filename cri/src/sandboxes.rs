@@ -37,7 +37,7 @@ pub enum SandboxError {
     Rkt(String),
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let context = context.into();
     move |source| SandboxError::Io { context, source }
 }
@@ -69,6 +69,9 @@ pub struct Record {
     pub host_network: bool,
     /// Nanoseconds since the epoch.
     pub created_at: i64,
+    /// PodSandboxConfig.log_directory: container logs go under it.
+    #[serde(default)]
+    pub log_directory: String,
 }
 
 /// What RunPodSandbox hands to `rkt app sandbox`.
@@ -100,14 +103,14 @@ impl Engine {
         self.records_dir().join(format!("{id}.log"))
     }
 
-    fn rkt(&self, args: &[&str]) -> Command {
+    pub(crate) fn rkt(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.rkt);
         cmd.args(&self.global_args).args(args).stdin(Stdio::null());
         cmd
     }
 
     /// Runs a short rkt command; its stderr is the error.
-    fn rkt_ok(&self, args: &[&str]) -> Result<(), SandboxError> {
+    pub(crate) fn rkt_ok(&self, args: &[&str]) -> Result<(), SandboxError> {
         let out = self
             .rkt(args)
             .stdout(Stdio::null())
@@ -257,7 +260,7 @@ impl Engine {
             .map_err(|e| SandboxError::Invalid(format!("{}: {e}", path.display())))
     }
 
-    fn pod_state(&self, uuid: &Uuid) -> Result<Option<PodState>, SandboxError> {
+    pub(crate) fn pod_state(&self, uuid: &Uuid) -> Result<Option<PodState>, SandboxError> {
         match PodsDir::existing(&self.dir).info(uuid) {
             Ok(info) => Ok(Some(info.state)),
             Err(PodError::NotFound(_)) => Ok(None),
@@ -294,6 +297,7 @@ impl Engine {
         if self.pod_state(&uuid)?.is_some() {
             self.rkt_ok(&["rm", id])?;
         }
+        self.forget_containers_of(id)?;
         for path in [self.record_path(&uuid), self.log_path(&uuid)] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

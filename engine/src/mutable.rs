@@ -38,6 +38,8 @@ pub struct AddAppRequest {
     /// `--user` and `--group`: replace the image's.
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `--working-dir`: replaces the image's working directory.
+    pub working_dir: Option<String>,
     pub fetch: FetchPolicy,
 }
 
@@ -119,6 +121,9 @@ impl Runtime {
             }
             if let Some(group) = &request.group {
                 spec.group = group.clone();
+            }
+            if let Some(dir) = &request.working_dir {
+                spec.working_directory = Some(dir.clone());
             }
         }
         let name = app.name.as_str().to_string();

@@ -89,7 +89,7 @@ pub struct SandboxArgs {
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// UUID IMAGE [--name --exec --mount --user --group --set-env --memory --cpu ...] [-- ARGS]
+    /// UUID IMAGE [--name --exec --mount --user --group --working-dir --set-env --memory --cpu ...] [-- ARGS]
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -233,7 +233,7 @@ fn sandbox(global: &GlobalFlags, args: SandboxArgs) -> Result<u8> {
 }
 
 /// Flags `rkt app add` takes besides `rkt run`'s per-app ones.
-const ADD_FLAGS: &[&str] = &["--user", "--group", "--set-env"];
+const ADD_FLAGS: &[&str] = &["--user", "--group", "--working-dir", "--set-env"];
 
 fn add(global: &GlobalFlags, args: AddArgs) -> Result<u8> {
     let Some((uuid, rest)) = args.words.split_first() else {
@@ -268,6 +268,7 @@ fn add(global: &GlobalFlags, args: AddArgs) -> Result<u8> {
         match name {
             "--user" => request.user = Some(value),
             "--group" => request.group = Some(value),
+            "--working-dir" => request.working_dir = Some(value),
             _ => {
                 let var = EnvVar::from_flag(&value).with_context(|| format!("--set-env {value:?}"))?;
                 request.set_env.retain(|v| v.name != var.name);
