@@ -10,6 +10,7 @@
 // tonic::Status is what every handler must return; boxing it in between buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod images;
 pub mod sandboxes;
 
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct ServiceConfig {
     pub engine: Engine,
     /// The CNI network config directory NetworkReady is judged by.
     pub cni_conf_dir: PathBuf,
+    /// How the ImageService fetches.
+    pub images: images::ImageServiceConfig,
 }
 
 /// Binds the unix socket at `socket` (replacing a stale one), tells
@@ -93,6 +96,10 @@ pub fn serve(config: ServiceConfig, socket: &Path, on_listening: impl FnOnce(&Pa
         // Kubelets keep their connections open for good: a graceful shutdown
         // would wait for them forever, so a signal drops them instead.
         let server = tonic::transport::Server::builder()
+            .add_service(images::Images::server(
+                &service.config.engine.dir,
+                service.config.images.clone(),
+            ))
             .add_service(RuntimeServiceServer::new(service))
             .serve_with_incoming(incoming);
         tokio::select! {
