@@ -101,7 +101,8 @@ impl ImageClient {
         Ok(ImageClient { runtime, client })
     }
 
-    pub fn pull(&self, image: &str, auth: Option<AuthConfig>) -> Result<String, tonic::Status> {
+    /// PullImage: the image ID, or the service's status (boxed: it is large).
+    pub fn pull(&self, image: &str, auth: Option<AuthConfig>) -> Result<String, Box<tonic::Status>> {
         let mut client = self.client.clone();
         self.runtime
             .block_on(client.pull_image(PullImageRequest {
@@ -109,6 +110,7 @@ impl ImageClient {
                 auth,
             }))
             .map(|r| r.into_inner().image_ref)
+            .map_err(Box::new)
     }
 
     /// ImageStatus: None when the service says the image is not there.
@@ -229,6 +231,9 @@ pub fn session(rkt: &Rkt) -> Result<Session<'_>, String> {
 
 pub type CaseFn = fn(&Session<'_>) -> Result<(), String>;
 
+/// A case's name and how it went.
+pub type CaseResult = (&'static str, Result<(), String>);
+
 /// Every case, in a stable order; each leaves the store as it found it.
 pub fn cases() -> Vec<(&'static str, CaseFn)> {
     vec![
@@ -246,7 +251,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
 }
 
 /// Runs every case (or those whose name contains `filter`) on one session.
-pub fn run_cases(rkt: &Rkt, filter: Option<&str>) -> Result<Vec<(&'static str, Result<(), String>)>, String> {
+pub fn run_cases(rkt: &Rkt, filter: Option<&str>) -> Result<Vec<CaseResult>, String> {
     let session = session(rkt)?;
     Ok(cases()
         .into_iter()
