@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use common::{harness, one_line_254};
 use http::{Route, Server};
 use rkt_conformance::harness::RunOutput;
+use rkt_conformance::registry::{Layer, busybox_layer, oci_layout, sha256};
 use rkt_conformance::{AciSpec, Rkt};
 
 const NAME: &str = "example.com/remote/app";
@@ -703,152 +704,12 @@ fn discovery_without_an_answer_is_one_line() {
 // ---------------------------------------------------------------------------
 // docker:// and OCI layouts
 
-/// One layer: regular files (path, contents, mode), symlinks (path, target), and
-/// empty files standing for whiteouts (`.wh.NAME`).
-#[derive(Default)]
-struct Layer {
-    files: Vec<(String, Vec<u8>, u32)>,
-    symlinks: Vec<(String, String)>,
-    hardlinks: Vec<(String, String)>,
-}
-
-impl Layer {
-    fn tar(&self) -> Vec<u8> {
-        // Every numeric field set: an unset uid is not "0" to a tar reader.
-        let header = |kind: tar::EntryType, mode: u32, size: u64| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(kind);
-            h.set_mode(mode);
-            h.set_size(size);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(1_700_000_000);
-            h
-        };
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut dirs = std::collections::BTreeSet::new();
-        for (path, _, _) in &self.files {
-            let mut parent = Path::new(path).parent();
-            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-                dirs.insert(p.to_path_buf());
-                parent = p.parent();
-            }
-        }
-        for dir in dirs {
-            let mut h = header(tar::EntryType::Directory, 0o755, 0);
-            tar.append_data(&mut h, &dir, std::io::empty()).expect("dir");
-        }
-        for (path, data, mode) in &self.files {
-            let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
-            tar.append_data(&mut h, path, data.as_slice()).expect("file");
-        }
-        for (path, target) in &self.symlinks {
-            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-            tar.append_link(&mut h, path, target).expect("symlink");
-        }
-        for (path, target) in &self.hardlinks {
-            let mut h = header(tar::EntryType::Link, 0o755, 0);
-            tar.append_link(&mut h, path, target).expect("hard link");
-        }
-        tar.into_inner().expect("tar")
-    }
-}
-
-fn busybox_layer() -> Layer {
-    let busybox = rkt_conformance::busybox_path().expect("busybox");
-    let mut layer = Layer::default();
-    layer.files.push((
-        "bin/busybox".into(),
-        std::fs::read(busybox).expect("busybox"),
-        0o755,
-    ));
-    layer.files.push((
-        "etc/passwd".into(),
-        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-        0o644,
-    ));
-    layer
-        .files
-        .push(("etc/group".into(), b"root:x:0:\n".to_vec(), 0o644));
-    for applet in ["sh", "test", "echo", "pwd", "cat", "ls"] {
-        layer.symlinks.push((format!("bin/{applet}"), "busybox".into()));
-    }
-    layer.hardlinks.push(("bin/linked".into(), "bin/busybox".into()));
-    layer
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// Writes an OCI image layout at `dir` holding one image per (tag, layers) pair,
-/// all with the same config (script run by /bin/sh -c, GREETING in the env).
-fn oci_layout(dir: &Path, images: &[(&str, Vec<&Layer>)], script: &str) -> BTreeMapAlias {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("blobs");
-    let put = |bytes: &[u8]| -> (String, usize) {
-        let digest = sha256(bytes);
-        std::fs::write(blobs.join(&digest[7..]), bytes).expect("blob");
-        (digest, bytes.len())
-    };
-    let mut manifests = Vec::new();
-    let mut layer_digests = BTreeMapAlias::new();
-    for (tag, layers) in images {
-        let mut descriptors = Vec::new();
-        let mut diff_ids = Vec::new();
-        for layer in layers {
-            let (digest, size) = put(&layer.tar());
-            diff_ids.push(digest.clone());
-            layer_digests
-                .entry(tag.to_string())
-                .or_default()
-                .push(digest.clone());
-            descriptors.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": digest, "size": size}));
-        }
-        let config = serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": {
-                "Entrypoint": ["/bin/sh", "-c"], "Cmd": [script],
-                "Env": ["GREETING=hello", "PATH=/bin"], "WorkingDir": "/data",
-                "ExposedPorts": {"8080/tcp": {}}
-            },
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}
-        });
-        let (config_digest, config_size) = put(&serde_json::to_vec(&config).expect("json"));
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": config_digest, "size": config_size},
-            "layers": descriptors
-        });
-        let (digest, size) = put(&serde_json::to_vec(&manifest).expect("json"));
-        manifests.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest, "size": size,
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }));
-    }
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).expect("json"),
-    )
-    .expect("index");
-    layer_digests
-}
-
-type BTreeMapAlias = std::collections::BTreeMap<String, Vec<String>>;
-
 /// The script the test images run: proves layer order and whiteouts from inside.
 const WHITEOUT_CHECK: &str = "test -e /data/keep && ! test -e /data/gone && test -e /data/dir/new \
      && ! test -e /data/dir/old && test /bin/linked -ef /bin/busybox && echo \"$GREETING from $(pwd)\"";
 
 fn layers() -> (Layer, Layer, Layer) {
-    let base = busybox_layer();
+    let base = busybox_layer().expect("busybox layer");
     let mut data = Layer::default();
     for (path, body) in [("data/keep", "k"), ("data/gone", "g"), ("data/dir/old", "o")] {
         data.files.push((path.into(), body.as_bytes().to_vec(), 0o644));
@@ -871,7 +732,7 @@ fn oci_layouts_and_archives_run_with_whiteouts_applied() {
     };
     let (base, data, whiteouts) = layers();
     let layout = h.work().join("layout");
-    oci_layout(&layout, &[("v1", vec![&base, &data, &whiteouts])], WHITEOUT_CHECK);
+    oci_layout(&layout, &[("v1", vec![&base, &data, &whiteouts])], WHITEOUT_CHECK).expect("layout");
     let spec = format!("oci:{}:v1", layout.display());
     let out = h.rkt(&["run", "--insecure-options=image", "--stage1=fly", &spec]);
     assert_eq!(out.code, 0, "{}", out.describe());
@@ -902,7 +763,7 @@ fn oci_layouts_and_archives_run_with_whiteouts_applied() {
     // temp files left.
     let mut extra = Layer::default();
     extra.files.push(("extra/file".into(), b"e".to_vec(), 0o644));
-    oci_layout(&layout, &[("v3", vec![&base, &data, &extra])], "true");
+    oci_layout(&layout, &[("v3", vec![&base, &data, &extra])], "true").expect("layout");
     let v3 = format!("oci:{}:v3", layout.display());
     let children: Vec<_> = (0..4)
         .map(|_| {
@@ -927,7 +788,7 @@ fn oci_layouts_and_archives_run_with_whiteouts_applied() {
     // A tampered layer blob (one not in the store yet): one line, the store gains nothing.
     let mut unique = Layer::default();
     unique.files.push(("only/here".into(), b"u".to_vec(), 0o644));
-    let digests = oci_layout(&layout, &[("v2", vec![&base, &unique])], "true");
+    let digests = oci_layout(&layout, &[("v2", vec![&base, &unique])], "true").expect("layout");
     let blob = layout.join("blobs/sha256").join(&digests["v2"][1][7..]);
     std::fs::write(&blob, b"tampered").expect("tamper");
     let before = snapshot(&h.dir);
@@ -940,152 +801,11 @@ fn oci_layouts_and_archives_run_with_whiteouts_applied() {
     assert_eq!(snapshot(&h.dir), before);
 }
 
-/// Debian's docker-registry on 127.0.0.1, its access log collected; killed on drop.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(test: &str) -> Option<Registry> {
-        for tool in ["docker-registry", "skopeo"] {
-            if Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-            {
-                eprintln!("{test}: skipped: needs {tool} (apt-get install docker-registry skopeo)");
-                return None;
-            }
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start docker-registry");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                let mut ready = Some(ready_tx);
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("listening on")
-                        && let Some(tx) = ready.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    log.lock().expect("log").push(line);
-                }
-            });
-        }
-        // Ready when it says so; the channel closes (and this fails) if it died.
-        if ready_rx.recv().is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("docker-registry did not start: {:?}", log.lock().expect("log"));
-        }
-        Some(Registry {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        })
-    }
-
-    fn push(&self, layout: &Path, tag: &str, repo: &str) {
-        let out = Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
-            .output()
-            .expect("skopeo");
-        assert!(
-            out.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// GETs of a blob so far, from the registry's own log.
-    fn blob_gets(&self, digest: &str) -> usize {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|l| l.contains("http.request.method=GET") && l.contains(&format!("/blobs/{digest}")))
-            .count()
-    }
-
-    /// The manifest digest a tag points to, from the registry's own storage.
-    fn tag_digest(&self, repo: &str, tag: &str) -> String {
-        let link = self._dir.path().join(format!(
-            "data/docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}/current/link"
-        ));
-        std::fs::read_to_string(&link)
-            .expect("tag link")
-            .trim()
-            .to_string()
-    }
-
-    /// The layer digests of an image as the registry holds it (skopeo compresses
-    /// layers on push, so they differ from the layout's).
-    fn layers(&self, repo: &str, tag: &str) -> Vec<String> {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
-            .output()
-            .expect("skopeo inspect");
-        assert!(
-            out.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest");
-        manifest["layers"]
-            .as_array()
-            .expect("layers")
-            .iter()
-            .map(|l| l["digest"].as_str().expect("digest").to_string())
-            .collect()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn docker_images_share_layers_and_download_only_new_ones() {
     let test = "docker_images_share_layers_and_download_only_new_ones";
     let Some(h) = harness(test) else { return };
-    let Some(registry) = Registry::start(test) else {
+    let Some(registry) = common::registry(test) else {
         return;
     };
     let (base, data, whiteouts) = layers();
@@ -1094,12 +814,13 @@ fn docker_images_share_layers_and_download_only_new_ones() {
         &layout,
         &[("v1", vec![&base, &data]), ("v2", vec![&base, &data, &whiteouts])],
         WHITEOUT_CHECK,
-    );
-    registry.push(&layout, "v1", "team/app");
-    registry.push(&layout, "v2", "team/app");
+    )
+    .expect("layout");
+    registry.push(&layout, "v1", "team/app").expect("push v1");
+    registry.push(&layout, "v2", "team/app").expect("push v2");
     let (v1, v2) = (
-        registry.layers("team/app", "v1"),
-        registry.layers("team/app", "v2"),
+        registry.layers("team/app", "v1").expect("v1 layers"),
+        registry.layers("team/app", "v2").expect("v2 layers"),
     );
     assert_eq!(v2.len(), 3);
     assert_eq!(v1[..], v2[..2], "the push shares the first two layers");
@@ -1120,7 +841,7 @@ fn docker_images_share_layers_and_download_only_new_ones() {
     assert_eq!(registry.blob_gets(&v2[2]), 1);
 
     // By digest, and an unknown tag: one line, store unchanged.
-    let v1_digest = registry.tag_digest("team/app", "v1");
+    let v1_digest = registry.tag_digest("team/app", "v1").expect("v1 digest");
     let gets_before = v1.iter().map(|d| registry.blob_gets(d)).sum::<usize>();
     let by_digest = h.rkt(&[
         "fetch",
@@ -1163,7 +884,7 @@ fn registry_errors_are_one_line_and_change_nothing() {
     );
     server.route("/token", Route::ok(br#"{"token":"abc"}"#.to_vec()));
     // A manifest whose layer blob does not match its digest.
-    let layer = busybox_layer().tar();
+    let layer = busybox_layer().expect("busybox layer").tar().expect("tar");
     let config = br#"{"config":{"Cmd":["/bin/sh"]}}"#.to_vec();
     let claimed = sha256(&layer);
     let manifest = serde_json::json!({
@@ -1224,7 +945,7 @@ fn registry_credentials_come_from_auth_d() {
     let server = Server::start();
     let host = server.addr.clone();
     let (base, _, _) = layers();
-    let layer = base.tar();
+    let layer = base.tar().expect("tar");
     let config = br#"{"config":{"Cmd":["/bin/sh","-c","echo authorized"]}}"#.to_vec();
     let manifest = serde_json::json!({
         "schemaVersion": 2,

@@ -119,6 +119,10 @@ pub fn all_checks() -> Vec<Check> {
             run: pod_checks::mds_register_without_service,
         },
         Check {
+            name: "cri-image-service",
+            run: crate::cri_images::check,
+        },
+        Check {
             name: "ace-validator",
             run: pod_checks::ace_validator,
         },

@@ -8,10 +8,12 @@
 pub mod ace;
 pub mod backends;
 pub mod checks;
+pub mod cri_images;
 pub mod cri_runtime;
 pub mod harness;
 pub mod image;
 pub mod pod_checks;
+pub mod registry;
 pub mod service;
 
 pub use checks::{Check, Outcome, all_checks};

@@ -112,11 +112,19 @@ pub struct ContainerView {
     pub exit_code: i32,
 }
 
-/// The image reference `rkt app add` is given for a CRI image reference.
-/// rkt's store resolves names and IDs itself; the ImageService may map
-/// other spellings (registry references) here.
-pub fn store_reference(image: &str) -> String {
-    image.trim().to_string()
+/// The image reference `rkt app add` is given for a CRI image reference: the
+/// store's image ID when the ImageService's lookup knows the name (registry
+/// tags and digests, `oci:` locations, ID prefixes), else the name as given,
+/// which rkt's store resolves itself (ACI names and labels).
+pub fn store_reference(dir: &std::path::Path, image: &str) -> Result<String, ContainerError> {
+    let image = image.trim();
+    let store = rkt_engine::store::Store::open(dir)
+        .map_err(|e| ContainerError::Invalid(format!("cannot open the image store: {e}")))?;
+    match crate::images::find_image(&store, image) {
+        Ok(Some(id)) => Ok(id.to_string()),
+        Ok(None) => Ok(image.to_string()),
+        Err(e) => Err(ContainerError::Invalid(e.to_string())),
+    }
 }
 
 impl Engine {
@@ -216,7 +224,7 @@ impl Engine {
             "app".to_string(),
             "add".to_string(),
             sandbox_id.clone(),
-            store_reference(&spec.record.image),
+            store_reference(&self.dir, &spec.record.image)?,
             format!("--name={id}"),
         ];
         if let Some((exec, _)) = spec.exec.split_first() {

@@ -1,11 +1,12 @@
-//! `rkt cri-service`: the Kubernetes CRI v1 (`runtime.v1`) RuntimeService on
-//! a unix socket, so the kubelet (or crictl) can run pods with rkt-rs, as
+//! `rkt cri-service`: the Kubernetes CRI v1 (`runtime.v1`) RuntimeService and
+//! ImageService on one unix socket, so the kubelet (or crictl) can run pods with rkt-rs, as
 //! rktlet did for rkt. Pod sandboxes are rkt's mutable pods (see
 //! `sandboxes`); the service keeps no state but `--dir`.
 //!
 //! Served: Version, Status, the pod sandbox calls, the container calls
 //! (Create/Start/Stop/Remove/List/ContainerStatus on the sandbox's apps, see
-//! `containers`) and ExecSync. The streaming calls (Exec, Attach,
+//! `containers`) and ExecSync; the ImageService over rkt's store and finders
+//! (see `images`). The streaming calls (Exec, Attach,
 //! PortForward), ReopenContainerLog and every call left out of our proto
 //! (stats, updates, checkpoints, events) answer Unimplemented.
 
@@ -13,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod containers;
+pub mod images;
 pub mod sandboxes;
 
 use std::collections::HashMap;
@@ -54,6 +56,8 @@ pub struct ServiceConfig {
     pub engine: Engine,
     /// The CNI network config directory NetworkReady is judged by.
     pub cni_conf_dir: PathBuf,
+    /// How the ImageService fetches.
+    pub images: images::ImageServiceConfig,
 }
 
 /// Binds the unix socket at `socket` (replacing a stale one), tells
@@ -97,6 +101,10 @@ pub fn serve(config: ServiceConfig, socket: &Path, on_listening: impl FnOnce(&Pa
         // Kubelets keep their connections open for good: a graceful shutdown
         // would wait for them forever, so a signal drops them instead.
         let server = tonic::transport::Server::builder()
+            .add_service(images::Images::server(
+                &service.config.engine.dir,
+                service.config.images.clone(),
+            ))
             .add_service(RuntimeServiceServer::new(service))
             .serve_with_incoming(incoming);
         tokio::select! {

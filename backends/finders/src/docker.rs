@@ -321,7 +321,7 @@ impl Registry<'_> {
         let path = format!("{}/manifests/{reference}", self.image.repository);
         let response = self.get(&path, oci::MANIFEST_ACCEPT)?;
         if response.status() == StatusCode::NOT_FOUND {
-            return Err(BackendError::Other(format!(
+            return Err(BackendError::NotFound(format!(
                 "{}: no such image in the registry (404)",
                 self.image_shown()
             )));
@@ -370,7 +370,13 @@ fn fetch(
     policy: &FetchPolicy,
     previous: Option<RemoteRecord>,
 ) -> Result<ImageId, BackendError> {
-    let creds = credentials(&policy.config, &image.registry);
+    let creds = match &policy.registry_credentials {
+        Some(given) => Some(Credentials {
+            user: given.user.clone(),
+            password: given.password.clone(),
+        }),
+        None => credentials(&policy.config, &image.registry),
+    };
     let base = registry_base(transport, &image.registry, policy.insecure.http)?;
     let mut registry = Registry {
         transport,

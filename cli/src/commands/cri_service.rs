@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rkt_cri::ServiceConfig;
+use rkt_cri::images::ImageServiceConfig;
 use rkt_cri::sandboxes::Engine;
 use rkt_engine::stage::InsecureOptions;
 
@@ -25,6 +26,10 @@ pub struct CriServiceArgs {
     /// The CNI network config directory NetworkReady is judged by
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
+    /// A registry (HOST[:PORT]) PullImage may reach over plain http or
+    /// unverified TLS; repeat or separate with commas
+    #[arg(long, value_name = "REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
 }
 
 /// `--insecure-options` as rkt parses it back.
@@ -77,6 +82,11 @@ pub fn cri_service(global: &GlobalFlags, args: CriServiceArgs) -> Result<u8> {
             stage1: args.stage1,
         },
         cni_conf_dir: args.cni_conf_dir,
+        images: ImageServiceConfig {
+            insecure_registries: args.insecure_registry,
+            insecure: global.insecure_options,
+            config_dirs: global.config_dirs(),
+        },
     };
     rkt_cri::serve(config, &socket, |path| {
         let mut out = std::io::stdout().lock();

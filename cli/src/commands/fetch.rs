@@ -54,6 +54,7 @@ pub fn fetch(global: &GlobalFlags, args: FetchArgs) -> Result<u8> {
         signature: args.signature.clone(),
         config: global.config_dirs(),
         trust_keys_from_https: args.trust_keys_from_https,
+        registry_credentials: None,
     };
     for image in &args.images {
         let id = runtime

@@ -48,6 +48,17 @@ pub fn stage1_harness(test: &str, stage1: &str) -> Option<Rkt> {
     Some(Rkt::new(bin(), stage1).expect("harness"))
 }
 
+/// Debian's docker-registry on 127.0.0.1, or None (with a "skipped" line)
+/// when it or skopeo is missing.
+#[allow(dead_code)] // only the tests that pull use a registry
+pub fn registry(test: &str) -> Option<rkt_conformance::registry::Registry> {
+    if let Some(why) = rkt_conformance::registry::unavailable() {
+        eprintln!("{test}: skipped: {why}");
+        return None;
+    }
+    Some(rkt_conformance::registry::Registry::start().expect("docker-registry"))
+}
+
 /// rkt's contract for its own errors: exit 254, one line, naming what was wrong.
 pub fn one_line_254(out: &RunOutput, mentions: &str) {
     assert_eq!(out.code, 254, "{}", out.describe());

@@ -34,6 +34,9 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// What was asked for does not exist at its source (a registry's 404).
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Other(String),
 }
@@ -329,6 +332,26 @@ pub struct FetchPolicy {
     /// `--trust-keys-from-https`: trust the keys a discovery answer names when they
     /// come over verified https.
     pub trust_keys_from_https: bool,
+    /// Registry credentials that came with the request (the CRI's AuthConfig);
+    /// they win over `auth.d`.
+    pub registry_credentials: Option<RegistryCredentials>,
+}
+
+/// A user name and password for a registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+/// Keeps the password out of debug output and logs.
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// rkt's configuration directories: `--local-config` (the admin's, written by
