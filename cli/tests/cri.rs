@@ -72,23 +72,6 @@ impl Drop for CriService {
     }
 }
 
-/// Force-stops every pod of the test's --dir and collects it, even when an
-/// assertion failed half way.
-struct PodCleanup<'a>(&'a Rkt);
-
-impl Drop for PodCleanup<'_> {
-    fn drop(&mut self) {
-        let list = self.0.rkt(&["list", "--no-legend", "--full"]);
-        for line in list.stdout.lines() {
-            if let Some(uuid) = line.split_whitespace().next() {
-                let _ = self.0.rkt(&["stop", "--force", uuid]);
-                let _ = self.0.rkt(&["status", "--wait=60s", uuid]);
-            }
-        }
-        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
-    }
-}
-
 fn sandbox_request(name: &str, labels: &[(&str, &str)]) -> RunPodSandboxRequest {
     RunPodSandboxRequest {
         config: Some(PodSandboxConfig {
@@ -166,7 +149,7 @@ fn cri_sandbox_lifecycle_with_filters_and_restart() {
     let Some(rkt) = harness("cri_sandbox_lifecycle_with_filters_and_restart") else {
         return;
     };
-    let _cleanup = PodCleanup(&rkt);
+    let _cleanup = common::PodCleanup(&rkt);
     let socket = rkt.work().join("run").join("cri.sock");
     let cni: PathBuf = rkt.work().join("net.d");
     std::fs::create_dir_all(&cni).expect("cni dir");

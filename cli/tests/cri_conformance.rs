@@ -14,29 +14,12 @@ use rkt_conformance::cri_runtime;
 
 use rkt_backend_nspawn as _;
 
-/// Force-stops every pod of the test's --dir and collects it, even when a
-/// case failed half way.
-struct PodCleanup<'a>(&'a rkt_conformance::Rkt);
-
-impl Drop for PodCleanup<'_> {
-    fn drop(&mut self) {
-        let list = self.0.rkt(&["list", "--no-legend", "--full"]);
-        for line in list.stdout.lines() {
-            if let Some(uuid) = line.split_whitespace().next() {
-                let _ = self.0.rkt(&["stop", "--force", uuid]);
-                let _ = self.0.rkt(&["status", "--wait=60s", uuid]);
-            }
-        }
-        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
-    }
-}
-
 #[test]
 fn cri_runtime_conformance_cases_pass() {
     let Some(rkt) = common::stage1_harness("cri_runtime_conformance_cases_pass", "nspawn") else {
         return;
     };
-    let _cleanup = PodCleanup(&rkt);
+    let _cleanup = common::PodCleanup(&rkt);
     let filter = std::env::var("RKT_CRI_CASES").ok();
     let results = cri_runtime::run_with_own_server(&rkt, filter.as_deref()).expect("the CRI suite runs");
     let mut failures = Vec::new();

@@ -32,7 +32,7 @@ use rkt_engine::stage::{
     BackendError, ConfigDirs, FetchPolicy, InsecureOptions, PullPolicy, RegistryCredentials,
 };
 use rkt_engine::store::{ImageInfo, Store, StoreError};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::runtime_v1::image_service_client::ImageServiceClient;
@@ -718,18 +718,7 @@ impl ImageService for Images {
 
 /// An ImageService client over the unix socket at `socket`.
 pub async fn connect(socket: &Path) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
-    let socket = socket.to_path_buf();
-    // The URI is required by tonic and never used: the connector dials the socket.
-    let channel = Endpoint::from_static("http://rkt-cri.invalid")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(ImageServiceClient::new(channel))
+    Ok(ImageServiceClient::new(crate::unix_channel(socket).await?))
 }
 
 #[cfg(test)]

@@ -130,11 +130,11 @@ async fn shutdown() {
     }
 }
 
-/// A RuntimeService client over the unix socket at `socket`.
-pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, CriError> {
+/// A channel to the service's unix socket, for either service's client.
+pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     // The URI is required by tonic and never used: the connector dials the socket.
-    let channel = Endpoint::from_static("http://rkt-cri.invalid")
+    Endpoint::from_static("http://rkt-cri.invalid")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
@@ -142,8 +142,12 @@ pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, Cri
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
-        .await?;
-    Ok(RuntimeServiceClient::new(channel))
+        .await
+}
+
+/// A RuntimeService client over the unix socket at `socket`.
+pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>, CriError> {
+    Ok(RuntimeServiceClient::new(unix_channel(socket).await?))
 }
 
 struct CriService {
