@@ -94,37 +94,50 @@ pub fn all_cases() -> Vec<CriCase> {
     ]
 }
 
-/// A `rkt cri-service` the suite started; dropping it kills it.
+/// A `rkt cri-service` a suite started; dropping it kills it.
 pub struct CriServer {
     child: Child,
+    pub socket: PathBuf,
 }
 
 impl CriServer {
-    /// Starts the service on `socket` and returns once it listens.
-    pub fn start(rkt: &Rkt, socket: &Path, cni: &Path) -> Result<Self, String> {
+    /// Starts the service on `socket` with rkt's `global` flags and the
+    /// service's `extra` flags, and returns once it listens (it prints the
+    /// socket first).
+    pub fn start(rkt: &Rkt, socket: &Path, global: &[&str], extra: &[&str]) -> Result<Self, String> {
+        let listen = format!("--listen=unix://{}", socket.display());
+        let stage1 = format!("--stage1={}", rkt.stage1);
+        let mut args = global.to_vec();
+        args.extend(["cri-service", listen.as_str(), stage1.as_str()]);
+        args.extend_from_slice(extra);
         let mut child = rkt
-            .command(&[
-                "--insecure-options=image",
-                "cri-service",
-                &format!("--listen=unix://{}", socket.display()),
-                &format!("--cni-conf-dir={}", cni.display()),
-                &format!("--stage1={}", rkt.stage1),
-            ])
+            .command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start rkt cri-service: {e}"))?;
         let mut line = String::new();
-        let stdout = child.stdout.as_mut().ok_or("no stdout from rkt cri-service")?;
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("reading rkt cri-service's first line: {e}"))?;
-        if !line.contains(&socket.display().to_string()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("rkt cri-service did not start: {line:?}"));
+        let read = match child.stdout.as_mut() {
+            Some(out) => BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(|e| format!("reading rkt cri-service's first line: {e}")),
+            None => Err("no stdout from rkt cri-service".into()),
+        };
+        let server = CriServer {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        match read {
+            Ok(_) if line.contains(&socket.display().to_string()) => Ok(server),
+            Ok(_) => Err(format!("rkt cri-service did not start (said {line:?})")),
+            Err(e) => Err(e),
         }
-        Ok(CriServer { child })
+    }
+
+    /// The suite's own server: images unsigned, CNI configuration from `cni`.
+    fn start_own(rkt: &Rkt, socket: &Path, cni: &Path) -> Result<Self, String> {
+        let cni = format!("--cni-conf-dir={}", cni.display());
+        Self::start(rkt, socket, &["--insecure-options=image"], &[&cni])
     }
 
     /// SIGTERM, as an operator would; waits for the service to exit.
@@ -491,7 +504,7 @@ impl<'a> Ctx<'a> {
         if let Some(server) = own.server.take() {
             server.terminate()?;
         }
-        own.server = Some(CriServer::start(own.rkt, &self.socket, &own.cni)?);
+        own.server = Some(CriServer::start_own(own.rkt, &self.socket, &own.cni)?);
         self.client = self
             .runtime
             .block_on(rkt_cri::connect(&self.socket))
@@ -1157,7 +1170,7 @@ pub fn run_with_own_server(rkt: &Rkt, filter: Option<&str>) -> Result<Vec<(&'sta
     let cni = rkt.work().join("net.d");
     std::fs::create_dir_all(&cni).map_err(|e| format!("creating {}: {e}", cni.display()))?;
     let logs = rkt.work().join("pod-logs");
-    let server = CriServer::start(rkt, &socket, &cni)?;
+    let server = CriServer::start_own(rkt, &socket, &cni)?;
     let own = OwnServer {
         rkt,
         cni,

@@ -183,7 +183,7 @@ fn append_busybox<W: io::Write>(tar: &mut tar::Builder<W>) -> io::Result<()> {
 }
 
 /// The applets the checks call.
-const APPLETS: &[&str] = &[
+pub(crate) const APPLETS: &[&str] = &[
     "sh", "echo", "env", "id", "pwd", "cat", "ls", "sleep", "true", "false", "test", "touch", "mkdir",
     "stat", "grep", "wc", "head", "printf", "kill", "mount", "readlink", "rm", "hostname", "wget", "timeout",
 ];

@@ -61,7 +61,8 @@ impl Layer {
     }
 }
 
-/// A layer with the static busybox as /bin/busybox (and a few applets), root
+/// A layer with the static busybox as /bin/busybox (and the applets the ACI
+/// test images have), root
 /// in /etc/passwd and /etc/group, and /bin/linked hard-linked to busybox.
 pub fn busybox_layer() -> io::Result<Layer> {
     let busybox = crate::busybox_path()
@@ -78,7 +79,7 @@ pub fn busybox_layer() -> io::Result<Layer> {
     layer
         .files
         .push(("etc/group".into(), b"root:x:0:\n".to_vec(), 0o644));
-    for applet in ["sh", "test", "echo", "pwd", "cat", "ls"] {
+    for applet in crate::image::APPLETS {
         layer.symlinks.push((format!("bin/{applet}"), "busybox".into()));
     }
     layer.hardlinks.push(("bin/linked".into(), "bin/busybox".into()));
