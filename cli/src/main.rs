@@ -4,6 +4,7 @@
 mod apps;
 mod commands;
 mod flags;
+mod pages;
 mod podview;
 mod table;
 
@@ -81,6 +82,7 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    pages::no_fault_around();
     // The multi-call role: inside a pod this binary is the stage1 init.
     if std::env::args_os()
         .nth(1)
