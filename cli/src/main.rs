@@ -4,7 +4,6 @@
 mod apps;
 mod commands;
 mod flags;
-mod pages;
 mod podview;
 mod table;
 
@@ -82,7 +81,6 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
-    pages::no_fault_around();
     // The multi-call role: inside a pod this binary is the stage1 init.
     if std::env::args_os()
         .nth(1)
