@@ -206,3 +206,61 @@ fn pods_list(bencher: Bencher, count: usize) {
         listed
     });
 }
+
+/// An 8 MB image (64 files of 128 KiB) for the first run's import + render.
+static SIZED_ACI: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    // The tiny image's entries, without its end-of-archive blocks.
+    let tiny = tiny_aci("example.com/sized", 1);
+    let mut entries = Vec::new();
+    for entry in tar::Archive::new(tiny.as_slice()).entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).expect("read entry");
+        entries.push((
+            entry.header().clone(),
+            entry.path().expect("path").into_owned(),
+            bytes,
+        ));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    for (mut header, path, bytes) in entries {
+        tar.append_data(&mut header, path, bytes.as_slice())
+            .expect("append");
+    }
+    let mut data = vec![0u8; 128 << 10];
+    for i in 0..64 {
+        for (j, byte) in data.iter_mut().enumerate() {
+            *byte = (i * 31 + j * 7) as u8;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("rootfs/f{i}"), data.as_slice())
+            .expect("append file");
+    }
+    tar.into_inner().expect("finish tar")
+});
+
+/// A new image's import then render: the archive read and hashed once with the
+/// tree extracted on the way (`one_pass`), or imported then rendered from its blob.
+#[divan::bench(args = [false, true])]
+fn store_import_and_render(bencher: Bencher, one_pass: bool) {
+    let aci = &*SIZED_ACI;
+    bencher
+        .with_inputs(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(dir.path()).expect("open store");
+            (dir, store)
+        })
+        .bench_values(|(dir, store)| {
+            let importing = if one_pass {
+                store.rendering_on_import()
+            } else {
+                store.clone()
+            };
+            let id = importing.import(&mut aci.as_slice(), "bench").expect("import");
+            store.render(&id).expect("render");
+            dir
+        });
+}

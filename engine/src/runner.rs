@@ -167,6 +167,17 @@ impl Runtime {
     /// Resolves an image reference to an image in the store, fetching it through
     /// the first registered ImageFinder that handles it.
     pub fn find_image(&self, reference: &str, policy: &FetchPolicy) -> Result<ImageId, RunnerError> {
+        self.find_image_into(&self.store, reference, policy)
+    }
+
+    /// `find_image`, fetching into `store` (this runtime's store, maybe set to
+    /// render what it imports).
+    fn find_image_into(
+        &self,
+        store: &Store,
+        reference: &str,
+        policy: &FetchPolicy,
+    ) -> Result<ImageId, RunnerError> {
         let parsed = ImageRef::parse(reference);
         match &parsed {
             ImageRef::Id(_) => return Ok(self.store.resolve(reference)?),
@@ -197,7 +208,7 @@ impl Runtime {
                 finder.name()
             )));
         }
-        let id = block_on(finder.find(&self.store, &parsed, policy))?;
+        let id = block_on(finder.find(store, &parsed, policy))?;
         tracing::debug!(image = reference, %id, source = finder.name(), "image found");
         Ok(id)
     }
@@ -390,6 +401,8 @@ impl Runtime {
         // Until the pod records its images and trees, this keeps image rm and gc off them.
         let _no_image_removal = self.store.lock_trees_shared()?;
         // Images first: a typo in an image name should not even create a pod.
+        // A new image's tree is rendered as it is imported: it is needed next.
+        let importing = self.store.rendering_on_import();
         let images = match &request.pod_manifest {
             Some(_) => Vec::new(),
             None => request
@@ -400,7 +413,7 @@ impl Runtime {
                     if app.signature.is_some() {
                         policy.signature = app.signature.clone();
                     }
-                    let id = self.find_image(&app.image, &policy)?;
+                    let id = self.find_image_into(&importing, &app.image, &policy)?;
                     let manifest = self.store.manifest(&id)?;
                     Ok((id, manifest))
                 })

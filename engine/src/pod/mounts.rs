@@ -73,9 +73,28 @@ impl PlannedMount {
             self.flags,
             self.data.as_deref(),
         )
+        .or_else(
+            |e| match self.data.as_deref().and_then(|d| d.strip_suffix(VOLATILE)) {
+                // Kernels before 5.10 do not know `volatile`.
+                Some(plain) if e == nix::errno::Errno::EINVAL => nix::mount::mount(
+                    Some(self.source.as_c_str()),
+                    &self.target,
+                    self.fstype,
+                    self.flags,
+                    Some(plain),
+                ),
+                _ => Err(e),
+            },
+        )
         .map_err(|e| format!("mounting {}: {}", self.what, e.desc()))
     }
 }
+
+/// Without it, the kernel syncs the whole filesystem under the upper dir (journal
+/// commit, disk flush) when the pod's mount namespace goes away, on every pod exit.
+/// An upper dir belongs to one run of one pod and is never mounted again, so losing
+/// its unwritten pages in a host crash loses nothing rkt needs (fly does the same).
+const VOLATILE: &str = ",volatile";
 
 /// The overlay of every app whose rootfs is one, then every volume bound at its
 /// pod-side path (`protocol::volume`), in the manifest's order.
@@ -88,11 +107,12 @@ pub fn plan_pod_mounts(pod: &Path, manifest: &PodManifest) -> Result<Vec<Planned
             source,
         })?;
         if let AppRootfs::Overlay { lower } = spec {
-            let data = overlay_options(
+            let mut data = overlay_options(
                 &lower,
                 &layout::overlay_upper(pod, name),
                 &layout::overlay_work(pod, name),
             )?;
+            data.push_str(VOLATILE);
             mounts.push(PlannedMount {
                 source: c"overlay".into(),
                 target: layout::app_rootfs(pod, name),
@@ -209,5 +229,28 @@ mod tests {
         assert_eq!(err.to_string(), "volume \"v\": source contains a NUL byte");
         let ok = PlannedMount::bind(Path::new("/a"), "/t".into(), true, "v".into()).unwrap();
         assert_eq!(ok.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+    }
+
+    #[test]
+    fn overlays_are_planned_volatile() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path();
+        let manifest: PodManifest = serde_json::from_value(serde_json::json!({
+            "acVersion": "0.8.11", "acKind": "PodManifest",
+            "apps": [{"name": "a", "image": {"id": format!("sha512-{}", "a".repeat(128))}}],
+        }))
+        .unwrap();
+        std::fs::create_dir_all(layout::appsinfo(pod, "a")).unwrap();
+        std::fs::write(
+            layout::app_rootfs_spec(pod, "a"),
+            r#"{"kind":"overlay","lower":"/cas/tree/x/rootfs"}"#,
+        )
+        .unwrap();
+        let plan = plan_pod_mounts(pod, &manifest).unwrap();
+        let data = plan[0].data.as_deref().unwrap();
+        assert!(
+            data.starts_with("lowerdir=/cas/tree/x/rootfs,") && data.ends_with(",volatile"),
+            "{data}"
+        );
     }
 }

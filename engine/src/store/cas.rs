@@ -11,8 +11,9 @@ use std::io::{self, BufWriter, Read, Write};
 
 use sha2::{Digest, Sha512};
 
+use super::extract::StreamingUnpack;
 use super::layout::{self, Scratch, create_durable_dir};
-use super::{IoContext, Store, StoreError, VerifyReport, decompress, index};
+use super::{IoContext, Store, StoreError, VerifyReport, decompress, index, tree};
 use crate::schema::{ImageId, ImageManifest};
 
 /// A manifest is a few KiB; anything this large is an attack or a mistake, and is
@@ -48,6 +49,17 @@ fn import_limited(
     HASHED.with(|n| n.set(n.get() + 1));
 
     store.ensure_dirs(&[store.tmp_dir()])?;
+    // The tree the image will be run from, extracted from the same read of the
+    // archive (see `tree::publish_pending`); a failure here only costs the
+    // separate render later.
+    let pending = if store.render_on_import {
+        tree::PendingTree::new(store, "import")
+            .inspect_err(|e| tracing::debug!(error = %e, "no tree rendered while importing"))
+            .ok()
+    } else {
+        None
+    };
+    let mut unpack = pending.as_ref().map(|p| StreamingUnpack::new(p.root()));
     let scratch = Scratch::new(store, "import");
     let tmp_shown = scratch.path().display().to_string();
     let file = File::options()
@@ -60,7 +72,7 @@ fn import_limited(
     let stream = decompress::uncompressed(archive).ctx(|| "read image archive".to_string())?;
     let mut tee = HashingTee::new(stream, BufWriter::with_capacity(256 << 10, file));
     tee.limit = limit;
-    let scanned = scan(&mut tee);
+    let scanned = scan(&mut tee, &mut unpack);
     if let Some(reason) = tee.too_large.take() {
         return Err(StoreError::TooLarge(reason));
     }
@@ -85,6 +97,13 @@ fn import_limited(
     let id = ImageId::from_sha512_hex(&hex::encode(digest));
     publish(store, scratch, &id, &found, size, origin)?;
     crate::failpoint::failpoint("fetch.index-written");
+    let extracted = unpack.map(StreamingUnpack::finish).is_some();
+    if let Some(pending) = pending.filter(|_| extracted) {
+        // The image is stored: a tree that cannot be published is rendered later.
+        if let Err(e) = tree::publish_pending(store, pending, &id, &found.manifest) {
+            tracing::debug!(%id, error = %e, "tree rendered while importing not published");
+        }
+    }
     tracing::debug!(%id, size, origin, "imported image");
     Ok(id)
 }
@@ -129,7 +148,14 @@ fn parse_size(text: &str) -> Option<u64> {
 
 /// Walks the tar to its end, keeping the manifest, then drains whatever follows the
 /// end-of-archive marker so the hash covers every byte of the uncompressed stream.
-fn scan<R: Read, W: Write + FreeSpace>(tee: &mut HashingTee<R, W>) -> Result<Found, StoreError> {
+/// With `unpack`, the rootfs is extracted on the way; it is dropped (set to None)
+/// at the first entry it refuses or when the manifest names dependencies, which
+/// must lie below the image: either way the image is still imported, and a later
+/// render extracts it the usual way (and reports what it refuses).
+fn scan<R: Read, W: Write + FreeSpace>(
+    tee: &mut HashingTee<R, W>,
+    unpack: &mut Option<StreamingUnpack<'_>>,
+) -> Result<Found, StoreError> {
     let corrupt = |e: io::Error| StoreError::Corrupt(e.to_string());
     let mut found: Option<Found> = None;
     {
@@ -137,6 +163,12 @@ fn scan<R: Read, W: Write + FreeSpace>(tee: &mut HashingTee<R, W>) -> Result<Fou
         for entry in archive.entries().map_err(corrupt)? {
             let mut entry = entry.map_err(corrupt)?;
             if !is_manifest(&entry.path_bytes()) {
+                if let Some(extract) = unpack.as_mut()
+                    && let Err(e) = extract.entry(entry)
+                {
+                    tracing::debug!(error = %e, "not rendering the tree while importing");
+                    *unpack = None;
+                }
                 continue;
             }
             if found.is_some() {
@@ -160,6 +192,9 @@ fn scan<R: Read, W: Write + FreeSpace>(tee: &mut HashingTee<R, W>) -> Result<Fou
             entry.read_to_end(&mut bytes).map_err(corrupt)?;
             let manifest =
                 ImageManifest::from_json(&bytes).map_err(|e| StoreError::InvalidManifest(e.to_string()))?;
+            if !manifest.dependencies.is_empty() {
+                *unpack = None;
+            }
             found = Some(Found { bytes, manifest });
         }
     }

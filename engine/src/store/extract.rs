@@ -52,15 +52,7 @@ pub(super) fn unpack_layer(archive: impl Read, root: BorrowedFd<'_>) -> Result<(
 }
 
 fn unpack_as(archive: impl Read, root: BorrowedFd<'_>, layer: bool) -> Result<(), StoreError> {
-    let mut extractor = Extractor {
-        layer,
-        root,
-        parent: None,
-        parent_stale: false,
-        dir_times: Vec::new(),
-        chown: nix::unistd::geteuid().is_root(),
-        buf: vec![0; 256 << 10],
-    };
+    let mut extractor = Extractor::new(root, layer);
     let mut archive = tar::Archive::new(archive);
     let corrupt = |e: io::Error| StoreError::Corrupt(e.to_string());
     for entry in archive.entries().map_err(corrupt)? {
@@ -68,6 +60,27 @@ fn unpack_as(archive: impl Read, root: BorrowedFd<'_>, layer: bool) -> Result<()
     }
     extractor.finish();
     Ok(())
+}
+
+/// `unpack` fed one entry at a time, for a caller that walks the archive itself
+/// (an import that renders the tree in the same pass). Entries outside `rootfs/`
+/// are ignored; `finish` must follow the last entry.
+pub(super) struct StreamingUnpack<'r>(Extractor<'r>);
+
+impl<'r> StreamingUnpack<'r> {
+    pub(super) fn new(root: BorrowedFd<'r>) -> Self {
+        Self(Extractor::new(root, false))
+    }
+
+    /// Same guarantees and errors as `unpack`; after an error the directory is
+    /// half-filled and the caller throws it away.
+    pub(super) fn entry<R: Read>(&mut self, entry: tar::Entry<'_, R>) -> Result<(), StoreError> {
+        self.0.entry(entry)
+    }
+
+    pub(super) fn finish(self) {
+        self.0.finish()
+    }
 }
 
 /// Where an archive entry lands below the rootfs (empty for `rootfs/` itself), or
@@ -143,7 +156,19 @@ struct Extractor<'r> {
     buf: Vec<u8>,
 }
 
-impl Extractor<'_> {
+impl<'r> Extractor<'r> {
+    fn new(root: BorrowedFd<'r>, layer: bool) -> Self {
+        Extractor {
+            layer,
+            root,
+            parent: None,
+            parent_stale: false,
+            dir_times: Vec::new(),
+            chown: nix::unistd::geteuid().is_root(),
+            buf: vec![0; 256 << 10],
+        }
+    }
+
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), StoreError> {
         let kind = entry.header().entry_type();
         if matches!(

@@ -167,13 +167,26 @@ impl VerifyReport {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// See `rendering_on_import`.
+    render_on_import: bool,
 }
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             dir: data_dir.join("cas"),
+            render_on_import: false,
         })
+    }
+    /// The same store, whose imports also render the image's tree from the same
+    /// read of the archive (for an image without dependencies), so that a run of
+    /// a new image reads, hashes and writes its data once. For callers that are
+    /// about to render it (run, prepare); a plain fetch keeps only the archive.
+    pub fn rendering_on_import(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            render_on_import: true,
+        }
     }
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufReader};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -41,6 +41,12 @@ struct TreeRecord {
     /// Bytes of file content in the rootfs.
     #[serde(default)]
     size: u64,
+    /// The boot (`/proc/sys/kernel/random/boot_id`) a tree was published in when its
+    /// files were not synced first (see `publish_pending`); absent when they were.
+    /// In any later boot such a tree may have lost data in a crash, so it counts as
+    /// not rendered and is built again from its images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unsynced_boot: Option<String>,
 }
 
 pub(super) fn render(store: &Store, id: &ImageId) -> Result<RenderedTree, StoreError> {
@@ -71,9 +77,28 @@ pub(super) fn rootfs(store: &Store, tree_id: &str) -> Result<PathBuf, StoreError
     }
 }
 
-/// The one check a second render pays for.
+/// The one check a second render pays for: one small read (two for a tree
+/// published unsynced in this boot).
 fn is_complete(dir: &Path) -> bool {
-    dir.join(COMPLETE).exists()
+    let Ok(bytes) = std::fs::read(dir.join(COMPLETE)) else {
+        return false;
+    };
+    match serde_json::from_slice::<TreeRecord>(&bytes) {
+        Ok(TreeRecord {
+            unsynced_boot: Some(boot),
+            ..
+        }) => current_boot().as_deref() == Some(boot.as_str()),
+        // A record that does not parse still marks a finished tree (as before
+        // records carried anything): `verify` reports it.
+        _ => true,
+    }
+}
+
+/// This boot's ID; None when /proc does not tell (then trees are always synced).
+fn current_boot() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = text.trim();
+    (!boot.is_empty()).then(|| boot.to_string())
 }
 
 fn tree_id_of<'a>(ids: impl Iterator<Item = &'a ImageId>) -> String {
@@ -93,26 +118,8 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
         // A tree directory without its completion record is not ours to reuse.
         discard(store, dir)?;
     }
-    let scratch = Scratch::new(store, &format!("render-{tree_id}"));
+    let PendingTree { scratch, root } = extract_layers(store, layers, tree_id)?;
     let rootfs = scratch.path().join(ROOTFS);
-    // Owner-only, from creation in tmp/ to its published name: an image may carry
-    // setuid-root programs and world-writable directories, which no other host
-    // user may reach (run as root, or plant files under a tree pods use).
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(scratch.path())
-        .ctx(|| format!("create {}", scratch.path().display()))?;
-    std::fs::create_dir(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
-    let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
-    for layer in layers {
-        let blob = store.blob_path(layout::key(&layer.id)?);
-        let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
-        super::touch_on_read(store, &layer.id);
-        extract::unpack(BufReader::with_capacity(256 << 10, file), root.as_fd())?;
-    }
-    if let Some(top) = layers.last() {
-        super::whitelist::prune(&rootfs, root.as_fd(), &top.manifest.path_whitelist)?;
-    }
     // Read back once, at build time only: runs that reuse the tree never hash.
     // One syncfs instead of an fsync per file: the rename below must not become
     // durable before the files it publishes. The digest only reads, so the two
@@ -134,9 +141,18 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
         rendered_at: SystemTime::now(),
         hash: Some(digest.hash),
         size: digest.size,
+        unsynced_boot: None,
     };
+    publish(store, scratch, &record, dir)?;
+    tracing::debug!(tree_id, layers = layers.len(), "rendered tree");
+    Ok(())
+}
+
+/// Gives the finished tree in `scratch` its completion record and renames it to
+/// `dir`. The caller holds the tree's lock, and `dir` does not exist.
+fn publish(store: &Store, scratch: Scratch, record: &TreeRecord, dir: &Path) -> Result<(), StoreError> {
     let bytes =
-        serde_json::to_vec_pretty(&record).map_err(|e| StoreError::io("encode tree record", e.into()))?;
+        serde_json::to_vec_pretty(record).map_err(|e| StoreError::io("encode tree record", e.into()))?;
     let record_path = scratch.path().join(COMPLETE);
     crate::fsutil::atomic_write(&record_path, &bytes).ctx(|| format!("write {}", record_path.display()))?;
     crate::failpoint::failpoint("render.tree-built");
@@ -144,9 +160,125 @@ fn build(store: &Store, layers: &[Layer], tree_id: &str, dir: &Path) -> Result<(
     scratch.keep();
     crate::failpoint::failpoint("render.tree-published");
     let root_dir = store.tree_root();
-    crate::fsutil::fsync_dir(&root_dir).ctx(|| format!("fsync {}", root_dir.display()))?;
-    tracing::debug!(tree_id, layers = layers.len(), "rendered tree");
+    crate::fsutil::fsync_dir(&root_dir).ctx(|| format!("fsync {}", root_dir.display()))
+}
+
+/// A tree being filled in `cas/tmp/`: deleted when dropped unless published.
+pub(super) struct PendingTree {
+    scratch: Scratch,
+    /// Its rootfs directory.
+    root: OwnedFd,
+}
+
+impl PendingTree {
+    /// An empty, owner-only tree directory in `cas/tmp/`.
+    pub(super) fn new(store: &Store, what: &str) -> Result<Self, StoreError> {
+        store.ensure_dirs(&[store.tmp_dir()])?;
+        let scratch = Scratch::new(store, &format!("render-{what}"));
+        let rootfs = scratch.path().join(ROOTFS);
+        // Owner-only, from creation in tmp/ to its published name: an image may carry
+        // setuid-root programs and world-writable directories, which no other host
+        // user may reach (run as root, or plant files under a tree pods use).
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(scratch.path())
+            .ctx(|| format!("create {}", scratch.path().display()))?;
+        std::fs::create_dir(&rootfs).ctx(|| format!("create {}", rootfs.display()))?;
+        let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;
+        Ok(Self { scratch, root })
+    }
+
+    pub(super) fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+/// Every layer extracted in order, and the top image's whitelist applied.
+fn extract_layers(store: &Store, layers: &[Layer], what: &str) -> Result<PendingTree, StoreError> {
+    let pending = PendingTree::new(store, what)?;
+    for layer in layers {
+        let blob = store.blob_path(layout::key(&layer.id)?);
+        let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
+        super::touch_on_read(store, &layer.id);
+        extract::unpack(BufReader::with_capacity(256 << 10, file), pending.root())?;
+    }
+    if let Some(top) = layers.last() {
+        let rootfs = pending.scratch.path().join(ROOTFS);
+        super::whitelist::prune(&rootfs, pending.root(), &top.manifest.path_whitelist)?;
+    }
+    Ok(pending)
+}
+
+/// Publishes a tree that an import extracted while it stored the archive, as the
+/// tree of `id`, an image without dependencies (the import checked): whitelist
+/// applied, recorded, renamed into place. Another render that got there first
+/// wins and this copy is dropped.
+///
+/// Nothing here re-reads the files: the tree is published without a digest
+/// (`verify` renders the image again to check it), and without syncing its files.
+/// Syncing 200 MB that the stored, fsynced archive can reproduce cost the first
+/// run more than extracting it; the record names this boot instead, so after a
+/// crash the tree counts as unrendered and is built again (`is_complete`). Where
+/// the boot cannot be told, the tree is synced as `build` does.
+pub(super) fn publish_pending(
+    store: &Store,
+    pending: PendingTree,
+    id: &ImageId,
+    manifest: &ImageManifest,
+) -> Result<(), StoreError> {
+    let PendingTree { scratch, root } = pending;
+    let rootfs = scratch.path().join(ROOTFS);
+    super::whitelist::prune(&rootfs, root.as_fd(), &manifest.path_whitelist)?;
+    let unsynced_boot = current_boot();
+    if unsynced_boot.is_none() {
+        nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
+    }
+    drop(root);
+    let size = treehash::content_size(&rootfs).ctx(|| format!("size of {}", rootfs.display()))?;
+    let tree_id = tree_id_of(std::iter::once(id));
+    let dir = store.tree_root().join(&tree_id);
+    store.ensure_dirs(&[store.tree_root(), store.tree_lock_dir()])?;
+    let _lock = lock_file(&store.tree_lock_dir().join(&tree_id))?;
+    if is_complete(&dir) {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        discard(store, &dir)?;
+    }
+    let record = TreeRecord {
+        images: vec![id.clone()],
+        rendered_at: SystemTime::now(),
+        hash: None,
+        size,
+        unsynced_boot,
+    };
+    publish(store, scratch, &record, &dir)?;
+    tracing::debug!(tree_id, "rendered tree while importing");
     Ok(())
+}
+
+/// The digest the tree of `images` has when rendered afresh from their archives,
+/// for checking a tree published without one; None when an image is gone.
+fn digest_rendered_again(
+    store: &Store,
+    images: &[ImageId],
+) -> Result<Option<treehash::TreeDigest>, StoreError> {
+    let mut layers = Vec::with_capacity(images.len());
+    for id in images {
+        match store.manifest(id) {
+            Ok(manifest) => layers.push(Layer {
+                id: id.clone(),
+                manifest,
+            }),
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let pending = extract_layers(store, &layers, "verify")?;
+    let rootfs = pending.scratch.path().join(ROOTFS);
+    treehash::digest(&rootfs)
+        .map(Some)
+        .ctx(|| format!("hash {}", rootfs.display()))
 }
 
 /// Moves a tree out of sight first, then deletes it, so no reader ever sees a
@@ -353,7 +485,21 @@ pub(super) fn verify(
             report.trees_checked -= 1;
             continue;
         }
-        match (&record.hash, digest) {
+        let want = match &record.hash {
+            Some(hash) => Some(hash.clone()),
+            // Published by an import without a digest: the images, rendered again,
+            // say what it must hash to (while they are still stored).
+            None => match digest_rendered_again(store, &record.images) {
+                Ok(again) => again.map(|d| d.hash),
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("tree {tree_id}: cannot render its images again: {e}"));
+                    continue;
+                }
+            },
+        };
+        match (&want, digest) {
             (_, Err(e)) if e.kind() == io::ErrorKind::NotFound && !rootfs.is_dir() => {
                 report.problems.push(format!("tree {tree_id}: rootfs missing"))
             }
@@ -690,5 +836,154 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// An image whose tree the import renders in the same pass, with a bit of
+    /// everything an extraction handles.
+    fn one_pass_image() -> Vec<u8> {
+        Aci::new(&manifest(
+            "example.com/onepass",
+            &[],
+            json!({ "pathWhitelist": ["/etc/keep", "/bin/tool", "/bin/sh", "/bin/tool2", "/data/big"] }),
+        ))
+        .dir("rootfs/etc", 0o755)
+        .file("rootfs/etc/keep", b"kept")
+        .file("rootfs/etc/drop", b"pruned by the whitelist")
+        .file("rootfs/bin/tool", b"#!tool")
+        .symlink("rootfs/bin/sh", "/bin/tool")
+        .hardlink("rootfs/bin/tool2", "rootfs/bin/tool")
+        .file("rootfs/data/big", &[5u8; 300_000])
+        .file("rootfs/data/big", b"a later duplicate wins")
+        .finish()
+    }
+
+    fn record_of(tree: &RenderedTree) -> TreeRecord {
+        read_record(tree.rootfs.parent().expect("tree dir")).expect("record")
+    }
+
+    #[test]
+    fn an_import_for_a_run_renders_the_same_tree_in_the_same_pass() {
+        let aci = one_pass_image();
+        let (_dir, store) = testutil::store();
+        let id = store
+            .rendering_on_import()
+            .import(&mut &aci[..], "t")
+            .expect("import");
+        // Without its blob nothing can be extracted again: the tree must be there.
+        let blob = store.blob_path(layout::key(&id).expect("key"));
+        let kept_blob = std::fs::read(&blob).expect("blob");
+        std::fs::remove_file(&blob).expect("rm blob");
+        let tree = store.render(&id).expect("rendered by the import");
+        std::fs::write(&blob, kept_blob).expect("put blob back");
+        let record = record_of(&tree);
+        assert_eq!(record.images, vec![id.clone()]);
+        assert_eq!(record.hash, None, "nothing was read back");
+        assert_eq!(
+            record.unsynced_boot,
+            current_boot(),
+            "synced only with no boot ID"
+        );
+        assert!(!residue(&store).iter().any(|p| p.starts_with("tmp")));
+
+        // Exactly what the usual render makes of the same archive.
+        let (_other_dir, other) = testutil::store();
+        let usual = other.render(&testutil::import(&other, &aci)).expect("render");
+        assert_eq!(usual.tree_id, tree.tree_id);
+        assert_eq!(testutil::walk(&tree.rootfs), testutil::walk(&usual.rootfs));
+        let digest = treehash::digest(&tree.rootfs).expect("digest");
+        assert_eq!(digest, treehash::digest(&usual.rootfs).expect("digest"));
+        assert_eq!(record.size, digest.size);
+        assert_eq!(read(&tree, "data/big"), "a later duplicate wins");
+
+        // `verify` checks it against the image rendered again.
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.trees_checked, 1);
+        std::fs::write(tree.rootfs.join("etc/keep"), b"tampered").expect("tamper");
+        let report = store.verify().expect("verify");
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(report.problems[0].contains("content changed"), "{report:?}");
+    }
+
+    #[test]
+    fn a_plain_import_renders_nothing() {
+        let (_dir, store) = testutil::store();
+        testutil::import(&store, &one_pass_image());
+        assert!(!store.tree_root().exists() || testutil::walk(&store.tree_root()).is_empty());
+    }
+
+    #[test]
+    fn a_tree_published_unsynced_in_another_boot_is_rendered_again() {
+        let (_dir, store) = testutil::store();
+        let id = store
+            .rendering_on_import()
+            .import(&mut &one_pass_image()[..], "t")
+            .expect("import");
+        let tree = store.render(&id).expect("render");
+        let dir = tree.rootfs.parent().expect("tree dir").to_path_buf();
+        let mut record = record_of(&tree);
+        if record.unsynced_boot.is_none() {
+            eprintln!("a_tree_published_unsynced_in_another_boot_is_rendered_again: skipped: no boot ID");
+            return;
+        }
+        // As if the machine crashed and rebooted after the tree was published.
+        record.unsynced_boot = Some("an-earlier-boot".into());
+        std::fs::write(dir.join(COMPLETE), serde_json::to_vec(&record).expect("encode")).expect("write");
+        std::fs::remove_file(tree.rootfs.join("etc/keep")).expect("lost in the crash");
+        assert!(matches!(
+            store.tree_rootfs(&tree.tree_id),
+            Err(StoreError::TreeNotFound(_))
+        ));
+        let again = store.render(&id).expect("render again");
+        assert_eq!(again, tree);
+        assert_eq!(read(&again, "etc/keep"), "kept");
+        let record = record_of(&again);
+        assert!(
+            record.hash.is_some() && record.unsynced_boot.is_none(),
+            "built and synced"
+        );
+    }
+
+    #[test]
+    fn hostile_or_dependent_images_are_imported_and_rendered_the_usual_way() {
+        let (dir, store) = testutil::store();
+        let importing = store.rendering_on_import();
+        let escapes = Aci::new(&manifest("example.com/escape", &[], json!({})))
+            .file("rootfs/ok", b"x")
+            .symlink("rootfs/up", "../../..")
+            .raw(b"rootfs/up/escaped", tar::EntryType::Regular, b"", b"x")
+            .raw(b"rootfs/../../escape", tar::EntryType::Regular, b"", b"x")
+            .finish();
+        let id = importing.import(&mut &escapes[..], "t").expect("import");
+        let err = store.render(&id).expect_err("refused");
+        assert!(matches!(err, StoreError::Unsafe { .. }), "{err}");
+        let hardlink_out = Aci::new(&manifest("example.com/link", &[], json!({})))
+            .raw(b"rootfs/passwd", tar::EntryType::Link, b"../../etc/passwd", b"")
+            .finish();
+        let id = importing.import(&mut &hardlink_out[..], "t").expect("import");
+        assert!(matches!(store.render(&id), Err(StoreError::Unsafe { .. })));
+        assert!(!dir.path().join("escape").exists() && !dir.path().join("escaped").exists());
+        assert!(!store.dir().join("escaped").exists());
+        let left: Vec<_> = residue(&store)
+            .into_iter()
+            .filter(|p| p.starts_with("tmp") || p.starts_with("tree"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        testutil::import(&store, &testutil::simple("example.com/base", "1", "v", b"base"));
+        let app = Aci::new(&manifest(
+            "example.com/app",
+            &[],
+            json!({ "dependencies": [dep("example.com/base")] }),
+        ))
+        .file("rootfs/app", b"app")
+        .finish();
+        let app = importing.import(&mut &app[..], "t").expect("import");
+        assert!(!store.tree_root().exists() || testutil::walk(&store.tree_root()).is_empty());
+        let tree = store.render(&app).expect("render");
+        assert_eq!(
+            (read(&tree, "v").as_str(), read(&tree, "app").as_str()),
+            ("base", "app")
+        );
     }
 }

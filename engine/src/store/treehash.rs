@@ -34,6 +34,23 @@ pub(super) fn digest(rootfs: &Path) -> io::Result<TreeDigest> {
     })
 }
 
+/// Bytes of regular-file content under `rootfs`, from metadata alone (no file is
+/// read): the size a tree records when it is published without a digest.
+pub(super) fn content_size(rootfs: &Path) -> io::Result<u64> {
+    let meta = std::fs::symlink_metadata(rootfs)?;
+    if meta.is_file() {
+        return Ok(meta.size());
+    }
+    if !meta.is_dir() {
+        return Ok(0);
+    }
+    let mut size = 0;
+    for entry in std::fs::read_dir(rootfs)? {
+        size += content_size(&entry?.path())?;
+    }
+    Ok(size)
+}
+
 struct Walk {
     /// Hashes on its own thread while the walk reads the next files.
     hasher: ThreadedSha512,
@@ -138,5 +155,10 @@ mod tests {
             .and_then(|f| f.set_modified(etc_mtime))
             .expect("set dir mtime");
         assert_ne!(digest(&root).expect("digest").hash, relinked.hash, "added file");
+        assert_eq!(
+            content_size(&root).expect("size"),
+            5,
+            "the symlink's target is not counted"
+        );
     }
 }
