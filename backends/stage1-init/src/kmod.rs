@@ -15,19 +15,32 @@ use std::path::Path;
 
 use crate::InitError;
 
-/// Loads every module named in the list at `order`, in that order; one already
-/// loaded or built in is fine. A missing list means nothing to load.
-pub fn load_listed(order: &Path) -> Result<(), InitError> {
-    let list = match std::fs::read_to_string(order) {
-        Ok(list) => list,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(InitError::io(format!("reading {}", order.display()), e)),
-    };
-    let dir = order.parent().unwrap_or(Path::new("/"));
-    for name in module_order(&list) {
-        load(&dir.join(name))?;
+/// The initramfs's modules directory, held open: the lists are read after
+/// the init has chrooted into the pod's share.
+pub struct ModulesDir(std::fs::File);
+
+impl ModulesDir {
+    pub fn open(dir: &Path) -> Result<ModulesDir, InitError> {
+        std::fs::File::open(dir)
+            .map(ModulesDir)
+            .map_err(|e| InitError::io(format!("opening {}", dir.display()), e))
     }
-    Ok(())
+
+    /// Loads every module named in the list `name`, in that order; one
+    /// already loaded or built in is fine.
+    pub fn load_list(&self, name: &str) -> Result<(), InitError> {
+        let list = std::fs::read_to_string(self.path(name))
+            .map_err(|e| InitError::io(format!("reading the modules list {name}"), e))?;
+        for module in module_order(&list) {
+            load(&self.path(module))?;
+        }
+        Ok(())
+    }
+
+    /// `name` in the directory through its descriptor, wherever `/` is now.
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        Path::new(&format!("/proc/self/fd/{}", self.0.as_raw_fd())).join(name)
+    }
 }
 
 fn load(path: &Path) -> Result<(), InitError> {
@@ -67,8 +80,14 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_list_loads_nothing() {
+    fn lists_are_read_through_the_directorys_descriptor() {
         let dir = tempfile::tempdir().unwrap();
-        load_listed(&dir.path().join("net.order")).unwrap();
+        std::fs::write(dir.path().join("net.order"), "# nothing\n").unwrap();
+        let modules = ModulesDir::open(dir.path()).unwrap();
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        modules.load_list("net.order").unwrap();
+        assert!(modules.load_list("missing.order").is_err());
+        std::fs::rename(&moved, dir.path()).unwrap();
     }
 }

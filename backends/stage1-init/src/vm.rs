@@ -121,7 +121,10 @@ fn mark(step: &str) {
 fn bring_up() -> Result<(), InitError> {
     mount_kernel_filesystems(Path::new(""))?;
     mark("kernel filesystems mounted");
-    crate::kmod::load_listed(Path::new(protocol::VM_MODULES_ORDER))?;
+    let order = Path::new(protocol::VM_MODULES_ORDER);
+    let modules = crate::kmod::ModulesDir::open(order.parent().unwrap_or(Path::new("/")))?;
+    let list = |path: &'static str| path.rsplit('/').next().unwrap_or(path);
+    modules.load_list(list(protocol::VM_MODULES_ORDER))?;
     mark("modules loaded");
     // QEMU announces the console ports while the guest mounts the share and
     // sets up its network: they are waited for last.
@@ -137,7 +140,7 @@ fn bring_up() -> Result<(), InitError> {
             .map_err(|e| InitError::io("setting the hostname", e.into()))?;
     }
     if !config.interfaces.is_empty() {
-        crate::kmod::load_listed(Path::new(protocol::VM_NET_MODULES_ORDER))?;
+        modules.load_list(list(protocol::VM_NET_MODULES_ORDER))?;
     }
     configure_network(&config)?;
     mark("network configured");
