@@ -1,16 +1,16 @@
 //! The kvm scenario's peer: QEMU started by hand with what rkt's pod boots —
-//! the cached vmlinux, the cached initramfs with a busybox and a shell-script
-//! init appended (the kernel unpacks concatenated cpio archives in order), the
-//! same machine, accelerator, memory, kernel command line and devices. Its init
-//! runs /bin/true and leaves through isa-debug-exit as rkt's guest does.
+//! the benchmarked rkt's cached vmlinux and initramfs (the very files its pods
+//! boot; with other rkt builds about, the newest in the cache may be theirs),
+//! the initramfs with a busybox and a shell-script init appended (the kernel
+//! unpacks concatenated cpio archives in order), the same machine,
+//! accelerator, memory, kernel command line and devices. Its init runs
+//! /bin/true and leaves through isa-debug-exit as rkt's guest does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rkt_backend_kvm::{Accel, Cpio, Machine, QemuArgs};
-
-const CACHE: &str = "/var/cache/rkt-rs/kvm";
 
 const PEER_INIT: &str = "#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs dev /dev
@@ -22,26 +22,9 @@ pub struct BareQemu {
     args: QemuArgs,
 }
 
-/// The newest file in `dir` whose name starts with `prefix`.
-fn newest(dir: &Path, prefix: &str) -> Result<PathBuf> {
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    found.sort();
-    match found.pop() {
-        Some((_, path)) => Ok(path),
-        None => bail!("no {prefix}* in {}", dir.display()),
-    }
-}
-
 impl BareQemu {
-    pub fn new(work: &Path) -> Result<BareQemu> {
-        let cache = Path::new(CACHE);
-        let vmlinux = newest(cache, "vmlinux-")?;
-        let base = newest(cache, "initramfs-")?;
+    pub fn new(work: &Path, rkt: &Path) -> Result<BareQemu> {
+        let (vmlinux, base) = rkt_backend_kvm::default_boot_files(rkt).context("the kvm boot files")?;
         let busybox = rkt_conformance::busybox_path().context("busybox-static is needed")?;
         let mut bytes = std::fs::read(&base).with_context(|| format!("reading {}", base.display()))?;
         let mut extra = Cpio::default();
@@ -52,7 +35,7 @@ impl BareQemu {
         let initramfs = work.join("peer-initramfs.cpio");
         std::fs::write(&initramfs, bytes)?;
         let share = work.join("peer-share");
-        std::fs::create_dir_all(&share)?;
+        std::fs::create_dir_all(share.join(rkt_backend_kvm::APPS_DIR))?;
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let args = QemuArgs {
             machine: Machine::Microvm,

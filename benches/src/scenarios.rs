@@ -566,7 +566,7 @@ impl Bench {
         let run = || self.run_on_net(&data, "kvm", "none");
         // The first run builds the cached vmlinux and initramfs the peer boots too.
         measure::run(&mut run())?;
-        let bare = crate::kvm::BareQemu::new(&self.work)?;
+        let bare = crate::kvm::BareQemu::new(&self.work, &self.rkt)?;
         let mut rkt = Sample::new(
             "`rkt run --stage1=kvm --net=none IMAGE-ID --exec /bin/true`",
             Unit::Millis,

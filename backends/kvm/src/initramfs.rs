@@ -106,8 +106,19 @@ impl ModulesDep {
     /// The paths to load for `wanted`, every module after its dependencies.
     /// Names in `builtin` need nothing; any other unknown name is an error.
     pub fn load_order(&self, wanted: &[&str], builtin: &BTreeSet<String>) -> Result<Vec<String>, KvmError> {
+        self.load_order_after(wanted, builtin, &[])
+    }
+
+    /// As [`ModulesDep::load_order`], leaving out what `loaded` (an earlier
+    /// order) already brings.
+    pub fn load_order_after(
+        &self,
+        wanted: &[&str],
+        builtin: &BTreeSet<String>,
+        loaded: &[String],
+    ) -> Result<Vec<String>, KvmError> {
         let mut order = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<String> = loaded.iter().cloned().collect();
         for name in wanted {
             let name = name.replace('-', "_");
             if builtin.contains(&name) {
@@ -175,15 +186,73 @@ pub fn loadable_prefix(elf: &[u8]) -> Result<Vec<u8>, KvmError> {
     Ok(out)
 }
 
-/// The modules the VM role loads: the virtio transport of the machine, the 9p
-/// share, the console ports and the network.
-pub fn wanted_modules(transport: &str) -> Vec<&str> {
-    vec![transport, "9pnet_virtio", "9p", "virtio_console", "virtio_net"]
+/// The modules every pod's guest loads: the virtio transport of the machine,
+/// the 9p share and the console ports.
+pub fn base_modules(transport: &str) -> Vec<&str> {
+    vec![transport, "9pnet_virtio", "9p", "virtio_console"]
+}
+
+/// The modules a guest loads only when its pod has a network.
+pub fn net_modules() -> Vec<&'static str> {
+    vec!["virtio_net"]
+}
+
+/// The modules to put in the initramfs, each list in load order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleLists {
+    /// Loaded by every guest ([`protocol::VM_MODULES_ORDER`]).
+    pub base: Vec<String>,
+    /// Loaded by a guest with a network ([`protocol::VM_NET_MODULES_ORDER`]).
+    pub net: Vec<String>,
+    /// Cut each module's appended signature: the guest kernel accepts
+    /// unsigned modules and checking a signature costs more than relocating
+    /// the module under TCG (they come from the host's own /lib/modules).
+    pub strip_signatures: bool,
+}
+
+impl ModuleLists {
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.base.iter().chain(&self.net)
+    }
+}
+
+/// Whether a kernel with this `config-<release>` loads unsigned modules: it
+/// must not force signatures nor lock itself down. Unknown (no config): no.
+pub fn loads_unsigned_modules(config: Option<&str>) -> bool {
+    let Some(config) = config else {
+        return false;
+    };
+    let set = |option: &str| config.lines().any(|l| l.trim() == format!("{option}=y"));
+    !set("CONFIG_MODULE_SIG_FORCE")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY")
+}
+
+const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// The module without its appended signature (`[signature][struct
+/// module_signature: 12 bytes, the signature's length big-endian last][magic]`);
+/// an unsigned module as it is.
+pub fn strip_signature(module: &[u8]) -> &[u8] {
+    let Some(body) = module.strip_suffix(SIGNATURE_MAGIC) else {
+        return module;
+    };
+    let Some(info_start) = body.len().checked_sub(12) else {
+        return module;
+    };
+    let info = &body[info_start..];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    // Signer and key id lengths: zero for the PKCS#7 signatures kernels make.
+    let extra = usize::from(info[3]) + usize::from(info[4]);
+    match info_start.checked_sub(sig_len + extra) {
+        Some(end) => &body[..end],
+        None => module,
+    }
 }
 
 /// Builds the archive: `init` (the stage1 init), device nodes the kernel
-/// needs before /dev is mounted, and `modules/`.
-pub fn build(init: &[u8], modules_dir: &Path, order: &[String]) -> Result<Vec<u8>, KvmError> {
+/// needs before /dev is mounted, and `modules/` with both lists.
+pub fn build(init: &[u8], modules_dir: &Path, modules: &ModuleLists) -> Result<Vec<u8>, KvmError> {
     let mut cpio = Cpio::default();
     for dir in ["dev", "proc", "sys", "pod", "modules"] {
         cpio.dir(dir);
@@ -191,19 +260,31 @@ pub fn build(init: &[u8], modules_dir: &Path, order: &[String]) -> Result<Vec<u8
     // The kernel opens /dev/console for init's stdio before anything is mounted.
     cpio.char_device("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, init);
-    let order_path = protocol::VM_MODULES_ORDER.trim_start_matches('/');
-    let in_archive = Path::new(order_path).parent().unwrap_or(Path::new(""));
-    let mut list = String::new();
-    for (i, path) in order.iter().enumerate() {
-        let source = modules_dir.join(path);
-        let bytes =
-            std::fs::read(&source).map_err(|e| KvmError::io(format!("reading {}", source.display()), e))?;
-        let name = format!("{i:02}-{}", path.rsplit('/').next().unwrap_or(path));
-        cpio.file(&in_archive.join(&name).to_string_lossy(), 0o644, &bytes);
-        list.push_str(&name);
-        list.push('\n');
+    let mut index = 0;
+    for (list_path, order) in [
+        (protocol::VM_MODULES_ORDER, &modules.base),
+        (protocol::VM_NET_MODULES_ORDER, &modules.net),
+    ] {
+        let list_path = list_path.trim_start_matches('/');
+        let in_archive = Path::new(list_path).parent().unwrap_or(Path::new(""));
+        let mut list = String::new();
+        for path in order {
+            let source = modules_dir.join(path);
+            let bytes = std::fs::read(&source)
+                .map_err(|e| KvmError::io(format!("reading {}", source.display()), e))?;
+            let bytes = if modules.strip_signatures {
+                strip_signature(&bytes)
+            } else {
+                &bytes
+            };
+            let name = format!("{index:02}-{}", path.rsplit('/').next().unwrap_or(path));
+            index += 1;
+            cpio.file(&in_archive.join(&name).to_string_lossy(), 0o644, bytes);
+            list.push_str(&name);
+            list.push('\n');
+        }
+        cpio.file(list_path, 0o644, list.as_bytes());
     }
-    cpio.file(order_path, 0o644, list.as_bytes());
     Ok(cpio.finish())
 }
 
@@ -242,6 +323,44 @@ kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/dri
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_later_order_leaves_out_what_an_earlier_one_loads() {
+        let dep = ModulesDep::parse(DEP);
+        let base = dep.load_order(&["virtio_mmio"], &BTreeSet::new()).unwrap();
+        let later = dep
+            .load_order_after(&["9pnet_virtio"], &BTreeSet::new(), &base)
+            .unwrap();
+        assert_eq!(later, ["kernel/net/9p/9pnet.ko", "kernel/net/9p/9pnet_virtio.ko"]);
+    }
+
+    #[test]
+    fn a_signature_is_cut_and_an_unsigned_module_kept() {
+        let body = b"\x7fELF module body".to_vec();
+        let signature = [7u8; 5];
+        let mut signed = body.clone();
+        signed.extend_from_slice(&signature);
+        // algo, hash, id_type, signer_len, key_id_len, 3 bytes padding, sig_len.
+        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&(signature.len() as u32).to_be_bytes());
+        signed.extend_from_slice(SIGNATURE_MAGIC);
+        assert_eq!(strip_signature(&signed), body.as_slice());
+        assert_eq!(strip_signature(&body), body.as_slice());
+        let mut truncated = b"xy".to_vec();
+        truncated.extend_from_slice(SIGNATURE_MAGIC);
+        assert_eq!(strip_signature(&truncated), truncated.as_slice());
+    }
+
+    #[test]
+    fn unsigned_modules_only_for_a_kernel_known_not_to_refuse_them() {
+        let debian = "CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\nCONFIG_LOCK_DOWN_KERNEL_FORCE_NONE=y\n";
+        assert!(loads_unsigned_modules(Some(debian)));
+        assert!(!loads_unsigned_modules(Some("CONFIG_MODULE_SIG_FORCE=y\n")));
+        assert!(!loads_unsigned_modules(Some(
+            "CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY=y\n"
+        )));
+        assert!(!loads_unsigned_modules(None));
     }
 
     #[test]

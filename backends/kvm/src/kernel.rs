@@ -53,6 +53,13 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The kernel's build configuration, beside its image (`config-<release>`).
+    pub fn config(&self) -> PathBuf {
+        self.image.with_file_name(format!("config-{}", self.release))
+    }
+}
+
 /// "6.1.0-57-amd64" -> [6, 1, 0, 57]: numeric parts compare as numbers.
 fn version_key(release: &str) -> Vec<u64> {
     release

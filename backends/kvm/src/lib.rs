@@ -33,7 +33,7 @@ use rkt_engine::stage::{
 
 pub use accel::{Accel, tsc_khz};
 pub use initramfs::Cpio;
-pub use qemu::{Machine, Nic, QemuArgs};
+pub use qemu::{APPS_DIR, Machine, Nic, QemuArgs};
 
 /// Where QEMU, the kernel and the boot-file cache live; stored with each pod.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +131,20 @@ fn find_in_path(name: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// The vmlinux and initramfs a pod started by the rkt binary at `rkt` boots
+/// with the default configuration (built when absent): what a benchmark's bare
+/// QEMU peer boots.
+pub fn default_boot_files(rkt: &Path) -> Result<(PathBuf, PathBuf), KvmError> {
+    let stage1 = KvmStage1::default();
+    let boot = cache::boot_files(
+        &stage1.config.cache,
+        &stage1.kernel()?,
+        rkt,
+        stage1.config.machine.transport_module(),
+    )?;
+    Ok((boot.vmlinux, boot.initramfs))
 }
 
 impl KvmStage1 {
@@ -333,6 +347,8 @@ impl KvmStage1 {
             Path::new("/proc/self/exe"),
             self.config.machine.transport_module(),
         )?;
+        let (vmlinux, initramfs) = boot.qemu_paths();
+        tracing::debug!(vmlinux = %boot.vmlinux.display(), initramfs = %boot.initramfs.display(), "kvm: boot files");
         let (memory_mb, cpus) = resources(&manifest)?;
         let guest_net = net::attach(netns, &cfg.net.networks)?;
         let vm = VmConfig {
@@ -347,8 +363,8 @@ impl KvmStage1 {
             accel,
             memory_mb,
             cpus,
-            vmlinux: boot.vmlinux,
-            initramfs: boot.initramfs,
+            vmlinux,
+            initramfs,
             share: layout::stage1_rootfs(dir),
             nics: guest_net.nics,
             debug: cfg.debug,
@@ -369,6 +385,11 @@ impl KvmStage1 {
             let path = dir.join(name);
             fsutil::replace_file(&path, vm_process.pid().to_string().as_bytes())
                 .map_err(|e| KvmError::io(format!("writing {}", path.display()), e))?;
+        }
+        // While the guest boots: QEMU has its files through our descriptors.
+        match cache::prune(&self.config.cache, &boot) {
+            Ok(removed) => tracing::debug!(removed, "kvm: boot-file cache pruned"),
+            Err(e) => tracing::debug!(error = %e, "kvm: boot-file cache not pruned"),
         }
         let qemu_code = vm_process.wait()?;
         tracing::debug!(code = qemu_code, "kvm: qemu exited");

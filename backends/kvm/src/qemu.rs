@@ -56,7 +56,8 @@ pub struct QemuArgs {
     pub cpus: u32,
     pub vmlinux: PathBuf,
     pub initramfs: PathBuf,
-    /// The stage1 rootfs, shared as [`protocol::VM_SHARE_TAG`].
+    /// The stage1 rootfs, shared as [`protocol::VM_SHARE_TAG`], its
+    /// [`APPS_DIR`] also as [`protocol::VM_APPS_SHARE_TAG`].
     pub share: PathBuf,
     pub nics: Vec<Nic>,
     /// The kernel log on the serial port, to QEMU's stderr.
@@ -130,6 +131,17 @@ impl QemuArgs {
             protocol::VM_SHARE_TAG
         );
         push(&["-device", &share]);
+        let apps = format!(
+            "local,id=apps,path={},security_model=passthrough,multidevs=remap",
+            escape_option(&self.share.join(APPS_DIR).to_string_lossy())
+        );
+        push(&["-fsdev", &apps]);
+        let apps_share = format!(
+            "{},fsdev=apps,mount_tag={}",
+            self.machine.device("virtio-9p"),
+            protocol::VM_APPS_SHARE_TAG
+        );
+        push(&["-device", &apps_share]);
         push(&["-device", &self.machine.device("virtio-serial")]);
         for (id, fd, name) in [
             ("out", 1, protocol::VM_STDOUT_PORT),
@@ -174,6 +186,10 @@ impl QemuArgs {
         .collect()
     }
 }
+
+/// The apps' roots in the stage1 rootfs, shared again on their own
+/// ([`protocol::VM_APPS_SHARE_TAG`]).
+pub const APPS_DIR: &str = "opt/stage2";
 
 /// QEMU's option syntax doubles a comma inside a value.
 fn escape_option(value: &str) -> String {
@@ -234,6 +250,8 @@ mod tests {
         assert!(cmdline.ends_with("-- stage1-init vm"), "{cmdline}");
         let devices = after(&v, "-device");
         assert!(devices.contains(&"virtio-9p-device,fsdev=pod,mount_tag=rkt"));
+        assert!(devices.contains(&"virtio-9p-device,fsdev=apps,mount_tag=rkt.apps"));
+        assert!(after(&v, "-fsdev")[1].contains("path=/pods/run/u/stage1/rootfs/opt/stage2,"));
         assert!(devices.contains(&"isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(devices.contains(&"virtserialport,chardev=out,name=rkt.stdout"));
         assert!(devices.contains(&"virtio-net-device,netdev=net0,mac=0a:58:ac:10:1c:05"));

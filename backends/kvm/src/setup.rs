@@ -35,6 +35,7 @@ pub fn prepare_stage1_rootfs(
         "rkt/logs",
         "rkt/volumes",
         "rkt/status",
+        crate::qemu::APPS_DIR,
     ] {
         let path = root.join(dir);
         std::fs::create_dir_all(&path)

@@ -12,6 +12,7 @@
 //! Single-threaded by design: it forks (std's Command with a pre_exec hook).
 
 mod confine;
+mod kmod;
 mod mounts;
 mod relay;
 mod sandbox;

@@ -25,6 +25,10 @@ use crate::InitError;
 /// Where the share is mounted before the init chroots into it.
 const SHARE: &str = "/pod";
 
+/// Where the apps' share is mounted before it is bound into the pod's share
+/// (outside the chroot).
+const CACHED_APPS: &str = "/apps";
+
 /// The I/O port of QEMU's isa-debug-exit device (`iobase=0xf4`).
 pub const DEBUG_EXIT_PORT: u64 = 0xf4;
 
@@ -106,11 +110,27 @@ fn start_enter_requests(dir: &Path) {
     }
 }
 
+/// A step of the bring-up in the kernel log, where its timestamp says how long
+/// it took (`rkt run --debug` shows the log; `quiet` hides this level).
+fn mark(step: &str) {
+    if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        use std::io::Write;
+        let _ = kmsg.write_all(format!("<6>rkt-init: {step}\n").as_bytes());
+    }
+}
+
 fn bring_up() -> Result<(), InitError> {
     mount_kernel_filesystems(Path::new(""))?;
-    load_modules(Path::new(protocol::VM_MODULES_ORDER))?;
-    redirect_output()?;
+    mark("kernel filesystems mounted");
+    let order = Path::new(protocol::VM_MODULES_ORDER);
+    let modules = crate::kmod::ModulesDir::open(order.parent().unwrap_or(Path::new("/")))?;
+    let list = |path: &'static str| path.rsplit('/').next().unwrap_or(path);
+    modules.load_list(list(protocol::VM_MODULES_ORDER))?;
+    mark("modules loaded");
+    // QEMU announces the console ports while the guest mounts the share and
+    // sets up its network: they are waited for last.
     mount_share()?;
+    mark("share mounted");
     let config_path = protocol::vm_config().inside();
     let bytes = std::fs::read(&config_path)
         .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))?;
@@ -120,7 +140,14 @@ fn bring_up() -> Result<(), InitError> {
         nix::unistd::sethostname(&config.hostname)
             .map_err(|e| InitError::io("setting the hostname", e.into()))?;
     }
-    configure_network(&config)
+    if !config.interfaces.is_empty() {
+        modules.load_list(list(protocol::VM_NET_MODULES_ORDER))?;
+    }
+    configure_network(&config)?;
+    mark("network configured");
+    redirect_output()?;
+    mark("console ports open");
+    Ok(())
 }
 
 fn mount(
@@ -163,36 +190,6 @@ fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )
-}
-
-/// Loads every module named in `order`, in that order (stage0 computed it from
-/// modules.dep); one already loaded or built in is fine.
-fn load_modules(order: &Path) -> Result<(), InitError> {
-    let list = std::fs::read_to_string(order)
-        .map_err(|e| InitError::io(format!("reading {}", order.display()), e))?;
-    let dir = order.parent().unwrap_or(Path::new("/"));
-    for name in module_order(&list) {
-        let path = dir.join(name);
-        let file = std::fs::File::open(&path)
-            .map_err(|e| InitError::io(format!("opening {}", path.display()), e))?;
-        // SAFETY: finit_module reads the module from the open fd; the parameter
-        // string is a valid NUL-terminated empty string.
-        let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EEXIST) {
-                return Err(InitError::io(format!("loading {}", path.display()), err));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The non-empty, non-comment lines of the modules order file.
-fn module_order(list: &str) -> impl Iterator<Item = &str> {
-    list.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// The apps' output leaves the guest on two virtio-serial ports (no terminal
@@ -265,11 +262,37 @@ fn mount_share() -> Result<(), InitError> {
         MsFlags::empty(),
         Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=mmap"),
     )?;
+    cache_app_roots(share)?;
     mount_kernel_filesystems(share)?;
     mount_cgroups(share)?;
     nix::unistd::chdir(share).map_err(|e| InitError::io(format!("chdir {SHARE}"), e.into()))?;
     nix::unistd::chroot(".").map_err(|e| InitError::io("chroot into the pod's share", e.into()))?;
     nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))
+}
+
+/// The apps' roots (`opt/stage2`) through their own share
+/// ([`protocol::VM_APPS_SHARE_TAG`]) with `cache=loose`: the guest keeps their
+/// dentries and attributes, where an uncached share walks every path from its
+/// root again (QEMU opens each component on the host), hundreds of round trips
+/// while an app's root is assembled and its binary started. Only the guest
+/// uses an app's root while the pod runs (the host reads the `rkt/` files,
+/// which stay on the uncached share); what the apps write there reaches the
+/// host by the `sync` before power-off.
+fn cache_app_roots(share: &Path) -> Result<(), InitError> {
+    let roots = share.join("opt/stage2");
+    if !roots.is_dir() {
+        return Ok(());
+    }
+    let cached = Path::new(CACHED_APPS);
+    mount(
+        protocol::VM_APPS_SHARE_TAG,
+        cached,
+        "9p",
+        MsFlags::empty(),
+        Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=loose"),
+    )?;
+    nix::mount::mount(Some(cached), &roots, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| InitError::mount(format!("the cached app roots on {}", roots.display()), e))
 }
 
 /// cgroup2 with the memory and cpu controllers handed down, so each app gets
@@ -445,6 +468,7 @@ fn add_route(sock: &OwnedFd, route: &VmRoute) -> Result<(), InitError> {
 /// Ends the VM: the pod's exit code through isa-debug-exit (QEMU exits with
 /// `code << 1 | 1` without a guest shutdown), else an ACPI power-off.
 fn power_off(code: i32) -> ! {
+    mark("powering off");
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     if let Ok(port) = std::fs::OpenOptions::new().write(true).open("/dev/port") {
@@ -463,15 +487,6 @@ fn power_off(code: i32) -> ! {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn module_order_skips_blanks_and_comments() {
-        let list = "# deps first\nvirtio.ko\n\n virtio_ring.ko \n";
-        assert_eq!(
-            module_order(list).collect::<Vec<_>>(),
-            ["virtio.ko", "virtio_ring.ko"]
-        );
-    }
 
     #[test]
     fn netmasks_and_cidrs() {

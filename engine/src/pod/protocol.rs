@@ -209,6 +209,10 @@ pub const VM_ROLE_ARG: &str = "vm";
 /// The 9p mount tag under which the stage1 rootfs is shared into a VM.
 pub const VM_SHARE_TAG: &str = "rkt";
 
+/// The 9p mount tag of a second share of the stage1 rootfs's `opt/stage2` (the
+/// apps' roots), which the guest mounts with its own cache mode.
+pub const VM_APPS_SHARE_TAG: &str = "rkt.apps";
+
 /// virtio-serial port names carrying the apps' stdout and stderr out of a VM.
 pub const VM_STDOUT_PORT: &str = "rkt.stdout";
 pub const VM_STDERR_PORT: &str = "rkt.stderr";
@@ -220,6 +224,10 @@ pub const VM_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// In the VM's initramfs: the kernel modules to load, one file name (relative to
 /// this file's directory) per line, dependencies first.
 pub const VM_MODULES_ORDER: &str = "/modules/order";
+
+/// As [`VM_MODULES_ORDER`], the modules only a pod with a network needs (those
+/// already in the first list left out), loaded only for such a pod.
+pub const VM_NET_MODULES_ORDER: &str = "/modules/net.order";
 
 /// [`VmConfig`] as JSON, written by stage0 for the VM init.
 pub fn vm_config() -> Stage1Path {
