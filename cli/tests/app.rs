@@ -356,4 +356,19 @@ fn app_commands_refuse_what_they_cannot_do() {
     );
     common::one_line_254(&pod.app(&["start", &uuid, "--app=bad"]), "nonexistent");
     ok(&pod.app(&["rm", &uuid, "--app=bad"]), "rm bad");
+    // A working directory the image lacks is named as such, not as a missing program.
+    ok(
+        &pod.app(&[
+            "add",
+            &uuid,
+            &image,
+            "--name=nowhere",
+            "--working-dir=/no/such/dir",
+            "--exec=/bin/true",
+        ]),
+        "add nowhere",
+    );
+    let start = pod.app(&["start", &uuid, "--app=nowhere"]);
+    common::one_line_254(&start, "working directory \"/no/such/dir\" does not exist");
+    assert!(!start.stderr.contains("exec"), "{}", start.describe());
 }

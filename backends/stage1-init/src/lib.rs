@@ -251,14 +251,9 @@ impl Pod {
                     .stderr(Stdio::piped())
                     .process_group(0);
             }
-            let mut child = cmd.spawn().map_err(|e| {
-                InitError::Invalid(format!(
-                    "app {:?}: exec {:?}: {}",
-                    app.name,
-                    app.plan.argv[0],
-                    errno_text(&e)
-                ))
-            })?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| InitError::Invalid(start_error(app, &e)))?;
             if let Some(out) = child.stdout.take() {
                 self.relays
                     .push(Relay::new(i, Stream::Stdout, OwnedFd::from(out)));
@@ -495,6 +490,41 @@ fn make_own_cgroup(own: &protocol::OwnCgroup) -> Result<PathBuf, InitError> {
 }
 
 /// A process in the app's root with its environment and credentials.
+/// Why an app did not start, in words. A working directory missing from the
+/// app's root fails the chdir before exec with the same ENOENT a missing
+/// program gives (images from registries name one in their config), so it is
+/// named when it is the cause.
+fn start_error(app: &App, e: &std::io::Error) -> String {
+    let dir = &app.plan.working_directory;
+    if e.raw_os_error() == Some(libc::ENOENT) && !directory_in_root(&app.root_dir, dir) {
+        return format!(
+            "app {:?}: its working directory {dir:?} does not exist in the app's root",
+            app.name
+        );
+    }
+    format!(
+        "app {:?}: exec {:?}: {}",
+        app.name,
+        app.plan.argv[0],
+        errno_text(e)
+    )
+}
+
+/// Whether `dir` names a directory as seen from inside `root` (symlinks
+/// resolved inside it); true when that cannot be told.
+fn directory_in_root(root: &Path, dir: &str) -> bool {
+    let Ok(root) = fsutil::open_dir(root) else {
+        return true;
+    };
+    fsutil::open_in_root(
+        root.as_fd(),
+        Path::new(dir),
+        OFlag::O_PATH | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .is_ok()
+}
+
 fn app_command(app: &App, argv: &[String]) -> Command {
     command_in(&app.root_dir, &app.plan, &app.confinement, argv)
 }
