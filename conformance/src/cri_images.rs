@@ -20,7 +20,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::checks::Outcome;
-use crate::cri_runtime::CriServer;
+use crate::cri_runtime::{self, CriServer};
 use crate::harness::Rkt;
 use crate::registry::{self, BASIC_AUTH, Layer, Registry};
 
@@ -151,7 +151,9 @@ pub fn unavailable() -> Option<String> {
 /// Starts the registries (pushing the images) and the service.
 pub fn session(rkt: &Rkt) -> Result<Session<'_>, String> {
     let layout = rkt.work().join("cri-images-layout");
-    let base = registry::busybox_layer().map_err(|e| format!("busybox layer: {e}"))?;
+    let mut base = registry::busybox_layer().map_err(|e| format!("busybox layer: {e}"))?;
+    // The layouts' config names /data as the working directory.
+    base.files.push(("data/keep".into(), Vec::new(), 0o644));
     let mut extra = Layer::default();
     extra.files.push(("etc/other".into(), b"other\n".to_vec(), 0o644));
     registry::oci_layout(
@@ -200,6 +202,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         ("plain-http-needs-the-operator", plain_http_needs_the_operator),
         ("auth-config-credentials", auth_config_credentials),
         ("image-fs-info", image_fs_info),
+        ("pulled-image-runs-containers", pulled_image_runs_containers),
     ]
 }
 
@@ -295,6 +298,36 @@ fn pull_by_tag(s: &Session<'_>) -> Result<(), String> {
         format!("ListImages lacks {id}: {listed:?}")
     })?;
     s.client.remove(&image)?;
+    gone(s, &image)
+}
+
+/// What the kubelet pulls is what its containers run: the runtime suite's
+/// container lifecycle and ExecSync cases, on the image pulled by tag.
+fn pulled_image_runs_containers(s: &Session<'_>) -> Result<(), String> {
+    let stage1 = rkt_engine::stage::registry::create::<dyn rkt_engine::stage::Stage1>(&s.rkt.stage1)
+        .map_err(|e| e.to_string())?;
+    if !stage1.supports_mutable_pods() {
+        return Err(format!(
+            "{SKIP}stage1 {} has no mutable pods (sandboxes)",
+            s.rkt.stage1
+        ));
+    }
+    let image = format!("{}:v1", s.image("busybox"));
+    pulled(s, &image)?;
+    let logs = s.rkt.work().join("cri-images-pod-logs");
+    let outcomes = {
+        let mut ctx = cri_runtime::Ctx::new(&s.server.socket, &image, &logs, None)?;
+        let mut outcomes = cri_runtime::run_cases(&mut ctx, Some("container-lifecycle"));
+        outcomes.extend(cri_runtime::run_cases(&mut ctx, Some("exec-sync")));
+        outcomes
+    };
+    s.client.remove(&image)?;
+    ensure(outcomes.len() == 2, || format!("ran {outcomes:?}"))?;
+    for (name, outcome) in outcomes {
+        ensure(outcome == Outcome::Passed, || {
+            format!("{name} on {image}: {outcome:?}")
+        })?;
+    }
     gone(s, &image)
 }
 
