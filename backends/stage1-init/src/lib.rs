@@ -185,20 +185,17 @@ struct Pod {
     relays: Vec<Relay>,
 }
 
+/// The config stage0 wrote for the init (`protocol::init_config`).
+fn read_init_config() -> Result<InitConfig, InitError> {
+    let path = protocol::init_config().inside();
+    let bytes = std::fs::read(&path).map_err(|e| InitError::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| InitError::Invalid(format!("{}: {e}", path.display())))
+}
+
 impl Pod {
     fn load() -> Result<Pod, InitError> {
-        let config_path = protocol::init_config().inside();
-        let config: InitConfig = std::fs::read(&config_path)
-            .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))
-            .and_then(|b| {
-                serde_json::from_slice(&b)
-                    .map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))
-            })?;
-        let manifest_path = protocol::pod_manifest().inside();
-        let bytes = std::fs::read(&manifest_path)
-            .map_err(|e| InitError::io(format!("reading {}", manifest_path.display()), e))?;
-        let manifest = PodManifest::from_json(&bytes)
-            .map_err(|e| InitError::Invalid(format!("{}: {e}", manifest_path.display())))?;
+        let config = read_init_config()?;
+        let manifest = sandbox::read_manifest()?;
 
         mounts::ensure_console(&Kernel, Path::new("/dev"))?;
         let mutable = rkt_engine::pod::sandbox::is_mutable(&manifest);
@@ -624,18 +621,8 @@ fn run_enter_request(dir: &Path) -> Result<i32, InitError> {
     if request.argv.is_empty() {
         return Err(InitError::Invalid("enter: no command given".into()));
     }
-    let config_path = protocol::init_config().inside();
-    let config: InitConfig = std::fs::read(&config_path)
-        .map_err(|e| InitError::io(format!("reading {}", config_path.display()), e))
-        .and_then(|b| {
-            serde_json::from_slice(&b)
-                .map_err(|e| InitError::Invalid(format!("{}: {e}", config_path.display())))
-        })?;
-    let manifest_path = protocol::pod_manifest().inside();
-    let bytes = std::fs::read(&manifest_path)
-        .map_err(|e| InitError::io(format!("reading {}", manifest_path.display()), e))?;
-    let manifest = PodManifest::from_json(&bytes)
-        .map_err(|e| InitError::Invalid(format!("{}: {e}", manifest_path.display())))?;
+    let config = read_init_config()?;
+    let manifest = sandbox::read_manifest()?;
     let name = request.app.as_str();
     if manifest.app(name).is_none() {
         return Err(InitError::Invalid(format!("app {name:?} is not in this pod")));

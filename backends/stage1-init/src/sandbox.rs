@@ -304,7 +304,8 @@ fn index(pod: &Pod, app: &str) -> Result<usize, InitError> {
         .ok_or_else(|| InitError::Invalid(format!("the pod has no app {app:?}")))
 }
 
-fn read_manifest() -> Result<PodManifest, InitError> {
+/// The pod manifest as the init sees it (stage0 rewrites it as apps come and go).
+pub(crate) fn read_manifest() -> Result<PodManifest, InitError> {
     let path = protocol::pod_manifest().inside();
     let bytes = std::fs::read(&path).map_err(|e| InitError::io(format!("reading {}", path.display()), e))?;
     PodManifest::from_json(&bytes).map_err(|e| InitError::Invalid(format!("{}: {e}", path.display())))

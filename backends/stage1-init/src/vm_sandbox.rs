@@ -18,9 +18,7 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rkt_engine::pod::protocol;
 use rkt_engine::pod::sandbox::{self, Response};
-use rkt_engine::schema::PodManifest;
 
 /// The guest's socket for the request loop.
 const ABSTRACT_NAME: &[u8] = b"rkt.sandbox";
@@ -35,9 +33,7 @@ static LISTENER: Mutex<Option<UnixListener>> = Mutex::new(None);
 /// Called with the init's signals already blocked, so the thread inherits
 /// the mask and every signal stays with the init's signalfd.
 pub(crate) fn start() {
-    let manifest = std::fs::read(protocol::pod_manifest().inside())
-        .ok()
-        .and_then(|b| PodManifest::from_json(&b).ok());
+    let manifest = crate::sandbox::read_manifest().ok();
     if !manifest.is_some_and(|m| sandbox::is_mutable(&m)) {
         return;
     }
