@@ -8,6 +8,7 @@
 //! glibc's malloc stays usable after fork even then, which is what lets the
 //! multi-threaded test harness call [`launch`] too.
 
+use rkt_engine::stage::process::{PidFileError, read_pid_file};
 use rkt_engine::stage::signals::HeldSignals;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -274,7 +275,10 @@ pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyE
     if argv.is_empty() {
         return Err(FlyError::Invalid("enter: no command given".into()));
     }
-    let pid = read_pid(pod_dir)?;
+    let pid = read_pid_file(pod_dir).map_err(|e| match e {
+        PidFileError::Io { context, source } => FlyError::io(context, source),
+        PidFileError::Invalid(msg) => FlyError::Invalid(msg),
+    })?;
     // Opened (and the environment read) before fork: a failure is reported plainly.
     let ns = nix::fcntl::open(
         format!("/proc/{pid}/ns/mnt").as_str(),
@@ -304,20 +308,4 @@ pub fn enter_app(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, FlyE
     let code = child.wait_exec().and_then(|()| wait_exit(child.pid));
     drop(forwarding);
     code
-}
-
-/// The app's pid from the pod's pid file; refuses anything that is not a plain
-/// process id (kill(0) or kill(-1) would hit far more than the app).
-pub(crate) fn read_pid(pod_dir: &Path) -> Result<Pid, FlyError> {
-    let path = pod_dir.join(layout::PID);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| FlyError::io(format!("reading {}", path.display()), e))?;
-    match text.trim().parse::<i32>() {
-        Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
-        _ => Err(FlyError::Invalid(format!(
-            "{}: {:?} is not a pid",
-            path.display(),
-            text.trim()
-        ))),
-    }
 }

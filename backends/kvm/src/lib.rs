@@ -217,7 +217,7 @@ impl Stage1 for KvmStage1 {
         if manifest.app(app).is_none() {
             return Err(KvmError::Invalid(format!("app {app:?} is not in this pod")).into());
         }
-        let pid = read_pid(&pod.path)?;
+        let pid = rkt_engine::stage::process::read_pid_file(&pod.path)?;
         Ok(enter::run(&pod.path, pid, app, argv)?)
     }
 
@@ -225,7 +225,7 @@ impl Stage1 for KvmStage1 {
         if pod.state != PodState::Running {
             return Ok(());
         }
-        let pid = read_pid(&pod.path)?;
+        let pid = rkt_engine::stage::process::read_pid_file(&pod.path)?;
         if !force {
             // The guest's init stops the apps (SIGTERM, post-stop handlers,
             // exit codes) and ends the VM; QEMU is killed only if it has not
@@ -273,21 +273,6 @@ impl Stage1 for KvmStage1 {
     /// Networker removes.
     fn gc(&self, _pod_dir: &Path) -> Result<(), BackendError> {
         Ok(())
-    }
-}
-
-/// QEMU's pid.
-fn read_pid(pod: &Path) -> Result<nix::unistd::Pid, KvmError> {
-    let path = pod.join(layout::PID);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| KvmError::io(format!("reading {}", path.display()), e))?;
-    match text.trim().parse::<i32>() {
-        Ok(pid) if pid > 1 => Ok(nix::unistd::Pid::from_raw(pid)),
-        _ => Err(KvmError::Invalid(format!(
-            "{}: {:?} is not a pid",
-            path.display(),
-            text.trim()
-        ))),
     }
 }
 

@@ -175,7 +175,7 @@ impl Stage1 for NspawnStage1 {
         if argv.is_empty() {
             return Err(NspawnError::Invalid("enter: no command given".into()).into());
         }
-        let pid = process::read_pid(&pod.path)?;
+        let pid = rkt_engine::stage::process::read_pid_file(&pod.path)?;
         Ok(process::enter(pid, &pod.path, &manifest, app, argv)?)
     }
 
@@ -183,7 +183,7 @@ impl Stage1 for NspawnStage1 {
         if pod.state != PodState::Running {
             return Ok(());
         }
-        let pid = process::read_pid(&pod.path)?;
+        let pid = rkt_engine::stage::process::read_pid_file(&pod.path)?;
         // SIGTERM reaches the init, which stops every app; SIGKILL of a pid
         // namespace's init ends every process in it.
         let sig = if force {

@@ -19,7 +19,6 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use rkt_engine::fsutil;
-use rkt_engine::pod::layout;
 use rkt_engine::pod::protocol::{self, InitReport};
 use rkt_engine::schema::PodManifest;
 use rkt_engine::stage::launch::plan_app;
@@ -135,21 +134,6 @@ fn is_namespace_init(pid: i32) -> bool {
                 .map(|l| l.split_whitespace().last() == Some("1"))
         })
         .unwrap_or(false)
-}
-
-/// The pod's init from its pid file; refuses anything that is not a plain pid.
-pub fn read_pid(pod_dir: &Path) -> Result<Pid, NspawnError> {
-    let path = pod_dir.join(layout::PID);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| NspawnError::io(format!("reading {}", path.display()), e))?;
-    match text.trim().parse::<i32>() {
-        Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
-        _ => Err(NspawnError::Invalid(format!(
-            "{}: {:?} is not a pid",
-            path.display(),
-            text.trim()
-        ))),
-    }
 }
 
 /// `rkt enter`: a process in the pod's namespaces and the app's root, with the

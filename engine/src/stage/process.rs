@@ -71,6 +71,47 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// Why a pod's pid file gave no pid.
+#[derive(Debug, thiserror::Error)]
+pub enum PidFileError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<PidFileError> for super::BackendError {
+    fn from(e: PidFileError) -> Self {
+        match e {
+            PidFileError::Io { context, source } => super::BackendError::Io { context, source },
+            PidFileError::Invalid(msg) => super::BackendError::Other(msg),
+        }
+    }
+}
+
+/// The pid in the pod's pid file (`layout::PID`: fly's app, nspawn's init,
+/// QEMU); refuses anything that is not a plain process id (kill(0) or
+/// kill(-1) would hit far more than the pod).
+pub fn read_pid_file(pod_dir: &std::path::Path) -> Result<Pid, PidFileError> {
+    let path = pod_dir.join(crate::pod::layout::PID);
+    let text = std::fs::read_to_string(&path).map_err(|source| PidFileError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(Pid::from_raw(pid)),
+        _ => Err(PidFileError::Invalid(format!(
+            "{}: {:?} is not a pid",
+            path.display(),
+            text.trim()
+        ))),
+    }
+}
+
 /// Why a supervised program did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -151,8 +192,20 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pid_files_that_are_not_a_single_process_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["0", "-1", "1", "abc", ""] {
+            std::fs::write(dir.path().join("pid"), bad).unwrap();
+            assert!(read_pid_file(dir.path()).is_err(), "{bad:?}");
+        }
+        std::fs::write(dir.path().join("pid"), "4242\n").unwrap();
+        assert_eq!(read_pid_file(dir.path()).unwrap().as_raw(), 4242);
+    }
 
     #[test]
     fn a_setup_failure_comes_back_as_its_message() {
