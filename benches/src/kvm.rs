@@ -42,7 +42,8 @@ impl BareQemu {
             accel: Accel::detect().0,
             // rkt's size for a one-app pod: 128 MB + 128 MB.
             memory_mb: 256,
-            cpus: 1,
+            // What rkt gives a pod without CPU isolators.
+            cpus: rkt_backend_kvm::vcpus(0),
             vmlinux,
             initramfs,
             share,

@@ -298,11 +298,22 @@ fn resources(manifest: &PodManifest) -> Result<(u64, u32), KvmError> {
         }
         memory += app_memory;
     }
+    Ok((memory, vcpus(millicores)))
+}
+
+/// rkt's rule: a pod whose apps name no CPU isolator gets every host CPU (a
+/// multi-app pod's apps and event handlers would otherwise share one vCPU);
+/// otherwise the isolators' sum, rounded up, at most the host's count.
+pub fn vcpus(millicores: u64) -> u32 {
     let host = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
-    let cpus = millicores.div_ceil(1000).clamp(1, host);
-    Ok((memory, cpus as u32))
+    let cpus = if millicores == 0 {
+        host
+    } else {
+        millicores.div_ceil(1000).clamp(1, host)
+    };
+    u32::try_from(cpus).unwrap_or(u32::MAX)
 }
 
 impl KvmStage1 {
@@ -439,5 +450,8 @@ mod tests {
         assert_eq!(memory, 128 + 300 + 128);
         let host = std::thread::available_parallelism().unwrap().get() as u32;
         assert_eq!(cpus, 2.min(host));
+        assert_eq!(vcpus(0), host, "no CPU isolator: every host CPU, as in rkt");
+        assert_eq!(vcpus(1), 1);
+        assert_eq!(vcpus(u64::MAX / 2), host);
     }
 }
