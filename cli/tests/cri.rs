@@ -149,7 +149,6 @@ fn cri_sandbox_lifecycle_with_filters_and_restart() {
     let Some(rkt) = harness("cri_sandbox_lifecycle_with_filters_and_restart") else {
         return;
     };
-    let _cleanup = common::PodCleanup(&rkt);
     let socket = rkt.work().join("run").join("cri.sock");
     let cni: PathBuf = rkt.work().join("net.d");
     std::fs::create_dir_all(&cni).expect("cni dir");

@@ -19,7 +19,6 @@ fn cri_runtime_conformance_cases_pass() {
     let Some(rkt) = common::stage1_harness("cri_runtime_conformance_cases_pass", "nspawn") else {
         return;
     };
-    let _cleanup = common::PodCleanup(&rkt);
     let filter = std::env::var("RKT_CRI_CASES").ok();
     let results = cri_runtime::run_with_own_server(&rkt, filter.as_deref()).expect("the CRI suite runs");
     let mut failures = Vec::new();

@@ -53,15 +53,6 @@ fn image(rkt: &Rkt) -> String {
         .to_string()
 }
 
-/// Pods of a test end with a gc: their cgroups live outside the test's --dir.
-struct GcOnDrop<'a>(&'a Rkt);
-
-impl Drop for GcOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
-    }
-}
-
 /// `rkt run` of one busybox app running `script`, with per-app flags.
 fn sh(rkt: &Rkt, flags: &[&str], script: &str) -> RunOutput {
     let img = image(rkt);
@@ -93,7 +84,6 @@ fn an_app_past_its_memory_limit_is_oom_killed_one_under_it_finishes() {
     let Some(rkt) = harness("an_app_past_its_memory_limit_is_oom_killed") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     // tail keeps a line without a newline whole: 200 MB of zeros, in memory.
     let over = sh(&rkt, &["--memory=32M"], "head -c 200m /dev/zero | tail");
     assert_eq!(over.code, 137, "{}", over.describe());
@@ -111,7 +101,6 @@ fn cpu_quota_and_shares_are_in_the_cgroup_files_and_gc_removes_every_cgroup() {
     let Some(rkt) = harness("cpu_quota_and_shares_are_in_the_cgroup_files") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let out = sh(
         &rkt,
         &["--cpu=500m", "--cpu-shares=512", "--oom-score-adj=300"],
@@ -149,7 +138,6 @@ fn capabilities_follow_the_default_set_and_the_flags() {
     let Some(rkt) = harness("capabilities_follow_the_default_set_and_the_flags") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     const NET_RAW: u64 = 1 << 13;
     const SYS_ADMIN: u64 = 1 << 21;
     let default = sh(&rkt, &[], "cat /proc/self/status");
@@ -188,7 +176,6 @@ fn a_seccomp_removed_syscall_fails_with_the_configured_errno() {
     let Some(rkt) = harness("a_seccomp_removed_syscall_fails_with_the_configured_errno") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let out = sh(
         &rkt,
         &["--seccomp", "mode=remove,errno=ENOSYS,mkdir,mkdirat"],
@@ -213,7 +200,6 @@ fn unprivileged_apps_under_seccomp_have_no_new_privileges() {
     let Some(rkt) = harness("unprivileged_apps_under_seccomp_have_no_new_privileges") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let mut spec = AciSpec::busybox("example.com/user");
     spec.user = "1000".into();
     spec.group = "1000".into();
@@ -254,7 +240,6 @@ fn a_read_only_rootfs_refuses_writes_but_volumes_stay_writable() {
     let Some(rkt) = harness("a_read_only_rootfs_refuses_writes") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let out = sh(&rkt, &["--readonly-rootfs"], "touch /x; echo code=$?");
     assert!(out.stdout.contains("code=1"), "{}", out.describe());
     assert!(out.stderr.contains("Read-only file system"), "{}", out.describe());
@@ -321,7 +306,6 @@ fn read_only_and_masked_path_isolators_apply_to_the_app() {
     let Some(rkt) = harness("read_only_and_masked_path_isolators_apply_to_the_app") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let mut spec = AciSpec::busybox("example.com/paths");
     spec.files
         .push(("root/secret".into(), b"secret\n".to_vec(), 0o600));
@@ -392,7 +376,6 @@ fn root_in_a_private_users_pod_is_an_unprivileged_host_uid() {
     let Some(rkt) = harness("root_in_a_private_users_pod_is_an_unprivileged_host_uid") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let img = image(&rkt);
     // rkt's rule: the tree store under an overlay cannot be shifted per pod.
     let refused = rkt.run(&["--private-users", &img]);
@@ -461,7 +444,6 @@ fn the_labeler_is_selinux_where_enabled_and_the_no_op_elsewhere() {
     let Some(rkt) = harness(test) else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let img = image(&rkt);
     let selinux = std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok();
     // Without an LSM the kernel refuses the read (EINVAL): only SELinux fills it.
@@ -494,7 +476,6 @@ fn enter_into_a_private_users_pod_runs_as_the_pods_root() {
     let Some(rkt) = harness("enter_into_a_private_users_pod_runs_as_the_pods_root") else {
         return;
     };
-    let _gc = GcOnDrop(&rkt);
     let uuid_file = rkt.work().join("enter.uuid");
     let save = format!("--uuid-file-save={}", uuid_file.display());
     let img = image(&rkt);

@@ -171,9 +171,28 @@ pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     points
 }
 
+impl Rkt {
+    /// Force-stops every pod still running in this harness's `--dir`, then
+    /// collects them all: a test that failed half way must not leave a pod
+    /// (and its netns, CNI chains and leases) behind, as gc skips running pods.
+    pub fn stop_and_collect_all(&self) {
+        let list = self.rkt(&["list", "--no-legend", "--full"]);
+        for line in list.stdout.lines() {
+            // UUID, app, image name, image ID, state, ...: tab-separated, empty
+            // columns kept (a sandbox without apps).
+            let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
+            if let (Some(&uuid), Some(&"running")) = (fields.first(), fields.get(4)) {
+                let _ = self.rkt(&["stop", "--force", uuid]);
+                let _ = self.rkt(&["status", "--wait=60s", uuid]);
+            }
+        }
+        let _ = self.rkt(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
+    }
+}
+
 impl Drop for Rkt {
     fn drop(&mut self) {
-        let _ = self.rkt(&["gc", "--grace-period=0s", "--expire-prepared=0s"]);
+        self.stop_and_collect_all();
         for point in mounts_under(&self.work) {
             let _ = Command::new("umount").arg("-l").arg(&point).status();
         }

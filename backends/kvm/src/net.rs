@@ -1,8 +1,13 @@
 //! A pod network reaches the guest through the Networker's namespace: the CNI
 //! plugin configured `ethN` there (address, routes); that configuration moves
-//! into the guest. In the namespace, `ethN` loses its address and MAC (the
-//! guest NIC takes over the MAC, so the host's neighbour entries stay right)
-//! and joins a bridge `brN` with a tap device `tapN` that QEMU opens.
+//! into the guest. In the namespace, `ethN` gives its MAC to the guest NIC (so
+//! the host's neighbour entries stay right) and joins a bridge `brN` with a tap
+//! device `tapN` that QEMU opens. `ethN` keeps its address: as a bridge port its
+//! own IP stack sees no traffic, and the CNI plugins' DEL finds the address
+//! there to tear down what they set up for it (the bridge plugin's masquerade
+//! chain is found from the link's addresses; without them it leaked). The
+//! namespace's new links never answer ARP (`arp_ignore=8`): `brN` would
+//! otherwise claim the guest's address with its own MAC.
 //! Everything lives in the namespace and goes with it at gc.
 
 use std::io::Write;
@@ -112,9 +117,28 @@ pub fn attach(netns_path: &Path, networks: &[NetworkAttachment]) -> Result<Guest
         guest.nics.push(Nic { tap, mac });
     }
     if !batch.is_empty() {
+        never_answer_arp_on_new_links(&netns)?;
         ip(&netns, &["-batch", "-"], Some(&batch))?;
     }
     Ok(guest)
+}
+
+/// Links created in the namespace from now on (the bridges and taps) inherit
+/// `arp_ignore=8`. A net sysctl file belongs to the netns of the thread that
+/// opens it, so a short-lived thread joins the namespace for the write.
+fn never_answer_arp_on_new_links(netns: &OwnedFd) -> Result<(), KvmError> {
+    let fd = netns
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| KvmError::io("dup", e))?;
+    const KNOB: &str = "/proc/sys/net/ipv4/conf/default/arp_ignore";
+    std::thread::spawn(move || -> std::io::Result<()> {
+        nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET)?;
+        std::fs::write(KNOB, b"8")
+    })
+    .join()
+    .map_err(|_| KvmError::Invalid(format!("writing {KNOB}: the thread panicked")))?
+    .map_err(|e| KvmError::io(format!("writing {KNOB} in the pod's network namespace"), e))
 }
 
 /// The routes `ip -j route show dev DEV` lists, as the guest adds them; the
@@ -154,7 +178,6 @@ fn local_mac(i: usize, mac: &str) -> String {
 fn bridge_script(dev: &str, bridge: &str, tap: &str, new_mac: &str) -> String {
     format!(
         "link set {dev} down\n\
-         addr flush dev {dev}\n\
          link set {dev} address {new_mac}\n\
          link add {bridge} type bridge\n\
          link set {dev} master {bridge}\n\
@@ -192,7 +215,11 @@ mod tests {
         assert_eq!(local_mac(0, "0a:58:ac:10:1c:05"), "02:72:6b:10:1c:05");
         assert_eq!(local_mac(1, "bad"), "02:72:6b:00:00:01");
         let s = bridge_script("eth0", "br0", "tap0", "02:72:6b:10:1c:05");
-        assert!(s.find("addr flush").unwrap() < s.find("master br0").unwrap());
+        assert!(
+            !s.contains("addr flush"),
+            "the CNI DEL needs the address on the link"
+        );
+        assert!(s.find("address 02:72:6b").unwrap() < s.find("master br0").unwrap());
         assert!(s.contains("tuntap add dev tap0 mode tap"));
     }
 }

@@ -74,21 +74,3 @@ pub fn one_line_254(out: &RunOutput, mentions: &str) {
         out.describe()
     );
 }
-
-/// Force-stops every pod of the harness's --dir and collects it when dropped,
-/// even when a test failed half way.
-#[allow(dead_code)] // only the tests that leave pods running use it
-pub struct PodCleanup<'a>(pub &'a Rkt);
-
-impl Drop for PodCleanup<'_> {
-    fn drop(&mut self) {
-        let list = self.0.rkt(&["list", "--no-legend", "--full"]);
-        for line in list.stdout.lines() {
-            if let Some(uuid) = line.split_whitespace().next() {
-                let _ = self.0.rkt(&["stop", "--force", uuid]);
-                let _ = self.0.rkt(&["status", "--wait=60s", uuid]);
-            }
-        }
-        let _ = self.0.rkt(&["gc", "--grace-period=0s"]);
-    }
-}
