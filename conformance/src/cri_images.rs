@@ -461,10 +461,10 @@ fn auth_config_credentials(s: &Session<'_>) -> Result<(), String> {
     let image = format!("{}/cri/busybox:v1", s.auth_registry.addr);
     match s.client.pull(&image, None) {
         Ok(id) => return Err(format!("PullImage {image} without credentials: pulled {id}")),
-        Err(e) if e.message().contains("401") => {}
+        Err(e) if e.code() == Code::Unauthenticated && e.message().contains("401") => {}
         Err(e) => {
             return Err(format!(
-                "PullImage {image} without credentials: {}, want the 401",
+                "PullImage {image} without credentials: {}, want Unauthenticated naming the 401",
                 shown(&e)
             ));
         }
@@ -475,8 +475,15 @@ fn auth_config_credentials(s: &Session<'_>) -> Result<(), String> {
         password: "wrong".into(),
         ..AuthConfig::default()
     };
-    if let Ok(id) = s.client.pull(&image, Some(wrong)) {
-        return Err(format!("PullImage {image} with a wrong password: pulled {id}"));
+    match s.client.pull(&image, Some(wrong)) {
+        Ok(id) => return Err(format!("PullImage {image} with a wrong password: pulled {id}")),
+        Err(e) if e.code() == Code::Unauthenticated => {}
+        Err(e) => {
+            return Err(format!(
+                "PullImage {image} with a wrong password: {}, want Unauthenticated",
+                shown(&e)
+            ));
+        }
     }
     let given = AuthConfig {
         username: user.into(),

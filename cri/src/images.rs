@@ -78,6 +78,9 @@ impl From<ImageError> for Status {
             ImageError::Unsupported(m) => Status::unimplemented(m),
             ImageError::Unreachable(m) => Status::unavailable(m),
             ImageError::Runner(RunnerError::Backend(BackendError::NotFound(m))) => Status::not_found(m),
+            ImageError::Runner(RunnerError::Backend(BackendError::Unauthorized(m))) => {
+                Status::unauthenticated(m)
+            }
             ImageError::Runner(RunnerError::Invalid(m)) => Status::invalid_argument(m),
             ImageError::Store(StoreError::Ambiguous { .. }) => Status::invalid_argument(e.to_string()),
             other => Status::internal(other.to_string()),

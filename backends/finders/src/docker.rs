@@ -229,7 +229,7 @@ impl Registry<'_> {
             let response = self.transport.get(&url, &headers)?;
             if response.status() != StatusCode::UNAUTHORIZED || retried {
                 if response.status() == StatusCode::UNAUTHORIZED {
-                    return Err(BackendError::Other(format!(
+                    return Err(BackendError::Unauthorized(format!(
                         "{}: the registry refused our credentials (401){}",
                         self.image_shown(),
                         if self.creds.is_none() {
@@ -264,7 +264,7 @@ impl Registry<'_> {
                     self.auth = Some(basic(creds));
                     Ok(())
                 }
-                None => Err(BackendError::Other(format!(
+                None => Err(BackendError::Unauthorized(format!(
                     "{}: the registry needs credentials (401); add them to auth.d",
                     self.image_shown()
                 ))),

@@ -37,6 +37,9 @@ pub enum BackendError {
     /// What was asked for does not exist at its source (a registry's 404).
     #[error("{0}")]
     NotFound(String),
+    /// The source wants credentials we lack, or refused ours (a registry's 401).
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Other(String),
 }
