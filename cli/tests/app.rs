@@ -387,10 +387,10 @@ fn added_apps_get_host_paths_with_mnt_volume() {
         .expect("image")
         .display()
         .to_string();
-    let data = rkt.work().join("data");
+    let data = rkt.work().join("host-data");
     std::fs::create_dir(&data).expect("data dir");
     std::fs::write(data.join("hello"), "from-host\n").expect("hello");
-    let hosts = rkt.work().join("hosts");
+    let hosts = rkt.work().join("host-hosts");
     std::fs::write(&hosts, "10.1.2.3 db\n").expect("hosts file");
     let pod = Sandbox::start(&rkt, &["--net=host"]);
     let uuid = pod.uuid.clone();

@@ -1144,7 +1144,8 @@ fn restart_recovers_everything(ctx: &mut Ctx) -> CaseResult {
 /// outlive the sandbox.
 fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
     let (sandbox, config) = ctx.sandbox("mounts")?;
-    let source = ctx.logs.join(ctx.unique("mount-source"));
+    let unique = ctx.unique("mount-source");
+    let source = ctx.logs.join(unique);
     let hosts = source.with_extension("hosts");
     let write = |path: &Path, text: &str| {
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
