@@ -401,7 +401,12 @@ fn added_apps_get_host_paths_with_mnt_volume() {
         )
     };
     let add = |name: &str, flags: &[String]| {
-        let mut args = vec!["add".to_string(), uuid.clone(), image.clone(), format!("--name={name}")];
+        let mut args = vec![
+            "add".to_string(),
+            uuid.clone(),
+            image.clone(),
+            format!("--name={name}"),
+        ];
         args.extend_from_slice(flags);
         args.extend(["--exec=/bin/sleep", "--", "1000"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -412,7 +417,10 @@ fn added_apps_get_host_paths_with_mnt_volume() {
             "rw",
             &[
                 data_flag("data", "/data", ""),
-                format!("--mnt-volume=name=hosts,source={},target=/etc/hosts", hosts.display()),
+                format!(
+                    "--mnt-volume=name=hosts,source={},target=/etc/hosts",
+                    hosts.display()
+                ),
             ],
         ),
         "app add rw",
@@ -422,7 +430,10 @@ fn added_apps_get_host_paths_with_mnt_volume() {
         "app add ro",
     );
     common::one_line_254(&add("bad", &[data_flag("escape", "/a/../../etc", "")]), "..");
-    common::one_line_254(&add("bad", &[data_flag("data", "/again", "")]), "already has a volume named");
+    common::one_line_254(
+        &add("bad", &[data_flag("data", "/again", "")]),
+        "already has a volume named",
+    );
     common::one_line_254(
         &add(
             "bad",
@@ -453,9 +464,20 @@ fn added_apps_get_host_paths_with_mnt_volume() {
         ok(&pod.app(&["start", &uuid, &format!("--app={name}")]), "app start");
     }
     let exec = |app: &str, script: &str| {
-        pod.app(&["exec", &uuid, &format!("--app={app}"), "--", "/bin/sh", "-c", script])
+        pod.app(&[
+            "exec",
+            &uuid,
+            &format!("--app={app}"),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
     };
-    let seen = exec("rw", "cat /data/hello /etc/hosts && echo from-app > /data/written");
+    let seen = exec(
+        "rw",
+        "cat /data/hello /etc/hosts && echo from-app > /data/written",
+    );
     ok(&seen, "exec in rw");
     assert_eq!(seen.stdout, "from-host\n10.1.2.3 db\n", "{}", seen.describe());
     assert_eq!(
@@ -465,18 +487,31 @@ fn added_apps_get_host_paths_with_mnt_volume() {
     let refused = exec("ro", "cat /srv/ro/hello && touch /srv/ro/nope");
     assert_eq!(refused.code, 1, "{}", refused.describe());
     assert_eq!(refused.stdout, "from-host\n", "{}", refused.describe());
-    assert!(refused.stderr.contains("Read-only file system"), "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("Read-only file system"),
+        "{}",
+        refused.describe()
+    );
     assert!(!data.join("nope").exists());
 
     for name in ["rw", "ro"] {
         ok(&pod.app(&["rm", &uuid, &format!("--app={name}")]), "app rm");
     }
-    assert_eq!(std::fs::read_to_string(data.join("hello")).expect("hello after rm"), "from-host\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello")).expect("hello after rm"),
+        "from-host\n"
+    );
     ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
     ok(&rkt.rkt(&["status", "--wait=60s", &uuid]), "status --wait");
     ok(&rkt.rkt(&["gc", "--grace-period=0s"]), "gc");
-    assert_eq!(std::fs::read_to_string(data.join("hello")).expect("hello after gc"), "from-host\n");
-    assert_eq!(std::fs::read_to_string(&hosts).expect("hosts after gc"), "10.1.2.3 db\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello")).expect("hello after gc"),
+        "from-host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hosts).expect("hosts after gc"),
+        "10.1.2.3 db\n"
+    );
     assert!(data.join("written").exists(), "the app's file after gc");
     let left = support::leftovers(&rkt);
     assert!(left.is_empty(), "after gc: {left:?}");

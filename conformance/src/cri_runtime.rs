@@ -1167,7 +1167,11 @@ fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
     ];
     let id = ctx.create(&sandbox, &config, container.clone())?;
     ctx.start(&id)?;
-    let seen = ctx.exec(&id, &["/bin/cat", "/mnt/rw/hello", "/mnt/ro/hello", "/etc/hosts"], 30)?;
+    let seen = ctx.exec(
+        &id,
+        &["/bin/cat", "/mnt/rw/hello", "/mnt/ro/hello", "/etc/hosts"],
+        30,
+    )?;
     check(seen.stdout == b"host-file\nhost-file\n10.9.8.7 db\n", || {
         format!(
             "the container sees {:?} (stderr {:?})",
@@ -1175,12 +1179,18 @@ fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
             String::from_utf8_lossy(&seen.stderr)
         )
     })?;
-    let wrote = ctx.exec(&id, &["/bin/sh", "-c", "echo from-container > /mnt/rw/written"], 30)?;
+    let wrote = ctx.exec(
+        &id,
+        &["/bin/sh", "-c", "echo from-container > /mnt/rw/written"],
+        30,
+    )?;
     check(wrote.exit_code == 0, || {
         format!("writing the rw mount: {}", String::from_utf8_lossy(&wrote.stderr))
     })?;
     let on_host = std::fs::read_to_string(source.join("written")).unwrap_or_default();
-    check(on_host == "from-container\n", || format!("the host sees {on_host:?}"))?;
+    check(on_host == "from-container\n", || {
+        format!("the host sees {on_host:?}")
+    })?;
     let refused = ctx.exec(&id, &["/bin/touch", "/mnt/ro/nope"], 30)?;
     check(
         refused.exit_code != 0 && String::from_utf8_lossy(&refused.stderr).contains("Read-only"),
@@ -1203,7 +1213,10 @@ fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
     }];
     let mut missing = shared.clone();
     missing.mounts = vec![mount(&source.join("no-such-dir"), "/mnt/missing", false)];
-    for (what, bad) in [("bidirectional propagation", shared), ("a missing host path", missing)] {
+    for (what, bad) in [
+        ("bidirectional propagation", shared),
+        ("a missing host path", missing),
+    ] {
         let request = CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(bad),

@@ -245,7 +245,9 @@ impl Engine {
                 .unwrap_or(if phase == Phase::Exited { 255 } else { 0 }),
             oom_killed: phase == Phase::Exited
                 && app.exit_code == Some(137)
-                && self.pod_dir(&record.sandbox_id).is_some_and(|pod| oom_killed(&pod, &record.app)),
+                && self
+                    .pod_dir(&record.sandbox_id)
+                    .is_some_and(|pod| oom_killed(&pod, &record.app)),
             record,
         })
     }

@@ -139,14 +139,10 @@ impl Runtime {
             }
         }
         let name = app.name.as_str().to_string();
-        if let Some(extra) = single
-            .volumes
-            .iter()
-            .find(|v| {
-                !manifest.volumes.iter().any(|p| p.name == v.name)
-                    && !request.mnt_volumes.iter().any(|m| m.volume.name == v.name)
-            })
-        {
+        if let Some(extra) = single.volumes.iter().find(|v| {
+            !manifest.volumes.iter().any(|p| p.name == v.name)
+                && !request.mnt_volumes.iter().any(|m| m.volume.name == v.name)
+        }) {
             return Err(RunnerError::Invalid(format!(
                 "app {name}: mount point {:?} needs a volume the pod does not have; give `rkt app sandbox` a --volume {}",
                 extra.name.as_str(),

@@ -31,7 +31,8 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 /// the holder's root, so it cannot lead out of it.
 pub fn bind_into_namespace(holder: Pid, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
     let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    let tree = open_tree(source, recursive).map_err(|e| context(&format!("cloning {}", source.display()), e))?;
+    let tree =
+        open_tree(source, recursive).map_err(|e| context(&format!("cloning {}", source.display()), e))?;
     let proc_path = |what: &str| format!("/proc/{holder}/{what}");
     let open = |path: String, flags: OFlag| {
         nix::fcntl::open(path.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())
@@ -112,7 +113,8 @@ fn attach(
     tree: BorrowedFd<'_>,
     target: BorrowedFd<'_>,
 ) -> Result<(), (&'static str, Errno)> {
-    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| ("joining the pod's mount namespace for", e))?;
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ("joining the pod's mount namespace for", e))?;
     let empty = c"";
     // SAFETY: both descriptors are open for the call's duration and the
     // empty path is a NUL-terminated static string.
@@ -163,12 +165,12 @@ pub fn bind_added_volumes(
             .ok_or_else(|| PodMountError::Invalid(format!("host volume {name:?} has no source")))?;
         mounts::create_volume_target(pod, volume)?;
         let recursive = volume.recursive.unwrap_or(true);
-        bind_into_namespace(holder, Path::new(source), &seen_from_holder(name), recursive).map_err(|source| {
-            PodMountError::Io {
+        bind_into_namespace(holder, Path::new(source), &seen_from_holder(name), recursive).map_err(
+            |source| PodMountError::Io {
                 context: format!("volume {name:?}"),
                 source,
-            }
-        })?;
+            },
+        )?;
     }
     Ok(())
 }

@@ -178,7 +178,10 @@ impl MntVolume {
         }
         let source = opts.require("source")?;
         if !source.starts_with('/') {
-            return Err(SchemaError::invalid("source", format!("must be absolute, got {source:?}")));
+            return Err(SchemaError::invalid(
+                "source",
+                format!("must be absolute, got {source:?}"),
+            ));
         }
         let target = opts.require("target")?;
         let mount = Mount {
@@ -309,7 +312,8 @@ mod tests {
 
     #[test]
     fn mnt_volume_takes_rkts_keys_and_refuses_a_way_out() {
-        let m = MntVolume::from_flag("name=data,kind=host,source=/srv,target=/var/data,readOnly=true").expect("ok");
+        let m = MntVolume::from_flag("name=data,kind=host,source=/srv,target=/var/data,readOnly=true")
+            .expect("ok");
         assert_eq!(m.volume.name.as_str(), "data");
         assert_eq!(m.volume.source.as_deref(), Some("/srv"));
         assert_eq!(m.volume.read_only, Some(true));
