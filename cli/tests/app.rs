@@ -372,3 +372,147 @@ fn app_commands_refuse_what_they_cannot_do() {
     common::one_line_254(&start, "working directory \"/no/such/dir\" does not exist");
     assert!(!start.stderr.contains("exec"), "{}", start.describe());
 }
+
+/// `rkt app add --mnt-volume`: a host directory and a host file reach an app
+/// added to a running pod, read-write or read-only; a way out of the root,
+/// a missing source and a taken name are refused; what the host holds under
+/// the volume outlives app rm and gc.
+#[test]
+fn added_apps_get_host_paths_with_mnt_volume() {
+    let Some(rkt) = harness("added_apps_get_host_paths_with_mnt_volume") else {
+        return;
+    };
+    let image = rkt
+        .image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string();
+    let data = rkt.work().join("host-data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::write(data.join("hello"), "from-host\n").expect("hello");
+    let hosts = rkt.work().join("host-hosts");
+    std::fs::write(&hosts, "10.1.2.3 db\n").expect("hosts file");
+    let pod = Sandbox::start(&rkt, &["--net=host"]);
+    let uuid = pod.uuid.clone();
+    let data_flag = |name: &str, target: &str, extra: &str| {
+        format!(
+            "--mnt-volume=name={name},kind=host,source={},target={target}{extra}",
+            data.display()
+        )
+    };
+    let add = |name: &str, flags: &[String]| {
+        let mut args = vec![
+            "add".to_string(),
+            uuid.clone(),
+            image.clone(),
+            format!("--name={name}"),
+        ];
+        args.extend_from_slice(flags);
+        args.extend(["--exec=/bin/sleep", "--", "1000"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pod.app(&args)
+    };
+    ok(
+        &add(
+            "rw",
+            &[
+                data_flag("data", "/data", ""),
+                format!(
+                    "--mnt-volume=name=hosts,source={},target=/etc/hosts",
+                    hosts.display()
+                ),
+            ],
+        ),
+        "app add rw",
+    );
+    ok(
+        &add("ro", &[data_flag("data-ro", "/srv/ro", ",readOnly=true")]),
+        "app add ro",
+    );
+    common::one_line_254(&add("bad", &[data_flag("escape", "/a/../../etc", "")]), "..");
+    common::one_line_254(
+        &add("bad", &[data_flag("data", "/again", "")]),
+        "already has a volume named",
+    );
+    common::one_line_254(
+        &add(
+            "bad",
+            &["--mnt-volume=name=gone,source=/no/such/source,target=/x".to_string()],
+        ),
+        "/no/such/source",
+    );
+    // The manifest records each volume and the app's mount of it.
+    let manifest = rkt.rkt(&["cat-manifest", &uuid]);
+    ok(&manifest, "cat-manifest");
+    let json: serde_json::Value = serde_json::from_str(&manifest.stdout).expect("manifest json");
+    let volumes: Vec<&str> = json["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(volumes, ["data", "hosts", "data-ro"], "{}", manifest.stdout);
+    let rw = json["apps"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .find(|a| a["name"] == "rw")
+        .expect("app rw");
+    assert_eq!(rw["mounts"][0]["path"], "/data", "{rw}");
+
+    for name in ["rw", "ro"] {
+        ok(&pod.app(&["start", &uuid, &format!("--app={name}")]), "app start");
+    }
+    let exec = |app: &str, script: &str| {
+        pod.app(&[
+            "exec",
+            &uuid,
+            &format!("--app={app}"),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+    };
+    let seen = exec(
+        "rw",
+        "cat /data/hello /etc/hosts && echo from-app > /data/written",
+    );
+    ok(&seen, "exec in rw");
+    assert_eq!(seen.stdout, "from-host\n10.1.2.3 db\n", "{}", seen.describe());
+    assert_eq!(
+        std::fs::read_to_string(data.join("written")).expect("the app's write reached the host"),
+        "from-app\n"
+    );
+    let refused = exec("ro", "cat /srv/ro/hello && touch /srv/ro/nope");
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    assert_eq!(refused.stdout, "from-host\n", "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("Read-only file system"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!data.join("nope").exists());
+
+    for name in ["rw", "ro"] {
+        ok(&pod.app(&["rm", &uuid, &format!("--app={name}")]), "app rm");
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello")).expect("hello after rm"),
+        "from-host\n"
+    );
+    ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
+    ok(&rkt.rkt(&["status", "--wait=60s", &uuid]), "status --wait");
+    ok(&rkt.rkt(&["gc", "--grace-period=0s"]), "gc");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello")).expect("hello after gc"),
+        "from-host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hosts).expect("hosts after gc"),
+        "10.1.2.3 db\n"
+    );
+    assert!(data.join("written").exists(), "the app's file after gc");
+    let left = support::leftovers(&rkt);
+    assert!(left.is_empty(), "after gc: {left:?}");
+}

@@ -598,3 +598,91 @@ fn a_vm_sandbox_takes_apps_that_come_and_go() {
     let pods = rkt.rkt(&["list", "--no-legend"]);
     assert_eq!(pods.stdout, "", "{}", pods.describe());
 }
+
+/// `rkt app add --mnt-volume` on kvm: the host directory is bound in QEMU's
+/// mount namespace and reaches the added app through the 9p share, read-only
+/// where asked.
+#[test]
+fn a_vm_sandbox_app_gets_a_host_path() {
+    let Some(rkt) = harness("a_vm_sandbox_app_gets_a_host_path") else {
+        return;
+    };
+    let img = image(&rkt);
+    let data = rkt.work().join("host-data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::write(data.join("hello"), "from-host\n").expect("hello");
+    let mut sandbox = rkt
+        .command(&[
+            "app",
+            "sandbox",
+            "--insecure-options=image",
+            "--stage1=kvm",
+            "--net=none",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rkt app sandbox");
+    let uuid = read_line(&mut sandbox);
+    assert!(!uuid.is_empty(), "no UUID: {}", finish(sandbox).describe());
+    let ok = |out: &RunOutput, what: &str| assert_eq!(out.code, 0, "{what}: {}", out.describe());
+    let app = |args: &[&str]| {
+        let mut all = vec!["--insecure-options=image", "app"];
+        all.extend_from_slice(args);
+        rkt.rkt(&all)
+    };
+    ok(
+        &rkt.rkt(&["status", "--wait-ready=60s", &uuid]),
+        "status --wait-ready",
+    );
+    let add = app(&[
+        "add",
+        &uuid,
+        &img,
+        "--name=m",
+        &format!("--mnt-volume=name=data,source={},target=/data", data.display()),
+        &format!(
+            "--mnt-volume=name=data-ro,source={},target=/ro,readOnly=true",
+            data.display()
+        ),
+        "--exec=/bin/sleep",
+        "--",
+        "1000",
+    ]);
+    ok(&add, "app add");
+    ok(&app(&["start", &uuid, "--app=m"]), "app start");
+    let seen = app(&[
+        "exec",
+        &uuid,
+        "--app=m",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/hello; echo from-vm > /data/written; touch /ro/nope",
+    ]);
+    let _ = rkt.rkt(&["stop", "--force", &uuid]);
+    let ended = finish(sandbox);
+    assert_eq!(
+        seen.stdout,
+        "from-host\n",
+        "{}: {}",
+        seen.describe(),
+        ended.describe()
+    );
+    assert_ne!(
+        seen.code,
+        0,
+        "the read-only mount took a write: {}",
+        seen.describe()
+    );
+    assert!(seen.stderr.contains("Read-only"), "{}", seen.describe());
+    assert_eq!(
+        std::fs::read_to_string(data.join("written")).expect("the VM's write reached the host"),
+        "from-vm\n"
+    );
+    ok(&rkt.rkt(&["gc", "--grace-period=0s"]), "gc");
+    assert_eq!(
+        std::fs::read_to_string(data.join("hello")).expect("hello after gc"),
+        "from-host\n"
+    );
+}

@@ -91,6 +91,10 @@ pub fn all_cases() -> Vec<CriCase> {
             name: "restart-recovers-everything",
             run: restart_recovers_everything,
         },
+        CriCase {
+            name: "host-path-mounts",
+            run: host_path_mounts,
+        },
     ]
 }
 
@@ -874,11 +878,17 @@ fn memory_limit_enforced(ctx: &mut Ctx) -> CaseResult {
                 Ok((s.state() == ContainerState::ContainerExited).then_some(s))
             },
         )?;
-        outcomes.push(status.exit_code);
+        outcomes.push((status.exit_code, status.reason));
     }
-    check(outcomes == [137, 0], || {
-        format!("exit codes past and under a 32 MiB limit: {outcomes:?}, want [137, 0]")
-    })?;
+    // The reason is the kubelet's only way to tell an OOM kill from a kill.
+    check(
+        outcomes == [(137, "OOMKilled".to_string()), (0, "Completed".to_string())],
+        || {
+            format!(
+                "exit codes and reasons past and under a 32 MiB limit: {outcomes:?}, want [(137, OOMKilled), (0, Completed)]"
+            )
+        },
+    )?;
     ctx.clean()
 }
 
@@ -1126,6 +1136,100 @@ fn restart_recovers_everything(ctx: &mut Ctx) -> CaseResult {
         })?;
     }
     ctx.clean()
+}
+
+/// critest's "should support mounts": a host directory read-write and
+/// read-only, a host file over an image file; what the kubelet cannot mean
+/// (propagation, a missing host path) is an InvalidArgument; the host's files
+/// outlive the sandbox.
+fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
+    let (sandbox, config) = ctx.sandbox("mounts")?;
+    let unique = ctx.unique("mount-source");
+    let source = ctx.logs.join(unique);
+    let hosts = source.with_extension("hosts");
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(&source).map_err(|e| format!("creating {}: {e}", source.display()))?;
+    write(&source.join("hello"), "host-file\n")?;
+    write(&hosts, "10.9.8.7 db\n")?;
+    let mount = |host: &Path, container_path: &str, readonly: bool| Mount {
+        container_path: container_path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    };
+    let mut container = ctx.container_config("mounted", &["/bin/sh", "-c", "exec sleep 3600"]);
+    container.mounts = vec![
+        mount(&source, "/mnt/rw", false),
+        mount(&source, "/mnt/ro", true),
+        mount(&hosts, "/etc/hosts", true),
+    ];
+    let id = ctx.create(&sandbox, &config, container.clone())?;
+    ctx.start(&id)?;
+    let seen = ctx.exec(
+        &id,
+        &["/bin/cat", "/mnt/rw/hello", "/mnt/ro/hello", "/etc/hosts"],
+        30,
+    )?;
+    check(seen.stdout == b"host-file\nhost-file\n10.9.8.7 db\n", || {
+        format!(
+            "the container sees {:?} (stderr {:?})",
+            String::from_utf8_lossy(&seen.stdout),
+            String::from_utf8_lossy(&seen.stderr)
+        )
+    })?;
+    let wrote = ctx.exec(
+        &id,
+        &["/bin/sh", "-c", "echo from-container > /mnt/rw/written"],
+        30,
+    )?;
+    check(wrote.exit_code == 0, || {
+        format!("writing the rw mount: {}", String::from_utf8_lossy(&wrote.stderr))
+    })?;
+    let on_host = std::fs::read_to_string(source.join("written")).unwrap_or_default();
+    check(on_host == "from-container\n", || {
+        format!("the host sees {on_host:?}")
+    })?;
+    let refused = ctx.exec(&id, &["/bin/touch", "/mnt/ro/nope"], 30)?;
+    check(
+        refused.exit_code != 0 && String::from_utf8_lossy(&refused.stderr).contains("Read-only"),
+        || {
+            format!(
+                "touch on the read-only mount: exit {}, {:?}",
+                refused.exit_code,
+                String::from_utf8_lossy(&refused.stderr)
+            )
+        },
+    )?;
+    let mut shared = container.clone();
+    shared.metadata = Some(ContainerMetadata {
+        name: "shared".into(),
+        attempt: 0,
+    });
+    shared.mounts = vec![Mount {
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..mount(&source, "/mnt/shared", false)
+    }];
+    let mut missing = shared.clone();
+    missing.mounts = vec![mount(&source.join("no-such-dir"), "/mnt/missing", false)];
+    for (what, bad) in [
+        ("bidirectional propagation", shared),
+        ("a missing host path", missing),
+    ] {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(bad),
+            sandbox_config: Some(config.clone()),
+        };
+        let code = ctx.code_of(|mut c| async move { c.create_container(request).await });
+        check(code == Code::InvalidArgument, || format!("{what}: {code:?}"))?;
+    }
+    ctx.clean()?;
+    let kept = std::fs::read_to_string(source.join("hello")).unwrap_or_default();
+    check(kept == "host-file\n", || {
+        format!("the host file after the sandbox went: {kept:?}")
+    })
 }
 
 /// Runs the cases whose name contains `filter` (all when None). A case that

@@ -90,6 +90,17 @@ pub struct ContainerSpec {
     pub cpu_shares: i64,
     pub oom_score_adj: i64,
     pub readonly_rootfs: bool,
+    pub mounts: Vec<HostMount>,
+}
+
+/// A CRI mount: a host path bound at `container_path` in the container
+/// (`rkt app add --mnt-volume`); checked absolute, existing and free of
+/// commas (rkt's option syntax cannot carry them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMount {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
 }
 
 /// The state of a container as the CRI sees it.
@@ -110,6 +121,29 @@ pub struct ContainerView {
     pub started_at: i64,
     pub finished_at: i64,
     pub exit_code: i32,
+    /// Killed by the kernel's OOM killer (its memory cgroup counted a kill).
+    pub oom_killed: bool,
+}
+
+/// Whether the kernel's OOM killer killed in the app's memory cgroup: its
+/// `oom_kill` count (cgroup v1 `memory.oom_control`, v2 `memory.events`) as
+/// the pod's cgroup record lists it. A VM pod's cgroups are in the guest,
+/// out of sight: never.
+fn oom_killed(pod: &Path, app: &str) -> bool {
+    let Ok(record) = std::fs::read_to_string(pod.join("cgroups")) else {
+        return false;
+    };
+    record
+        .lines()
+        .map(Path::new)
+        .filter(|dir| dir.file_name().is_some_and(|n| n == app))
+        .flat_map(|dir| [dir.join("memory.oom_control"), dir.join("memory.events")])
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .any(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
 }
 
 /// The image reference `rkt app add` is given for a CRI image reference: the
@@ -175,6 +209,11 @@ impl Engine {
             .map(|a| (state, a)))
     }
 
+    fn pod_dir(&self, sandbox_id: &str) -> Option<PathBuf> {
+        let uuid = Uuid::parse_str(sandbox_id).ok()?;
+        PodsDir::existing(&self.dir).info(&uuid).ok().map(|p| p.path)
+    }
+
     fn view(&self, record: ContainerRecord) -> Result<ContainerView, ContainerError> {
         let Some((_, app)) = self.app_of(&record)? else {
             return Ok(ContainerView {
@@ -183,6 +222,7 @@ impl Engine {
                 started_at: 0,
                 finished_at: 0,
                 exit_code: 0,
+                oom_killed: false,
             });
         };
         let phase = match app.state {
@@ -197,13 +237,18 @@ impl Engine {
             _ => 0,
         };
         Ok(ContainerView {
-            record,
             phase,
             started_at,
             finished_at,
             exit_code: app
                 .exit_code
                 .unwrap_or(if phase == Phase::Exited { 255 } else { 0 }),
+            oom_killed: phase == Phase::Exited
+                && app.exit_code == Some(137)
+                && self
+                    .pod_dir(&record.sandbox_id)
+                    .is_some_and(|pod| oom_killed(&pod, &record.app)),
+            record,
         })
     }
 
@@ -259,6 +304,13 @@ impl Engine {
         }
         for (key, value) in &spec.env {
             args.push(format!("--set-env={key}={value}"));
+        }
+        for (i, m) in spec.mounts.iter().enumerate() {
+            // Volume names are the pod's: the container's ID keeps them unique.
+            args.push(format!(
+                "--mnt-volume=name={id}-m{i},kind=host,source={},target={},readOnly={}",
+                m.host_path, m.container_path, m.readonly
+            ));
         }
         if spec.exec.len() > 1 {
             args.push("--".into());

@@ -294,10 +294,29 @@ fn container_spec_of(request: CreateContainerRequest) -> Result<ContainerSpec, S
     if image.trim().is_empty() {
         return fail("config.image.image is required".into());
     }
-    if !config.mounts.is_empty() {
-        return Err(Status::unimplemented(
-            "CreateContainer: host path mounts are not supported yet (a mutable pod takes volumes only when its sandbox starts)",
-        ));
+    let mut mounts = Vec::with_capacity(config.mounts.len());
+    for m in &config.mounts {
+        let what = format!("mount {:?} -> {:?}", m.host_path, m.container_path);
+        if !m.container_path.starts_with('/') || !m.host_path.starts_with('/') {
+            return fail(format!("{what}: both paths must be absolute"));
+        }
+        if m.container_path.contains(',') || m.host_path.contains(',') {
+            return fail(format!("{what}: paths with a comma are not supported"));
+        }
+        if m.propagation != MountPropagation::PropagationPrivate as i32 {
+            return fail(format!("{what}: only private propagation is supported"));
+        }
+        if let Err(e) = std::fs::metadata(&m.host_path) {
+            return fail(format!("{what}: host path: {e}"));
+        }
+        if m.selinux_relabel {
+            tracing::info!("CreateContainer: {what}: selinux_relabel ignored (no SELinux labels here)");
+        }
+        mounts.push(containers::HostMount {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+        });
     }
     if config.tty || config.stdin {
         return Err(Status::unimplemented(
@@ -366,6 +385,7 @@ fn container_spec_of(request: CreateContainerRequest) -> Result<ContainerSpec, S
         cpu_shares: resources.cpu_shares,
         oom_score_adj: resources.oom_score_adj,
         readonly_rootfs: security.readonly_rootfs,
+        mounts,
     })
 }
 
@@ -633,6 +653,7 @@ impl RuntimeService for CriService {
         let view = blocking_container(move || config.engine.container_status(&id)).await?;
         let record = &view.record;
         let reason = match view.phase {
+            Phase::Exited if view.oom_killed => "OOMKilled",
             Phase::Exited if view.exit_code == 0 => "Completed",
             Phase::Exited => "Error",
             Phase::Unknown => "PodSandboxGone",

@@ -24,7 +24,7 @@ use crate::runner::{
     AppRequest, PrepareRequest, RunRequest, RunnerError, Runtime, build_pod_manifest, check_capabilities,
     effective_net, pod_stage1, select_stage1,
 };
-use crate::schema::{EnvVar, PodManifest};
+use crate::schema::{EnvVar, MntVolume, Mount, PodManifest};
 use crate::stage::{FetchPolicy, PodExit, RunConfig};
 
 const APP_LOCK: &str = "app.lock";
@@ -40,6 +40,8 @@ pub struct AddAppRequest {
     pub group: Option<String>,
     /// `--working-dir`: replaces the image's working directory.
     pub working_dir: Option<String>,
+    /// `--mnt-volume`: host paths the pod gets with this app, mounted in it only.
+    pub mnt_volumes: Vec<MntVolume>,
     pub fetch: FetchPolicy,
 }
 
@@ -103,10 +105,20 @@ impl Runtime {
         }
         let id = self.find_image(&request.app.image, &policy)?;
         let image = self.store.manifest(&id)?;
+        check_mnt_volumes(&info, &manifest, &request.mnt_volumes)?;
+        let mut app_request = request.app.clone();
+        let mut volumes = manifest.volumes.clone();
+        for m in &request.mnt_volumes {
+            volumes.push(m.volume.clone());
+            app_request.mounts.push(Mount {
+                volume: m.volume.name.clone(),
+                path: m.target.clone(),
+            });
+        }
         let single = build_pod_manifest(
             &PrepareRequest {
-                apps: vec![request.app.clone()],
-                volumes: manifest.volumes.clone(),
+                apps: vec![app_request],
+                volumes,
                 set_env: request.set_env.clone(),
                 ..PrepareRequest::default()
             },
@@ -127,11 +139,10 @@ impl Runtime {
             }
         }
         let name = app.name.as_str().to_string();
-        if let Some(extra) = single
-            .volumes
-            .iter()
-            .find(|v| !manifest.volumes.iter().any(|p| p.name == v.name))
-        {
+        if let Some(extra) = single.volumes.iter().find(|v| {
+            !manifest.volumes.iter().any(|p| p.name == v.name)
+                && !request.mnt_volumes.iter().any(|m| m.volume.name == v.name)
+        }) {
             return Err(RunnerError::Invalid(format!(
                 "app {name}: mount point {:?} needs a volume the pod does not have; give `rkt app sandbox` a --volume {}",
                 extra.name.as_str(),
@@ -147,9 +158,17 @@ impl Runtime {
         let stage1 = pod_stage1(dir)?;
         let mut updated = manifest.clone();
         updated.apps.push(app.clone());
+        updated
+            .volumes
+            .extend(request.mnt_volumes.iter().map(|m| m.volume.clone()));
+        // Once the backend may have bound the new volumes into the pod, their
+        // names stay taken, app or no app: a later app must not find a
+        // stale binding under a name it reuses.
+        let mut volumes_bound = false;
         let added = (|| {
             self.prepare_app(dir, &app, &image, false)?;
             write_manifest(dir, &updated)?;
+            volumes_bound = !request.mnt_volumes.is_empty();
             let isolation = stage1.prepare_added_app(&info, &updated, &name, request.fetch.insecure)?;
             expect_done(
                 dir,
@@ -160,7 +179,11 @@ impl Runtime {
             )
         })();
         if let Err(e) = added {
-            forget_app(dir, &manifest, &name);
+            let mut without = manifest.clone();
+            if volumes_bound {
+                without.volumes = updated.volumes.clone();
+            }
+            forget_app(dir, &without, &name);
             return Err(e);
         }
         Ok(name)
@@ -268,6 +291,29 @@ impl Runtime {
         let info = self.running_mutable(uuid)?;
         Ok((info, lock))
     }
+}
+
+/// `--mnt-volume`s that name a volume the pod has, repeat a name, or whose
+/// source is missing are refused before anything is made.
+fn check_mnt_volumes(info: &PodInfo, manifest: &PodManifest, added: &[MntVolume]) -> Result<(), RunnerError> {
+    for (i, m) in added.iter().enumerate() {
+        let name = m.volume.name.as_str();
+        if manifest.volumes.iter().any(|v| v.name == m.volume.name)
+            || added[..i].iter().any(|o| o.volume.name == m.volume.name)
+        {
+            return Err(RunnerError::Invalid(format!(
+                "--mnt-volume: pod {} already has a volume named {name:?}; pick another name",
+                info.uuid
+            )));
+        }
+        let source = m.volume.source.as_deref().unwrap_or_default();
+        if let Err(e) = std::fs::metadata(source) {
+            return Err(RunnerError::Invalid(format!(
+                "--mnt-volume {name}: source {source:?}: {e}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn io(context: String, source: std::io::Error) -> RunnerError {

@@ -260,6 +260,13 @@ impl Stage1 for KvmStage1 {
         app: &str,
         insecure: rkt_engine::stage::InsecureOptions,
     ) -> Result<Option<protocol::AppIsolation>, BackendError> {
+        // QEMU's private mount namespace holds the pod's volumes; the 9p
+        // share serves what is bound there.
+        let qemu = rkt_engine::stage::process::read_pid_file(&pod.path)?;
+        rkt_engine::pod::inject::bind_added_volumes(&pod.path, manifest, app, qemu, &|name| {
+            protocol::volume(name).on_host(&pod.path)
+        })
+        .map_err(KvmError::from)?;
         let isolation = setup::plan_isolation(manifest, insecure)?;
         let added = isolation.into_iter().find(|i| i.app == app);
         if let Some(iso) = &added {

@@ -204,8 +204,9 @@ impl Stage1 for NspawnStage1 {
         true
     }
 
-    /// The app's cgroups (with its limits) are made beside its siblings', and
-    /// its confinement is planned as for an app present from the start.
+    /// The app's `--mnt-volume`s are bound into the pod's mount namespace, its
+    /// cgroups (with its limits) made beside its siblings', and its
+    /// confinement planned as for an app present from the start.
     fn prepare_added_app(
         &self,
         pod: &PodInfo,
@@ -213,6 +214,12 @@ impl Stage1 for NspawnStage1 {
         app: &str,
         insecure: rkt_engine::stage::InsecureOptions,
     ) -> Result<Option<protocol::AppIsolation>, BackendError> {
+        // The init's root is the stage1 rootfs, in the pod's mount namespace.
+        let init = rkt_engine::stage::process::read_pid_file(&pod.path)?;
+        rkt_engine::pod::inject::bind_added_volumes(&pod.path, manifest, app, init, &|name| {
+            protocol::volume(name).inside()
+        })
+        .map_err(NspawnError::from)?;
         let pod_cgroups = cgroups::PodCgroups::plan(&pod.uuid.to_string(), manifest)?;
         let runtime = manifest
             .app(app)

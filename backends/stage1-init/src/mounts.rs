@@ -89,7 +89,12 @@ pub fn assemble(sys: &dyn Mounter, root_dir: &Path, binds: &[VolumeBind]) -> Res
     }
     for file in EtcFile::ALL {
         let source = protocol::etc_file(file).inside();
-        if source.exists() {
+        // A volume the app mounts there or above wins (the kubelet's own
+        // /etc/hosts), and nothing is made inside a volume.
+        let covered = binds
+            .iter()
+            .any(|b| Path::new(file.app_path()).starts_with(Path::new(&b.target)));
+        if source.exists() && !covered {
             bind_into(
                 sys,
                 root.as_fd(),

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use rkt_engine::mutable::{AddAppRequest, AppStatus};
 use rkt_engine::runner::{PrepareRequest, RunRequest, pod_stage1};
-use rkt_engine::schema::{EnvVar, ExposedPort, Volume};
+use rkt_engine::schema::{EnvVar, ExposedPort, MntVolume, Volume};
 use rkt_engine::stage::process;
 use rkt_engine::stage::{FetchPolicy, NetRequest};
 use uuid::Uuid;
@@ -89,7 +89,7 @@ pub struct SandboxArgs {
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// UUID IMAGE [--name --exec --mount --user --group --working-dir --set-env --memory --cpu ...] [-- ARGS]
+    /// UUID IMAGE [--name --exec --mount --mnt-volume --user --group --working-dir --set-env --memory --cpu ...] [-- ARGS]
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -233,7 +233,7 @@ fn sandbox(global: &GlobalFlags, args: SandboxArgs) -> Result<u8> {
 }
 
 /// Flags `rkt app add` takes besides `rkt run`'s per-app ones.
-const ADD_FLAGS: &[&str] = &["--user", "--group", "--working-dir", "--set-env"];
+const ADD_FLAGS: &[&str] = &["--user", "--group", "--working-dir", "--set-env", "--mnt-volume"];
 
 fn add(global: &GlobalFlags, args: AddArgs) -> Result<u8> {
     let Some((uuid, rest)) = args.words.split_first() else {
@@ -269,6 +269,9 @@ fn add(global: &GlobalFlags, args: AddArgs) -> Result<u8> {
             "--user" => request.user = Some(value),
             "--group" => request.group = Some(value),
             "--working-dir" => request.working_dir = Some(value),
+            "--mnt-volume" => request
+                .mnt_volumes
+                .push(MntVolume::from_flag(&value).with_context(|| format!("--mnt-volume {value:?}"))?),
             _ => {
                 let var = EnvVar::from_flag(&value).with_context(|| format!("--set-env {value:?}"))?;
                 request.set_env.retain(|v| v.name != var.name);

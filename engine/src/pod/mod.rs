@@ -29,6 +29,7 @@
 //! Nothing here ever waits without bound.
 
 pub mod applog;
+pub mod inject;
 pub mod layout;
 mod lock;
 pub mod mounts;

@@ -13,7 +13,7 @@ use nix::sched::CloneFlags;
 
 use crate::pod::layout::{self, AppRootfs};
 use crate::pod::protocol;
-use crate::schema::{PodManifest, VolumeKind};
+use crate::schema::{PodManifest, Volume, VolumeKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodMountError {
@@ -152,24 +152,29 @@ pub fn plan_pod_mounts(pod: &Path, manifest: &PodManifest) -> Result<Vec<Planned
 /// mount needs its target to exist and be of the source's kind.
 pub fn create_volume_targets(pod: &Path, manifest: &PodManifest) -> Result<(), PodMountError> {
     for volume in &manifest.volumes {
-        let target = protocol::volume(volume.name.as_str()).on_host(pod);
-        let is_file = volume.kind == VolumeKind::Host
-            && volume
-                .source
-                .as_deref()
-                .and_then(|s| std::fs::metadata(s).ok())
-                .is_some_and(|m| !m.is_dir());
-        let made = if is_file {
-            std::fs::write(&target, b"")
-        } else {
-            std::fs::create_dir_all(&target)
-        };
-        made.map_err(|source| PodMountError::Io {
-            context: format!("creating {}", target.display()),
-            source,
-        })?;
+        create_volume_target(pod, volume)?;
     }
     Ok(())
+}
+
+/// One volume's pod-side path, as [`create_volume_targets`] makes it.
+pub fn create_volume_target(pod: &Path, volume: &Volume) -> Result<(), PodMountError> {
+    let target = protocol::volume(volume.name.as_str()).on_host(pod);
+    let is_file = volume.kind == VolumeKind::Host
+        && volume
+            .source
+            .as_deref()
+            .and_then(|s| std::fs::metadata(s).ok())
+            .is_some_and(|m| !m.is_dir());
+    let made = if is_file {
+        std::fs::write(&target, b"")
+    } else {
+        std::fs::create_dir_all(&target)
+    };
+    made.map_err(|source| PodMountError::Io {
+        context: format!("creating {}", target.display()),
+        source,
+    })
 }
 
 /// In a forked child: a mount namespace of its own, a recursive slave of the

@@ -32,7 +32,7 @@ pub use isolator::{
 };
 pub use labels::{Annotation, Label, VALID_OS_ARCH, host_arch_label};
 pub use names::{ACIdentifier, ACName};
-pub use options::FlagOptions;
+pub use options::{FlagOptions, MntVolume};
 pub use pod::{ExposedPort, Mount, PodManifest, RuntimeApp, RuntimeImage, Volume, VolumeKind};
 pub use quantity::Quantity;
 

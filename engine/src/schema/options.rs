@@ -147,6 +147,78 @@ impl Volume {
     }
 }
 
+/// `rkt app add --mnt-volume`: a volume the pod gets with the app, mounted
+/// at `target` in that app only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MntVolume {
+    pub volume: Volume,
+    pub target: String,
+}
+
+impl MntVolume {
+    /// rkt's `--mnt-volume name=NAME,kind=host,source=PATH,target=PATH[,readOnly=BOOL][,recursive=BOOL]`.
+    /// A target with a `..` component is refused: it could only mean a way out
+    /// of the app's root.
+    pub fn from_flag(s: &str) -> Result<Self, SchemaError> {
+        let opts = FlagOptions::parse(
+            s,
+            "mnt-volume",
+            false,
+            &["name", "kind", "source", "target", "readOnly", "recursive"],
+        )?;
+        let name = ACName::new(opts.require("name")?).map_err(|e| e.at("name"))?;
+        match opts.get("kind").unwrap_or("host") {
+            "host" => {}
+            k => {
+                return Err(SchemaError::invalid(
+                    "kind",
+                    format!("only \"host\" is supported here, got {k:?}"),
+                ));
+            }
+        }
+        let source = opts.require("source")?;
+        if !source.starts_with('/') {
+            return Err(SchemaError::invalid(
+                "source",
+                format!("must be absolute, got {source:?}"),
+            ));
+        }
+        let target = opts.require("target")?;
+        let mount = Mount {
+            volume: name.clone(),
+            path: target.to_string(),
+        };
+        mount.validate().map_err(|e| match e {
+            SchemaError::Invalid { reason, .. } => SchemaError::invalid("target", reason),
+            other => other,
+        })?;
+        if std::path::Path::new(target)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(SchemaError::invalid(
+                "target",
+                format!("{target:?} must not contain \"..\" (it would lead out of the app's root)"),
+            ));
+        }
+        let volume = Volume {
+            name,
+            kind: VolumeKind::Host,
+            source: Some(source.to_string()),
+            read_only: opts.get_bool("readOnly")?,
+            recursive: opts.get_bool("recursive")?,
+            mode: None,
+            uid: None,
+            gid: None,
+        };
+        volume.validate()?;
+        Ok(MntVolume {
+            volume,
+            target: target.to_string(),
+        })
+    }
+}
+
 impl Mount {
     /// rkt's `--mount volume=NAME,target=PATH`.
     pub fn from_flag(s: &str) -> Result<Self, SchemaError> {
@@ -236,6 +308,20 @@ mod tests {
 
     fn err(r: Result<impl std::fmt::Debug, SchemaError>) -> String {
         r.expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn mnt_volume_takes_rkts_keys_and_refuses_a_way_out() {
+        let m = MntVolume::from_flag("name=data,kind=host,source=/srv,target=/var/data,readOnly=true")
+            .expect("ok");
+        assert_eq!(m.volume.name.as_str(), "data");
+        assert_eq!(m.volume.source.as_deref(), Some("/srv"));
+        assert_eq!(m.volume.read_only, Some(true));
+        assert_eq!(m.target, "/var/data");
+        assert!(err(MntVolume::from_flag("name=d,source=/srv,target=/a/../../etc")).contains(".."));
+        assert!(err(MntVolume::from_flag("name=d,source=srv,target=/a")).contains("absolute"));
+        assert!(err(MntVolume::from_flag("name=d,kind=empty,target=/a")).contains("host"));
+        assert!(err(MntVolume::from_flag("name=d,source=/srv")).contains("target"));
     }
 
     #[test]
