@@ -95,15 +95,6 @@ pub fn builtin(name: &str) -> Option<NetworkList> {
     })
 }
 
-/// Brings `lo` up in every pod namespace.
-pub fn loopback_network() -> NetworkList {
-    NetworkList {
-        name: "lo".into(),
-        cni_version: BUILTIN_VERSION.into(),
-        plugins: vec![loopback()],
-    }
-}
-
 fn loopback() -> Value {
     json!({"type": "loopback"})
 }

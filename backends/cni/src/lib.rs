@@ -197,12 +197,9 @@ fn setup(pod: &PodInfo, request: &NetRequest) -> Result<NetInfo, CniError> {
         ports::reserve(&container_id, &mappings)?;
     }
 
-    let mut attachments = vec![record::Attachment::new(
-        config::loopback_network(),
-        "lo",
-        None,
-        None,
-    )];
+    // `lo` is already up (netns::create); older pods' records may still hold
+    // a loopback attachment, which teardown deletes like any other.
+    let mut attachments = Vec::new();
     for (i, (network, args)) in networks.into_iter().enumerate() {
         let runtime = network
             .maps_ports()

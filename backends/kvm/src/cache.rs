@@ -278,10 +278,16 @@ fn build_boot_files(
     let base = dep.load_order(&initramfs::base_modules(transport), &builtin)?;
     let net = dep.load_order_after(&initramfs::net_modules(), &builtin, &base)?;
     let config = std::fs::read_to_string(kernel.config()).ok();
+    let deps = base
+        .iter()
+        .chain(&net)
+        .map(|path| (path.clone(), dep.direct_deps(path).to_vec()))
+        .collect();
     let modules = initramfs::ModuleLists {
         base,
         net,
         strip_signatures: initramfs::loads_unsigned_modules(config.as_deref()),
+        deps,
     };
     let mut module_bytes = Vec::new();
     for path in modules.all() {
@@ -290,8 +296,8 @@ fn build_boot_files(
             .push(std::fs::read(&full).map_err(|e| KvmError::io(format!("reading {}", full.display()), e))?);
     }
     let layout = format!(
-        "base {:?} net {:?} strip {}",
-        modules.base, modules.net, modules.strip_signatures
+        "base {:?} net {:?} strip {} deps {:?}",
+        modules.base, modules.net, modules.strip_signatures, modules.deps
     );
     let mut parts: Vec<&[u8]> = vec![&init, kernel.release.as_bytes(), layout.as_bytes()];
     for bytes in &module_bytes {

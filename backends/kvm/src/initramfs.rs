@@ -132,6 +132,11 @@ impl ModulesDep {
         Ok(order)
     }
 
+    /// The modules `path` needs loaded first (their paths).
+    pub fn direct_deps(&self, path: &str) -> &[String] {
+        self.deps.get(path).map_or(&[], Vec::as_slice)
+    }
+
     fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
         if !seen.insert(path.to_string()) {
             return;
@@ -208,6 +213,10 @@ pub struct ModuleLists {
     /// unsigned modules and checking a signature costs more than relocating
     /// the module under TCG (they come from the host's own /lib/modules).
     pub strip_signatures: bool,
+    /// Each module's direct dependencies (paths, as in `modules.dep`): the
+    /// lists name those of the same list, so the guest loads the rest of a
+    /// list side by side.
+    pub deps: BTreeMap<String, Vec<String>>,
 }
 
 impl ModuleLists {
@@ -267,6 +276,14 @@ pub fn build(init: &[u8], modules_dir: &Path, modules: &ModuleLists) -> Result<V
     ] {
         let list_path = list_path.trim_start_matches('/');
         let in_archive = Path::new(list_path).parent().unwrap_or(Path::new(""));
+        let names: BTreeMap<&str, String> = order
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let file = path.rsplit('/').next().unwrap_or(path);
+                (path.as_str(), format!("{:02}-{file}", index + i))
+            })
+            .collect();
         let mut list = String::new();
         for path in order {
             let source = modules_dir.join(path);
@@ -277,21 +294,52 @@ pub fn build(init: &[u8], modules_dir: &Path, modules: &ModuleLists) -> Result<V
             } else {
                 &bytes
             };
-            let name = format!("{index:02}-{}", path.rsplit('/').next().unwrap_or(path));
+            let name = &names[path.as_str()];
             index += 1;
-            cpio.file(&in_archive.join(&name).to_string_lossy(), 0o644, bytes);
-            list.push_str(&name);
-            list.push('\n');
+            cpio.file(&in_archive.join(name).to_string_lossy(), 0o644, bytes);
+            list.push_str(&list_line(name, modules.deps.get(path), &names));
         }
         cpio.file(list_path, 0o644, list.as_bytes());
     }
     Ok(cpio.finish())
 }
 
+/// `NAME DEP...` with the dependencies that are in the same list (the others
+/// are loaded by an earlier list or built in).
+fn list_line(name: &str, deps: Option<&Vec<String>>, names: &BTreeMap<&str, String>) -> String {
+    let mut line = name.to_string();
+    for dep in deps.into_iter().flatten() {
+        if let Some(dep) = names.get(dep.as_str()) {
+            line.push(' ');
+            line.push_str(dep);
+        }
+    }
+    line.push('\n');
+    line
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_line_names_the_dependencies_in_the_same_list() {
+        let names: BTreeMap<&str, String> = [
+            ("kernel/net/9p/9pnet.ko", "03-9pnet.ko".to_string()),
+            ("kernel/net/9p/9pnet_virtio.ko", "04-9pnet_virtio.ko".to_string()),
+        ]
+        .into();
+        let deps = vec![
+            "kernel/net/9p/9pnet.ko".to_string(),
+            "kernel/drivers/virtio/virtio.ko".to_string(),
+        ];
+        assert_eq!(
+            list_line("04-9pnet_virtio.ko", Some(&deps), &names),
+            "04-9pnet_virtio.ko 03-9pnet.ko\n"
+        );
+        assert_eq!(list_line("03-9pnet.ko", None, &names), "03-9pnet.ko\n");
+    }
 
     const DEP: &str = "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko
 kernel/net/9p/9pnet.ko:
