@@ -1188,10 +1188,12 @@ fn sandbox_status_pod_ip(ctx: &mut Ctx) -> CaseResult {
         .parse()
         .map_err(|e| format!("network.ip {:?}: {e}", network.ip))?;
     let id = ctx.running(&sandbox, &config, "addressed", "exec sleep 3600")?;
-    let seen = ctx.exec(&id, &["/bin/ip", "-4", "-o", "addr", "show", "eth0"], 30)?;
+    // The suite's busybox links few applets; the kernel's own table of the
+    // pod's local addresses needs none.
+    let seen = ctx.exec(&id, &["/bin/cat", "/proc/net/fib_trie"], 30)?;
     let text = String::from_utf8_lossy(&seen.stdout).into_owned();
-    check(text.contains(&format!("inet {ip}/")), || {
-        format!("eth0 in the container: {text:?}, PodSandboxStatus says {ip}")
+    check(text.contains(&format!("|-- {ip}\n")), || {
+        format!("the container's addresses: {text:?}, PodSandboxStatus says {ip}")
     })?;
     let (host, _) = ctx.sandbox("node-ip")?;
     let none = sandbox_network(ctx, &host)?;
@@ -1307,8 +1309,10 @@ fn stats_of(ctx: &mut Ctx, id: &str) -> Result<ContainerStats, String> {
 /// variable has that much working set; a created one is not listed.
 fn container_stats(ctx: &mut Ctx) -> CaseResult {
     let (sandbox, config) = ctx.sandbox("stats")?;
-    let script = "x=$(head -c 4000000 /dev/zero | tr '\\0' a); i=0; \
-                  while [ $i -lt 20000 ]; do i=$((i+1)); done; echo counted; sleep 3600";
+    // tail holds a line without a newline whole: 8 MB, kept while the
+    // subshell's sleep keeps the pipe open.
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo counted; \
+                  (head -c 8000000 /dev/zero; exec sleep 3600) | tail";
     let id = ctx.running(&sandbox, &config, "busy", script)?;
     ctx.log_with(&id, "counted")?;
     let idle = ctx.create(
@@ -1316,7 +1320,20 @@ fn container_stats(ctx: &mut Ctx) -> CaseResult {
         &config,
         ctx.container_config("idle", &["/bin/sleep", "3600"]),
     )?;
-    let stats = stats_of(ctx, &id)?;
+    let target = id.clone();
+    let stats = ctx.eventually(
+        "the container's working set to reach the 8 MB tail holds",
+        Duration::from_secs(30),
+        |ctx| {
+            let stats = stats_of(ctx, &target)?;
+            let working_set = stats
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value);
+            Ok((working_set >= 8_000_000).then_some(stats))
+        },
+    )?;
     let attributes = stats.attributes.clone().unwrap_or_default();
     check(attributes.id == id, || format!("attributes {attributes:?}"))?;
     let cpu = stats
@@ -1334,8 +1351,8 @@ fn container_stats(ctx: &mut Ctx) -> CaseResult {
         .ok_or_else(|| format!("no memory usage: {stats:?}"))?;
     let working_set = memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
     let usage = memory.usage_bytes.map(|v| v.value).unwrap_or(0);
-    check(working_set >= 4_000_000 && usage >= working_set, || {
-        format!("working set {working_set}, usage {usage}, with 4 MB held")
+    check(usage >= working_set, || {
+        format!("working set {working_set} above usage {usage}")
     })?;
     let listed = ctx.call("ListContainerStats", |mut c| async move {
         c.list_container_stats(ListContainerStatsRequest {
