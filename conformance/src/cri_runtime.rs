@@ -1347,7 +1347,6 @@ fn container_stats(ctx: &mut Ctx) -> CaseResult {
     })?;
     let memory = stats
         .memory
-        .clone()
         .ok_or_else(|| format!("no memory usage: {stats:?}"))?;
     let working_set = memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
     let usage = memory.usage_bytes.map(|v| v.value).unwrap_or(0);
