@@ -3,7 +3,10 @@
 //! status, sandbox and container lifecycles with filters, stop with a grace
 //! period then kill, env/working dir/user/args, ExecSync with its timeout,
 //! logs in the CRI format at the kubelet's path, DNS and hostname, several
-//! sandboxes at once, and the server restarted in the middle. Every case
+//! sandboxes at once, the server restarted in the middle, then (crinet) the
+//! pod IP in PodSandboxStatus, a host port mapping answered on 127.0.0.1 and
+//! its iptables rules gone with the sandbox, container stats from the app's
+//! cgroups, resource updates and ReopenContainerLog. Every case
 //! must pass; none may be skipped when the prerequisites are here.
 
 #[allow(dead_code)] // each test binary uses its own subset

@@ -95,6 +95,27 @@ pub fn all_cases() -> Vec<CriCase> {
             name: "host-path-mounts",
             run: host_path_mounts,
         },
+        // crinet cases
+        CriCase {
+            name: "sandbox-status-pod-ip",
+            run: sandbox_status_pod_ip,
+        },
+        CriCase {
+            name: "port-mapping-host-port",
+            run: port_mapping_host_port,
+        },
+        CriCase {
+            name: "container-stats",
+            run: container_stats,
+        },
+        CriCase {
+            name: "update-container-resources",
+            run: update_container_resources,
+        },
+        CriCase {
+            name: "reopen-container-log",
+            run: reopen_container_log,
+        },
     ]
 }
 
@@ -1230,6 +1251,335 @@ fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
     check(kept == "host-file\n", || {
         format!("the host file after the sandbox went: {kept:?}")
     })
+
+/// A sandbox config on a pod network (the suite's default is the node's).
+fn pod_network(mut config: PodSandboxConfig) -> PodSandboxConfig {
+    if let Some(options) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        options.network = NamespaceMode::Pod.into();
+    }
+    config
+}
+
+fn sandbox_network(ctx: &mut Ctx, id: &str) -> Result<Option<PodSandboxNetworkStatus>, String> {
+    let pod_sandbox_id = id.to_string();
+    Ok(ctx
+        .call("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id,
+                verbose: false,
+            })
+            .await
+        })?
+        .status
+        .ok_or("PodSandboxStatus: no status")?
+        .network)
+}
+
+/// The pod's address is its first network's, the one its container sees on
+/// eth0; a sandbox on the node's network has none of its own.
+fn sandbox_status_pod_ip(ctx: &mut Ctx) -> CaseResult {
+    let config = pod_network(ctx.sandbox_config("pod-ip", &[]));
+    let sandbox = ctx.run_sandbox(config.clone())?;
+    let network = sandbox_network(ctx, &sandbox)?.ok_or("no network status for a pod-network sandbox")?;
+    let ip: std::net::Ipv4Addr = network
+        .ip
+        .parse()
+        .map_err(|e| format!("network.ip {:?}: {e}", network.ip))?;
+    let id = ctx.running(&sandbox, &config, "addressed", "exec sleep 3600")?;
+    // The suite's busybox links few applets; the kernel's own table of the
+    // pod's local addresses needs none.
+    let seen = ctx.exec(&id, &["/bin/cat", "/proc/net/fib_trie"], 30)?;
+    let text = String::from_utf8_lossy(&seen.stdout).into_owned();
+    check(text.contains(&format!("|-- {ip}\n")), || {
+        format!("the container's addresses: {text:?}, PodSandboxStatus says {ip}")
+    })?;
+    let (host, _) = ctx.sandbox("node-ip")?;
+    let none = sandbox_network(ctx, &host)?;
+    check(none.as_ref().is_none_or(|n| n.ip.is_empty()), || {
+        format!("a node-network sandbox reports {none:?}")
+    })?;
+    ctx.clean()
+}
+
+/// iptables rules (nat and filter) that name `id`: CNI writes the pod's
+/// container ID into the comments of every rule it adds for it.
+fn iptables_rules_naming(id: &str) -> Result<Vec<String>, String> {
+    let mut rules = Vec::new();
+    for table in ["nat", "filter"] {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .map_err(|e| format!("iptables-save: {e}"))?;
+        rules.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(id))
+                .map(str::to_string),
+        );
+    }
+    Ok(rules)
+}
+
+/// critest's "runtime should support port mapping with host port and
+/// container port": a container listening on its port answers on the host's
+/// 127.0.0.1 at the host port; the forwarding rules go with the sandbox.
+fn port_mapping_host_port(ctx: &mut Ctx) -> CaseResult {
+    let host_port = 40000 + (std::process::id() % 20000) as i32;
+    let mut config = pod_network(ctx.sandbox_config("ports", &[]));
+    config.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp.into(),
+        container_port: 8080,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let sandbox = ctx.run_sandbox(config.clone())?;
+    ctx.running(
+        &sandbox,
+        &config,
+        "listener",
+        "while true; do echo reply-from-the-pod | nc -l -p 8080; done",
+    )?;
+    let reply = ctx.eventually(
+        &format!("a reply on 127.0.0.1:{host_port}"),
+        Duration::from_secs(30),
+        |_| Ok(read_line_from(("127.0.0.1", host_port as u16))),
+    )?;
+    check(reply.trim() == "reply-from-the-pod", || {
+        format!("reply {reply:?}")
+    })?;
+    let rules = iptables_rules_naming(&sandbox)?;
+    check(
+        rules.iter().any(|r| r.contains("DNAT") || r.contains("dport")),
+        || format!("no port forwarding rule names the sandbox: {rules:?}"),
+    )?;
+    ctx.stop_sandbox(&sandbox)?;
+    ctx.remove_sandbox(&sandbox)?;
+    let left = iptables_rules_naming(&sandbox)?;
+    check(left.is_empty(), || format!("rules left after removal: {left:?}"))?;
+    // SCTP has no portmap support: refused up front.
+    let mut sctp = pod_network(ctx.sandbox_config("sctp", &[]));
+    sctp.port_mappings = vec![PortMapping {
+        protocol: Protocol::Sctp.into(),
+        container_port: 9,
+        host_port: host_port + 1,
+        host_ip: String::new(),
+    }];
+    let code = ctx.code_of(|mut c| async move {
+        c.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sctp),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    check(code == Code::InvalidArgument, || {
+        format!("SCTP mapping: {code:?}")
+    })?;
+    ctx.clean()
+}
+
+/// One line from a TCP server at `addr`, None while nothing answers.
+fn read_line_from(addr: (&str, u16)) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).ok()? == 1 {
+        if byte[0] == b'\n' {
+            return Some(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(byte[0]);
+    }
+    (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned())
+}
+
+fn stats_of(ctx: &mut Ctx, id: &str) -> Result<ContainerStats, String> {
+    let container_id = id.to_string();
+    ctx.call("ContainerStats", |mut c| async move {
+        c.container_stats(ContainerStatsRequest { container_id }).await
+    })?
+    .stats
+    .ok_or_else(|| "ContainerStats: no stats".to_string())
+}
+
+/// CPU time and memory come from the container's own cgroups: a container
+/// that counted in its shell has used CPU, one holding 4 MB in a shell
+/// variable has that much working set; a created one is not listed.
+fn container_stats(ctx: &mut Ctx) -> CaseResult {
+    let (sandbox, config) = ctx.sandbox("stats")?;
+    // tail holds a line without a newline whole: 8 MB, kept while the
+    // subshell's sleep keeps the pipe open.
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo counted; \
+                  (head -c 8000000 /dev/zero; exec sleep 3600) | tail";
+    let id = ctx.running(&sandbox, &config, "busy", script)?;
+    ctx.log_with(&id, "counted")?;
+    let idle = ctx.create(
+        &sandbox,
+        &config,
+        ctx.container_config("idle", &["/bin/sleep", "3600"]),
+    )?;
+    let target = id.clone();
+    let stats = ctx.eventually(
+        "the container's working set to reach the 8 MB tail holds",
+        Duration::from_secs(30),
+        |ctx| {
+            let stats = stats_of(ctx, &target)?;
+            let working_set = stats
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value);
+            Ok((working_set >= 8_000_000).then_some(stats))
+        },
+    )?;
+    let attributes = stats.attributes.clone().unwrap_or_default();
+    check(attributes.id == id, || format!("attributes {attributes:?}"))?;
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value)
+        .ok_or_else(|| format!("no CPU usage: {stats:?}"))?;
+    check(cpu >= 1_000_000, || {
+        format!("CPU usage {cpu} ns after counting to 20000")
+    })?;
+    let memory = stats
+        .memory
+        .ok_or_else(|| format!("no memory usage: {stats:?}"))?;
+    let working_set = memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
+    let usage = memory.usage_bytes.map(|v| v.value).unwrap_or(0);
+    check(usage >= working_set, || {
+        format!("working set {working_set} above usage {usage}")
+    })?;
+    let listed = ctx.call("ListContainerStats", |mut c| async move {
+        c.list_container_stats(ListContainerStatsRequest {
+            filter: Some(ContainerStatsFilter {
+                pod_sandbox_id: sandbox.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+    })?;
+    let ids: Vec<String> = listed
+        .stats
+        .iter()
+        .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
+        .collect();
+    check(ids == vec![id.clone()], || {
+        format!("stats listed for the sandbox: {ids:?} (running {id}, created {idle})")
+    })?;
+    let code = ctx.code_of(|mut c| async move {
+        c.container_stats(ContainerStatsRequest {
+            container_id: "0000000000000000000000000000dead".into(),
+        })
+        .await
+    });
+    check(code == Code::NotFound, || {
+        format!("stats of a missing container: {code:?}")
+    })?;
+    ctx.clean()
+}
+
+/// New limits land in the running container's cgroup (its stats report the
+/// memory limit back) and in its status; what its cgroups cannot hold is
+/// refused.
+fn update_container_resources(ctx: &mut Ctx) -> CaseResult {
+    let (sandbox, config) = ctx.sandbox("update")?;
+    let id = ctx.running(&sandbox, &config, "resized", "exec sleep 3600")?;
+    let limit: i64 = 48 << 20;
+    let update = |container_id: String, linux: LinuxContainerResources| {
+        move |mut c: RuntimeServiceClient<Channel>| async move {
+            c.update_container_resources(UpdateContainerResourcesRequest {
+                container_id,
+                linux: Some(linux),
+                annotations: HashMap::new(),
+            })
+            .await
+        }
+    };
+    ctx.call(
+        "UpdateContainerResources",
+        update(
+            id.clone(),
+            LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            },
+        ),
+    )?;
+    let stats = stats_of(ctx, &id)?;
+    let memory = stats.memory.ok_or("no memory stats")?;
+    let working_set = memory.working_set_bytes.map(|v| v.value).unwrap_or(0);
+    let available = memory.available_bytes.map(|v| v.value);
+    check(available == Some(limit as u64 - working_set), || {
+        format!("available {available:?} with working set {working_set} under a {limit}-byte limit")
+    })?;
+    let resources = ctx
+        .status(&id)?
+        .resources
+        .and_then(|r| r.linux)
+        .unwrap_or_default();
+    check(
+        resources.memory_limit_in_bytes == limit
+            && resources.cpu_quota == 50_000
+            && resources.cpu_period == 100_000,
+        || format!("status resources after the update: {resources:?}"),
+    )?;
+    let code = ctx.code_of(update(
+        id.clone(),
+        LinuxContainerResources {
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        },
+    ));
+    check(code == Code::InvalidArgument, || {
+        format!("a cpuset update: {code:?}")
+    })?;
+    let code = ctx.code_of(update(
+        "0000000000000000000000000000dead".into(),
+        LinuxContainerResources::default(),
+    ));
+    check(code == Code::NotFound, || {
+        format!("updating a missing container: {code:?}")
+    })?;
+    ctx.clean()
+}
+
+/// While the kubelet's log path is the container's log, reopening is a
+/// no-op; once rotated away it cannot be reopened and says so (the kubelet
+/// then moves its file back).
+fn reopen_container_log(ctx: &mut Ctx) -> CaseResult {
+    let (sandbox, config) = ctx.sandbox("reopen")?;
+    let id = ctx.running(&sandbox, &config, "logger", "echo first; exec sleep 3600")?;
+    ctx.log_with(&id, "first")?;
+    let reopen = |container_id: String| {
+        move |mut c: RuntimeServiceClient<Channel>| async move {
+            c.reopen_container_log(ReopenContainerLogRequest { container_id })
+                .await
+        }
+    };
+    let code = ctx.code_of(reopen(id.clone()));
+    check(code == Code::Ok, || format!("reopening an intact log: {code:?}"))?;
+    let path = ctx.status(&id)?.log_path;
+    let rotated = format!("{path}.rotated");
+    std::fs::rename(&path, &rotated).map_err(|e| format!("rotating {path}: {e}"))?;
+    let code = ctx.code_of(reopen(id.clone()));
+    std::fs::rename(&rotated, &path).map_err(|e| format!("moving {rotated} back: {e}"))?;
+    check(code == Code::FailedPrecondition, || {
+        format!("reopening a rotated log: {code:?}")
+    })?;
+    check(
+        !Path::new(&path).exists() || ctx.log_of(&id)?.contains("first"),
+        || "the log moved back lost its lines".to_string(),
+    )?;
+    ctx.clean()
 }
 
 /// Runs the cases whose name contains `filter` (all when None). A case that

@@ -6,9 +6,10 @@
 //! Served: Version, Status, the pod sandbox calls, the container calls
 //! (Create/Start/Stop/Remove/List/ContainerStatus on the sandbox's apps, see
 //! `containers`) and ExecSync; the ImageService over rkt's store and finders
-//! (see `images`). The streaming calls (Exec, Attach,
-//! PortForward), ReopenContainerLog and every call left out of our proto
-//! (stats, updates, checkpoints, events) answer Unimplemented.
+//! (see `images`); container stats, resource updates and ReopenContainerLog
+//! (see `stats`). The streaming calls (Exec, Attach, PortForward) and every
+//! call left out of our proto (sandbox stats, checkpoints, events) answer
+//! Unimplemented.
 
 // tonic::Status is what every handler must return; boxing it in between buys nothing.
 #![allow(clippy::result_large_err)]
@@ -16,6 +17,7 @@
 pub mod containers;
 pub mod images;
 pub mod sandboxes;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,10 +226,16 @@ fn spec_of(request: RunPodSandboxRequest) -> Result<SandboxSpec, Status> {
             "RunPodSandbox: metadata name, uid and namespace are required",
         ));
     }
-    if config.port_mappings.iter().any(|p| p.host_port != 0) {
-        return Err(Status::unimplemented(
-            "RunPodSandbox: host port mappings are not supported yet",
-        ));
+    let mut ports = Vec::new();
+    for p in &config.port_mappings {
+        let flag = sandboxes::port_flag(
+            p.protocol().as_str_name(),
+            p.container_port,
+            p.host_port,
+            &p.host_ip,
+        )
+        .map_err(|e| Status::invalid_argument(format!("RunPodSandbox: {e}")))?;
+        ports.extend(flag);
     }
     let host_network = config
         .linux
@@ -254,6 +262,7 @@ fn spec_of(request: RunPodSandboxRequest) -> Result<SandboxSpec, Status> {
         dns_servers: dns.servers,
         dns_searches: dns.searches,
         dns_options: dns.options,
+        ports,
     })
 }
 
@@ -522,7 +531,19 @@ impl RuntimeService for CriService {
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         let config = self.config.clone();
-        let (record, readiness) = blocking(move || config.engine.status(&id)).await?;
+        let (record, readiness, addresses) = blocking(move || {
+            let (record, readiness) = config.engine.status(&id)?;
+            let addresses = match readiness {
+                Readiness::Ready => config.engine.addresses(&id)?,
+                Readiness::NotReady => Vec::new(),
+            };
+            Ok((record, readiness, addresses))
+        })
+        .await?;
+        let network = addresses.split_first().map(|(ip, rest)| PodSandboxNetworkStatus {
+            ip: ip.clone(),
+            additional_ips: rest.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+        });
         let network_mode = if record.host_network {
             NamespaceMode::Node
         } else {
@@ -534,7 +555,7 @@ impl RuntimeService for CriService {
                 metadata: Some(metadata_of(&record)),
                 state: state_of(readiness).into(),
                 created_at: record.created_at,
-                network: None,
+                network,
                 linux: Some(LinuxPodSandboxStatus {
                     namespaces: Some(Namespace {
                         options: Some(NamespaceOption {
@@ -692,11 +713,73 @@ impl RuntimeService for CriService {
 
     async fn reopen_container_log(
         &self,
-        _: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(Status::unimplemented(
-            "ReopenContainerLog: rkt-rs links each container's log once; it does not reopen it",
-        ))
+        let id = container_id_of(request.into_inner().container_id, "ReopenContainerLog")?;
+        let config = self.config.clone();
+        blocking_container(move || config.engine.reopen_log(&id)).await?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let id = container_id_of(request.container_id, "UpdateContainerResources")?;
+        let update = stats_rpc::update_of(request.linux.unwrap_or_default());
+        let config = self.config.clone();
+        blocking_container(move || config.engine.update_resources(&id, &update)).await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = container_id_of(request.into_inner().container_id, "ContainerStats")?;
+        let config = self.config.clone();
+        let usage = blocking_container(move || config.engine.container_usage(&id)).await?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(stats_rpc::stats_of(usage)),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let config = self.config.clone();
+        let all = blocking_container(move || {
+            config.engine.list_usage(|view| {
+                container_matches(
+                    &ContainerFilter {
+                        id: filter.id.clone(),
+                        pod_sandbox_id: filter.pod_sandbox_id.clone(),
+                        state: None,
+                        label_selector: filter.label_selector.clone(),
+                    },
+                    view,
+                )
+            })
+        })
+        .await?;
+        Ok(Response::new(ListContainerStatsResponse {
+            stats: all.into_iter().map(stats_rpc::stats_of).collect(),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        // Pods' cgroups are made by rkt-rs itself below its own, not by systemd.
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: CgroupDriver::Cgroupfs.into(),
+            }),
+        }))
     }
 
     async fn exec_sync(
@@ -741,5 +824,57 @@ impl RuntimeService for CriService {
         Err(Status::unimplemented(
             "PortForward: streaming port forwarding is not served by rkt-rs",
         ))
+    }
+}
+
+/// The wire side of `stats`: CRI messages to and from its plain types.
+mod stats_rpc {
+    use super::runtime_v1::*;
+    use super::{container_metadata_of, map_of};
+    use crate::stats::{ResourceUpdate, Usage};
+
+    pub fn update_of(linux: LinuxContainerResources) -> ResourceUpdate {
+        ResourceUpdate {
+            memory_limit: linux.memory_limit_in_bytes,
+            memory_swap_limit: linux.memory_swap_limit_in_bytes,
+            cpu_quota: linux.cpu_quota,
+            cpu_period: linux.cpu_period,
+            cpu_shares: linux.cpu_shares,
+            oom_score_adj: linux.oom_score_adj,
+            cpuset_cpus: linux.cpuset_cpus,
+            cpuset_mems: linux.cpuset_mems,
+            unified: linux.unified.into_iter().collect(),
+        }
+    }
+
+    fn value(v: Option<u64>) -> Option<UInt64Value> {
+        v.map(|value| UInt64Value { value })
+    }
+
+    pub fn stats_of(usage: Usage) -> ContainerStats {
+        let record = &usage.view.record;
+        ContainerStats {
+            attributes: Some(ContainerAttributes {
+                id: record.id.clone(),
+                metadata: Some(container_metadata_of(record)),
+                labels: map_of(&record.labels),
+                annotations: map_of(&record.annotations),
+            }),
+            cpu: usage.cpu_nanos.map(|nanos| CpuUsage {
+                timestamp: usage.timestamp,
+                usage_core_nano_seconds: value(Some(nanos)),
+                usage_nano_cores: None,
+            }),
+            memory: usage.memory.map(|m| MemoryUsage {
+                timestamp: usage.timestamp,
+                working_set_bytes: value(Some(m.working_set)),
+                available_bytes: value(m.limit.map(|l| l.saturating_sub(m.working_set))),
+                usage_bytes: value(Some(m.usage)),
+                rss_bytes: value(m.rss),
+                page_faults: value(m.page_faults),
+                major_page_faults: value(m.major_page_faults),
+            }),
+            writable_layer: None,
+        }
     }
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use rkt_engine::fsutil;
-use rkt_engine::pod::{PodError, PodState, PodsDir};
+use rkt_engine::pod::{PodError, PodState, PodsDir, layout};
+use rkt_engine::runner::NetRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -82,6 +83,52 @@ pub struct SandboxSpec {
     pub dns_servers: Vec<String>,
     pub dns_searches: Vec<String>,
     pub dns_options: Vec<String>,
+    /// `rkt app sandbox --port` values, see [`port_flag`].
+    pub ports: Vec<String>,
+}
+
+/// A CRI port mapping as `rkt app sandbox --port NAME:PROTO:PODPORT:HOSTIP:HOSTPORT`;
+/// None for one without a host port, which forwards nothing. `protocol` is
+/// the CRI's name (TCP, UDP, SCTP); portmap and appc know no SCTP.
+pub fn port_flag(
+    protocol: &str,
+    container_port: i32,
+    host_port: i32,
+    host_ip: &str,
+) -> Result<Option<String>, SandboxError> {
+    if host_port == 0 {
+        return Ok(None);
+    }
+    let proto = match protocol {
+        "TCP" => "tcp",
+        "UDP" => "udp",
+        other => {
+            return Err(SandboxError::Invalid(format!(
+                "port mapping {host_port}->{container_port}: protocol {other} is not supported (TCP and UDP are)"
+            )));
+        }
+    };
+    let in_range = |p: i32| (1..=65535).contains(&p);
+    if !in_range(host_port) || !in_range(container_port) {
+        return Err(SandboxError::Invalid(format!(
+            "port mapping {host_port}->{container_port}: ports must be in 1..=65535"
+        )));
+    }
+    let host_ip = match host_ip {
+        "" => "0.0.0.0".to_string(),
+        ip => match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+            Ok(v4) => v4.to_string(),
+            Err(_) => {
+                return Err(SandboxError::Invalid(format!(
+                    "port mapping {host_port}->{container_port}: host_ip {ip:?} is not an IP address"
+                )));
+            }
+        },
+    };
+    Ok(Some(format!(
+        "{proto}-{container_port}-{host_port}:{proto}:{container_port}:{host_ip}:{host_port}"
+    )))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +198,10 @@ impl Engine {
         ];
         if !spec.hostname.is_empty() {
             args.push(format!("--hostname={}", spec.hostname));
+        }
+        if !spec.record.host_network {
+            // On the host's network the kubelet's mappings are the app's own ports.
+            args.extend(spec.ports.iter().map(|p| format!("--port={p}")));
         }
         for (flag, values) in [
             ("--dns", &spec.dns_servers),
@@ -266,6 +317,34 @@ impl Engine {
             Err(PodError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The pod's addresses, first network first, as its networker recorded
+    /// them (`rkt status`'s `networks=`); none on the host's network.
+    pub fn addresses(&self, id: &str) -> Result<Vec<String>, SandboxError> {
+        let Ok(uuid) = Uuid::parse_str(id) else {
+            return Ok(Vec::new());
+        };
+        let pod = match PodsDir::existing(&self.dir).info(&uuid) {
+            Ok(pod) => pod,
+            Err(PodError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let path = pod.path.join(layout::NET_INFO);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
+        };
+        let record: NetRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| SandboxError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(record
+            .info
+            .networks
+            .into_iter()
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .collect())
     }
 
     fn readiness(&self, uuid: &Uuid) -> Result<Readiness, SandboxError> {

@@ -146,8 +146,10 @@ pub fn remove_ports(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(NET_DIR).join(PORTS));
 }
 
-/// The pod's `ports` (rkt's `--port NAME:[HOSTIP:]HOSTPORT`) resolved against
-/// the ports its apps declare.
+/// The pod's `ports` resolved to numbers: rkt's `--port NAME:[HOSTIP:]HOSTPORT`
+/// against the ports its apps declare, `rkt app sandbox --port` (appc's
+/// `podPort`) as given. An unspecified host address (0.0.0.0, ::) forwards
+/// on every address, which portmap means by none.
 pub fn port_mappings(dir: &Path) -> Result<Vec<PortMapping>, CniError> {
     let path = layout::manifest(dir);
     let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
@@ -158,23 +160,30 @@ pub fn port_mappings(dir: &Path) -> Result<Vec<PortMapping>, CniError> {
         let Some(host_port) = exposed.host_port else {
             continue;
         };
-        let declared = manifest
-            .apps
-            .iter()
-            .filter_map(|a| a.app.as_ref())
-            .flat_map(|a| a.ports.iter())
-            .find(|p| p.name == exposed.name)
-            .ok_or_else(|| {
-                CniError::Config(format!(
-                    "--port {}: no app in the pod declares a port named {:?}",
-                    exposed.name, exposed.name
-                ))
-            })?;
+        let declared = match &exposed.pod_port {
+            Some(port) => port,
+            None => manifest
+                .apps
+                .iter()
+                .filter_map(|a| a.app.as_ref())
+                .flat_map(|a| a.ports.iter())
+                .find(|p| p.name == exposed.name)
+                .ok_or_else(|| {
+                    CniError::Config(format!(
+                        "--port {}: no app in the pod declares a port named {:?}",
+                        exposed.name, exposed.name
+                    ))
+                })?,
+        };
+        let host_ip = exposed.host_ip.clone().filter(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map_or(true, |ip| !ip.is_unspecified())
+        });
         out.push(PortMapping {
             host_port,
             container_port: declared.port,
             protocol: declared.protocol.clone(),
-            host_ip: exposed.host_ip.clone(),
+            host_ip,
         });
     }
     Ok(out)

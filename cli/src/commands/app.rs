@@ -71,7 +71,8 @@ pub struct SandboxArgs {
     /// The pod's networks, as for `rkt run`
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "default")]
     pub net: Vec<String>,
-    /// Ports to expose on the host (NAME:HOSTPORT)
+    /// Ports to forward from the host, as rkt's: NAME:PROTO:PODPORT:HOSTIP:HOSTPORT
+    /// (the pod has no apps yet to declare them)
     #[arg(long = "port")]
     pub ports: Vec<String>,
     /// A volume for the pod: NAME,kind=host|empty,source=PATH,readOnly=BOOL,...
@@ -200,7 +201,7 @@ fn sandbox(global: &GlobalFlags, args: SandboxArgs) -> Result<u8> {
         ports: args
             .ports
             .iter()
-            .map(|p| ExposedPort::from_flag(p).with_context(|| format!("--port {p:?}")))
+            .map(|p| ExposedPort::from_sandbox_flag(p).with_context(|| format!("--port {p:?}")))
             .collect::<Result<_>>()?,
         stage1: args.stage1.backend()?,
         fetch: FetchPolicy {

@@ -5,7 +5,7 @@
 //! the same way. Errors name the key (`readOnly: ...`) but not the flag: the command-line
 //! parser that calls these already says which flag and value were wrong.
 
-use super::app::EnvVar;
+use super::app::{EnvVar, Port};
 use super::error::SchemaError;
 use super::labels::Annotation;
 use super::names::ACName;
@@ -272,6 +272,60 @@ impl ExposedPort {
             name,
             host_port: Some(host_port),
             host_ip,
+            pod_port: None,
+        })
+    }
+}
+
+impl ExposedPort {
+    /// `rkt app sandbox --port NAME:PROTO:PODPORT:HOSTIP:HOSTPORT`: a sandbox
+    /// has no apps whose ports a name could refer to, so the pod side is
+    /// given outright. HOSTIP may be an IPv6 address (bracketed or not);
+    /// 0.0.0.0 means every address.
+    pub fn from_sandbox_flag(s: &str) -> Result<Self, SchemaError> {
+        let format = || {
+            SchemaError::invalid(
+                "",
+                format!("{s:?} is not in name:proto:podPort:hostIP:hostPort format"),
+            )
+        };
+        let mut left = s.splitn(4, ':');
+        let (Some(name), Some(protocol), Some(pod_port), Some(rest)) =
+            (left.next(), left.next(), left.next(), left.next())
+        else {
+            return Err(format());
+        };
+        let Some((host_ip, host_port)) = rest.rsplit_once(':') else {
+            return Err(format());
+        };
+        let name = ACName::new(name).map_err(|e| e.at("name"))?;
+        let number = |field: &str, value: &str| match value.parse::<u16>() {
+            Ok(p) if p >= 1 => Ok(p),
+            _ => Err(SchemaError::invalid(
+                field,
+                format!("must be a port number in 1..=65535, got {value:?}"),
+            )),
+        };
+        let pod_port = Port {
+            name: name.clone(),
+            protocol: protocol.to_string(),
+            port: number("podPort", pod_port)?,
+            count: 1,
+            socket_activated: false,
+        };
+        pod_port.validate()?;
+        let host_ip = host_ip.trim_start_matches('[').trim_end_matches(']');
+        if host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(SchemaError::invalid(
+                "hostIP",
+                format!("{host_ip:?} is not an IP address"),
+            ));
+        }
+        Ok(ExposedPort {
+            name,
+            host_port: Some(number("hostPort", host_port)?),
+            host_ip: Some(host_ip.to_string()),
+            pod_port: Some(pod_port),
         })
     }
 }
@@ -451,6 +505,24 @@ mod tests {
             err(Mount::from_flag("volume=data,target=/d,readOnly=true"))
                 .starts_with("readOnly: unknown mount option")
         );
+    }
+
+    #[test]
+    fn schema_exposed_port_from_sandbox_flag() {
+        let p = ExposedPort::from_sandbox_flag("web:tcp:80:0.0.0.0:8080").expect("ok");
+        assert_eq!((p.host_port, p.host_ip.as_deref()), (Some(8080), Some("0.0.0.0")));
+        let pod = p.pod_port.expect("pod port");
+        assert_eq!((pod.protocol.as_str(), pod.port), ("tcp", 80));
+        let v6 = ExposedPort::from_sandbox_flag("dns:udp:53:[::1]:5353").expect("v6");
+        assert_eq!(v6.host_ip.as_deref(), Some("::1"));
+        assert_eq!(
+            err(ExposedPort::from_sandbox_flag("web:80")),
+            r#""web:80" is not in name:proto:podPort:hostIP:hostPort format"#
+        );
+        assert!(err(ExposedPort::from_sandbox_flag("web:sctp:80:0.0.0.0:8080")).starts_with("protocol:"));
+        assert!(err(ExposedPort::from_sandbox_flag("web:tcp:0:0.0.0.0:8080")).starts_with("podPort:"));
+        assert!(err(ExposedPort::from_sandbox_flag("web:tcp:80:host:8080")).starts_with("hostIP:"));
+        assert!(err(ExposedPort::from_sandbox_flag("web:tcp:80:0.0.0.0:x")).starts_with("hostPort:"));
     }
 
     #[test]

@@ -248,6 +248,10 @@ pub struct ExposedPort {
     /// rkt's `hostIP`: forward only on this host address.
     #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// appc's `podPort`: the pod side given outright (`rkt app sandbox
+    /// --port`, where no app declares it yet) instead of an app's port by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_port: Option<super::app::Port>,
 }
 
 validated_serde!(ExposedPort, ExposedPort::validate);
@@ -264,6 +268,9 @@ impl ExposedPort {
                 "hostIP",
                 format!("{ip:?} is not an IP address"),
             ));
+        }
+        if let Some(port) = &self.pod_port {
+            port.validate()?;
         }
         Ok(())
     }

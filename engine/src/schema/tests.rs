@@ -561,6 +561,7 @@ fn pod_manifest() -> impl Strategy<Value = PodManifest> {
                             name,
                             host_port,
                             host_ip: None,
+                            pod_port: None,
                         })
                         .collect(),
                     user_annotations,
