@@ -18,6 +18,9 @@ use crate::schema::{ImageId, ImageManifest};
 const RECORD: &str = ".json";
 const MANIFEST: &str = ".manifest";
 const USED: &str = ".used";
+/// Names the boot in which the image's blob was published without an fsync; absent
+/// once the blob is known durable (see `cas::durable_blob`).
+const UNSYNCED: &str = ".unsynced";
 
 /// Writes the manifest and the record of a freshly published image. The caller
 /// holds the store lock. Re-importing an image refreshes its record (import time and
@@ -53,7 +56,7 @@ pub(super) fn write_record(
 
 /// Removes an image's index files, record first. The caller holds the store lock.
 pub(super) fn remove_record(store: &Store, key: &str) -> Result<(), StoreError> {
-    for suffix in [RECORD, MANIFEST, USED] {
+    for suffix in [RECORD, MANIFEST, USED, UNSYNCED] {
         let path = store.index_path(key, suffix);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -90,6 +93,37 @@ pub(super) fn info_by_key(store: &Store, key: &str) -> Result<Option<ImageInfo>,
         info.last_used = info.last_used.max(used);
     }
     Ok(Some(info))
+}
+
+/// Records, durably, that the blob under `key` is about to be published unsynced in
+/// `boot`. Written before the blob's rename, so no record can name such a blob
+/// without it. The caller holds the store lock.
+pub(super) fn mark_unsynced(store: &Store, key: &str, boot: &str) -> Result<(), StoreError> {
+    let path = store.index_path(key, UNSYNCED);
+    atomic_write(&path, boot.as_bytes()).ctx(|| format!("write {}", path.display()))
+}
+
+/// The boot the blob under `key` was published unsynced in; None when it is durable.
+pub(super) fn unsynced_boot(store: &Store, key: &str) -> Result<Option<String>, StoreError> {
+    let path = store.index_path(key, UNSYNCED);
+    match std::fs::read_to_string(&path) {
+        Ok(boot) => Ok(Some(boot.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// Forgets that the blob under `key` was unsynced, once it has been synced. The
+/// caller holds the store lock.
+pub(super) fn mark_synced(store: &Store, key: &str) -> Result<(), StoreError> {
+    let path = store.index_path(key, UNSYNCED);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(format!("remove {}", path.display()), e)),
+        Ok(()) => {}
+    }
+    let dir = store.index_dir();
+    fsync_dir(&dir).ctx(|| format!("fsync {}", dir.display()))
 }
 
 /// Whether the image is in the index: a single stat.
@@ -129,7 +163,10 @@ pub(super) fn keys_without_record(store: &Store) -> Result<Vec<String>, StoreErr
     let mut keys: Vec<String> = layout::entries(&store.index_dir())?
         .into_iter()
         .filter_map(|(name, _)| {
-            let key = name.strip_suffix(MANIFEST).or_else(|| name.strip_suffix(USED))?;
+            let key = name
+                .strip_suffix(MANIFEST)
+                .or_else(|| name.strip_suffix(USED))
+                .or_else(|| name.strip_suffix(UNSYNCED))?;
             (!has_record(store, key)).then(|| key.to_string())
         })
         .collect();

@@ -11,6 +11,7 @@
 //! cas/index/<store key>.json                ImageInfo (the commit point of an import)
 //! cas/index/<store key>.manifest            the manifest bytes, as in the archive
 //! cas/index/<store key>.used                its mtime is the image's last use
+//! cas/index/<store key>.unsynced            the boot its blob was stored unsynced in
 //! cas/files/<32 hex>.json                   import_file: file identity -> image ID
 //! cas/tree/<tree id>/{rootfs/,complete}     a rendered tree and its completion record
 //! cas/locks/<tree id>                       flock: rendering that tree

@@ -7,6 +7,7 @@
 //! store lock is only taken around those short publish steps, never while hashing
 //! or extracting. `layout.rs` lists what lives where.
 
+mod boot;
 mod cas;
 mod copy;
 mod decompress;

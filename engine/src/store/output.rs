@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
-use super::{IoContext, Store, StoreError, extract, index, layout};
+use super::{IoContext, Store, StoreError, extract, index};
 use crate::schema::ImageId;
 
 /// What `extract_to`/`render_to` put into the destination directory.
@@ -177,7 +177,7 @@ pub(super) fn extract_to(
 ) -> Result<(), StoreError> {
     check_replaceable(dest, overwrite)?;
     let info = index::info(store, id)?;
-    let blob = store.blob_path(layout::key(&info.id)?);
+    let blob = super::cas::durable_blob(store, &info.id)?;
     let staging = Staging::beside(dest)?;
     let rootfs = make_staging_dir(store, id, &staging, content)?;
     let root = crate::fsutil::open_dir(&rootfs).ctx(|| format!("open {}", rootfs.display()))?;

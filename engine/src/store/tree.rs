@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha512};
 
+use super::boot;
 use super::layout::{self, Scratch, lock_file};
 use super::{
     ImageInfo, IoContext, RenderedTree, Store, StoreError, TreeInfo, VerifyReport, extract, index, resolve,
@@ -87,18 +88,11 @@ fn is_complete(dir: &Path) -> bool {
         Ok(TreeRecord {
             unsynced_boot: Some(boot),
             ..
-        }) => current_boot().as_deref() == Some(boot.as_str()),
+        }) => boot::current().as_deref() == Some(boot.as_str()),
         // A record that does not parse still marks a finished tree (as before
         // records carried anything): `verify` reports it.
         _ => true,
     }
-}
-
-/// This boot's ID; None when /proc does not tell (then trees are always synced).
-fn current_boot() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let boot = text.trim();
-    (!boot.is_empty()).then(|| boot.to_string())
 }
 
 fn tree_id_of<'a>(ids: impl Iterator<Item = &'a ImageId>) -> String {
@@ -197,7 +191,7 @@ impl PendingTree {
 fn extract_layers(store: &Store, layers: &[Layer], what: &str) -> Result<PendingTree, StoreError> {
     let pending = PendingTree::new(store, what)?;
     for layer in layers {
-        let blob = store.blob_path(layout::key(&layer.id)?);
+        let blob = super::cas::durable_blob(store, &layer.id)?;
         let file = std::fs::File::open(&blob).ctx(|| format!("open {} ({})", blob.display(), layer.id))?;
         super::touch_on_read(store, &layer.id);
         extract::unpack(BufReader::with_capacity(256 << 10, file), pending.root())?;
@@ -229,7 +223,7 @@ pub(super) fn publish_pending(
     let PendingTree { scratch, root } = pending;
     let rootfs = scratch.path().join(ROOTFS);
     super::whitelist::prune(&rootfs, root.as_fd(), &manifest.path_whitelist)?;
-    let unsynced_boot = current_boot();
+    let unsynced_boot = boot::current();
     if unsynced_boot.is_none() {
         nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
     }
@@ -880,7 +874,7 @@ mod tests {
         assert_eq!(record.hash, None, "nothing was read back");
         assert_eq!(
             record.unsynced_boot,
-            current_boot(),
+            boot::current(),
             "synced only with no boot ID"
         );
         assert!(!residue(&store).iter().any(|p| p.starts_with("tmp")));
