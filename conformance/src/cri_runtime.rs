@@ -1251,6 +1251,7 @@ fn host_path_mounts(ctx: &mut Ctx) -> CaseResult {
     check(kept == "host-file\n", || {
         format!("the host file after the sandbox went: {kept:?}")
     })
+}
 
 /// A sandbox config on a pod network (the suite's default is the node's).
 fn pod_network(mut config: PodSandboxConfig) -> PodSandboxConfig {
