@@ -254,6 +254,21 @@ fn read_line(child: &mut Child) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
+/// `rkt app sandbox --stage1=kvm NET` in the background, and the UUID it prints first.
+fn start_sandbox(rkt: &Rkt, net: &str) -> (Child, String) {
+    let mut sandbox = rkt
+        .command(&["app", "sandbox", "--insecure-options=image", "--stage1=kvm", net])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rkt app sandbox");
+    let uuid = read_line(&mut sandbox);
+    if uuid.is_empty() {
+        panic!("no UUID: {}", finish(sandbox).describe());
+    }
+    (sandbox, uuid)
+}
+
 fn finish(mut child: Child) -> RunOutput {
     let status = child.wait().expect("wait");
     let mut stdout = String::new();
@@ -462,20 +477,7 @@ fn a_vm_sandbox_takes_apps_that_come_and_go() {
         return;
     };
     let img = image(&rkt);
-    let mut sandbox = rkt
-        .command(&[
-            "app",
-            "sandbox",
-            "--insecure-options=image",
-            "--stage1=kvm",
-            "--net=default",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rkt app sandbox");
-    let uuid = read_line(&mut sandbox);
-    assert!(!uuid.is_empty(), "no UUID: {}", finish(sandbox).describe());
+    let (mut sandbox, uuid) = start_sandbox(&rkt, "--net=default");
     let ok = |out: &RunOutput, what: &str| assert_eq!(out.code, 0, "{what}: {}", out.describe());
     // `paths` lifts only the default masks, so an app can read its cgroup.
     let app = |args: &[&str]| {
@@ -611,20 +613,7 @@ fn a_vm_sandbox_app_gets_a_host_path() {
     let data = rkt.work().join("host-data");
     std::fs::create_dir(&data).expect("data dir");
     std::fs::write(data.join("hello"), "from-host\n").expect("hello");
-    let mut sandbox = rkt
-        .command(&[
-            "app",
-            "sandbox",
-            "--insecure-options=image",
-            "--stage1=kvm",
-            "--net=none",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rkt app sandbox");
-    let uuid = read_line(&mut sandbox);
-    assert!(!uuid.is_empty(), "no UUID: {}", finish(sandbox).describe());
+    let (sandbox, uuid) = start_sandbox(&rkt, "--net=none");
     let ok = |out: &RunOutput, what: &str| assert_eq!(out.code, 0, "{what}: {}", out.describe());
     let app = |args: &[&str]| {
         let mut all = vec!["--insecure-options=image", "app"];

@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod image_gc;
 pub mod mds;
+pub mod mount_api;
 pub mod mutable;
 pub mod pod;
 pub mod runner;

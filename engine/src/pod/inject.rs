@@ -7,7 +7,7 @@
 //! like any volume the pod had from the start.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -19,11 +19,6 @@ use crate::fsutil;
 use crate::pod::mounts::{self, PodMountError};
 use crate::pod::protocol;
 use crate::schema::{PodManifest, VolumeKind};
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
 /// Binds the host's `source` at `target`, a path as seen from the root of
 /// `holder`, a process in the pod's mount namespace. `target` must exist
@@ -90,21 +85,7 @@ pub fn bind_into_namespace(holder: Pid, source: &Path, target: &Path, recursive:
 }
 
 fn open_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    if recursive {
-        flags |= AT_RECURSIVE;
-    }
-    // SAFETY: path is a NUL-terminated string that outlives the call; the
-    // returned descriptor, if any, is owned by nothing else.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    crate::mount_api::clone_tree(source, recursive).map_err(io::Error::from)
 }
 
 /// In the forked child: joins the namespace and attaches the tree.
@@ -115,23 +96,7 @@ fn attach(
 ) -> Result<(), (&'static str, Errno)> {
     nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| ("joining the pod's mount namespace for", e))?;
-    let empty = c"";
-    // SAFETY: both descriptors are open for the call's duration and the
-    // empty path is a NUL-terminated static string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            target.as_raw_fd(),
-            empty.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(("attaching", Errno::last()));
-    }
-    Ok(())
+    crate::mount_api::attach(tree, target).map_err(|e| ("attaching", e))
 }
 
 /// The host volumes `app` mounts that the running pod did not have yet
