@@ -35,9 +35,10 @@ struct TreeRecord {
     /// The images applied, in order (deepest dependency first, the image last).
     images: Vec<ImageId>,
     rendered_at: SystemTime,
-    /// `treehash::digest` of the rootfs as published (absent in trees rendered by
-    /// versions that did not record it: those are checked for structure only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `treehash::digest` of the rootfs as published. Absent in trees rendered by
+    /// versions that did not record it, or that recorded the digest with directory
+    /// mtimes (as `hash`): those are checked against their images rendered again.
+    #[serde(default, rename = "contentHash", skip_serializing_if = "Option::is_none")]
     hash: Option<String>,
     /// Bytes of file content in the rootfs.
     #[serde(default)]

@@ -1,5 +1,8 @@
 //! A rendered tree's fingerprint: one SHA-512 over every entry's name, type,
-//! owner, mode, mtime and content, in a fixed (sorted) order. Computed once when
+//! owner, mode, mtime and content, in a fixed (sorted) order. A directory's
+//! mtime is left out: parents an archive does not list, the root and directories
+//! a later layer adds to get the time they were made, so two renders of one
+//! image would differ (and `verify`, which renders again, would cry damage). Computed once when
 //! a tree is built and recorded beside it; `rkt image verify` recomputes it, so a
 //! file changed, added or lost in a tree that pods share shows up as damage.
 //!
@@ -76,7 +79,11 @@ impl Walk {
             u64::from(meta.mode() & 0o7777),
             u64::from(meta.uid()),
             u64::from(meta.gid()),
-            meta.mtime().cast_unsigned(),
+            if kind.is_dir() {
+                0
+            } else {
+                meta.mtime().cast_unsigned()
+            },
         ] {
             self.hasher.update(n.to_le_bytes());
         }
@@ -160,5 +167,14 @@ mod tests {
             5,
             "the symlink's target is not counted"
         );
+
+        // A directory's mtime says when it was made, not what the image holds.
+        let before = digest(&root).expect("digest");
+        File::options()
+            .read(true)
+            .open(root.join("etc"))
+            .and_then(|f| f.set_modified(std::time::UNIX_EPOCH))
+            .expect("set dir mtime");
+        assert_eq!(digest(&root).expect("digest"), before, "directory mtime");
     }
 }
