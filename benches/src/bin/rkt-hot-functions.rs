@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     let data = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     let functions = Functions::from_elf(&data)?;
 
-    let offsets = trace(&binary, &args.command)?;
+    let offsets = trace(&data, &args.command)?;
     let mut text = match args.append {
         true => std::fs::read_to_string(&args.out).unwrap_or_default(),
         false => String::new(),
@@ -130,7 +130,19 @@ struct Mapping {
     end: u64,
 }
 
-fn mapping_of(pid: Pid, binary: &Path) -> Result<Option<Mapping>> {
+/// The binary's mapping in `pid` if `pid` runs the binary or a copy of it (nspawn's
+/// stage1 init is a copy, under another path in another mount namespace).
+fn mapping_of(pid: Pid, binary: &[u8]) -> Result<Option<Mapping>> {
+    let exe = format!("/proc/{pid}/exe");
+    match std::fs::metadata(&exe) {
+        Ok(meta) if meta.len() == binary.len() as u64 => {}
+        _ => return Ok(None),
+    }
+    if std::fs::read(&exe).ok().as_deref() != Some(binary) {
+        return Ok(None);
+    }
+    // /proc/PID/exe and /proc/PID/maps render the path the same way for this reader.
+    let path = std::fs::read_link(&exe)?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let mut found: Option<Mapping> = None;
     for line in maps.lines() {
@@ -138,8 +150,7 @@ fn mapping_of(pid: Pid, binary: &Path) -> Result<Option<Mapping>> {
         let (Some(range), Some(_perms), Some(offset)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
-        let path = fields.nth(2).unwrap_or("");
-        if Path::new(path) != binary {
+        if Path::new(fields.nth(2).unwrap_or("")) != path {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -148,13 +159,11 @@ fn mapping_of(pid: Pid, binary: &Path) -> Result<Option<Mapping>> {
         let start = u64::from_str_radix(start, 16)?;
         let end = u64::from_str_radix(end, 16)?;
         let offset = u64::from_str_radix(offset, 16)?;
+        let base = start - offset;
         found = Some(match found {
-            None => Mapping {
-                base: start - offset,
-                end,
-            },
+            None => Mapping { base, end },
             Some(m) => Mapping {
-                base: m.base.min(start - offset),
+                base: m.base.min(base),
                 end: m.end.max(end),
             },
         });
@@ -162,9 +171,20 @@ fn mapping_of(pid: Pid, binary: &Path) -> Result<Option<Mapping>> {
     Ok(found)
 }
 
-/// Runs `command` single-stepped; returns the distinct offsets (from the binary's
-/// load address) of the instructions executed in it, in first-run order.
-fn trace(binary: &Path, command: &[String]) -> Result<Vec<u64>> {
+/// What the tracer does with one traced process.
+#[derive(Clone, Copy)]
+enum Tracee {
+    /// Runs the binary: single-stepped, its instruction pointers kept.
+    Ours(Mapping),
+    /// Runs something else (nspawn, the app): left to run, only its forks and
+    /// execs stop it, in case a descendant runs the binary again.
+    Foreign,
+}
+
+/// Runs `command`; returns the distinct offsets (from the binary's load address)
+/// of the instructions executed in any process of its tree while that process
+/// ran the binary, in first-run order.
+fn trace(binary: &[u8], command: &[String]) -> Result<Vec<u64>> {
     let argv: Vec<CString> = command
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -195,68 +215,73 @@ fn trace(binary: &Path, command: &[String]) -> Result<Vec<u64>> {
             | ptrace::Options::PTRACE_O_TRACEEXEC
             | ptrace::Options::PTRACE_O_EXITKILL,
     )?;
-    let first = mapping_of(child, binary)?
-        .with_context(|| format!("{} is not what the command runs", binary.display()))?;
+    let first = mapping_of(child, binary)?.context("the command does not run the binary")?;
 
-    let mut mappings: HashMap<Pid, Mapping> = HashMap::from([(child, first)]);
+    let mut tracees: HashMap<Pid, Tracee> = HashMap::from([(child, Tracee::Ours(first))]);
+    // A new process's first stop (SIGSTOP) and its parent's fork event arrive in
+    // either order; the process waits until both are seen.
+    let mut stopped_unknown: HashSet<Pid> = HashSet::new();
+    let mut awaiting_first_stop: HashSet<Pid> = HashSet::new();
     let mut seen = HashSet::new();
     let mut order = Vec::new();
-    let record =
-        |pid: Pid, mappings: &HashMap<Pid, Mapping>, seen: &mut HashSet<u64>, order: &mut Vec<u64>| {
-            let Some(m) = mappings.get(&pid) else { return };
-            let Ok(regs) = ptrace::getregs(pid) else { return };
-            if (m.base..m.end).contains(&regs.rip) && seen.insert(regs.rip - m.base) {
-                order.push(regs.rip - m.base);
-            }
+    let resume = |tracees: &HashMap<Pid, Tracee>, pid: Pid, signal: Option<Signal>| {
+        // A process that vanished meanwhile (killed) is not an error here.
+        let _ = match tracees.get(&pid) {
+            Some(Tracee::Ours(_)) => ptrace::step(pid, signal),
+            _ => ptrace::cont(pid, signal),
         };
-    ptrace::step(child, None)?;
-    let mut live = 1usize;
-    while live > 0 {
+    };
+    resume(&tracees, child, None);
+    loop {
         let status = match waitpid(None, Some(WaitPidFlag::__WALL)) {
             Ok(status) => status,
             Err(nix::errno::Errno::ECHILD) => break,
             Err(e) => return Err(e.into()),
         };
         match status {
-            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)
-                if mappings.remove(&pid).is_some() || pid == child =>
-            {
-                live = live.saturating_sub(1);
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
+                tracees.remove(&pid);
             }
-            WaitStatus::PtraceEvent(pid, _, event) => {
+            WaitStatus::PtraceEvent(pid, _, event)
                 if event == libc::PTRACE_EVENT_FORK
                     || event == libc::PTRACE_EVENT_VFORK
-                    || event == libc::PTRACE_EVENT_CLONE
-                {
-                    let new = Pid::from_raw(ptrace::getevent(pid)? as i32);
-                    if let Some(m) = mappings.get(&pid).copied() {
-                        mappings.insert(new, m);
-                        live += 1;
-                    }
-                    ptrace::step(pid, None)?;
-                } else if event == libc::PTRACE_EVENT_EXEC {
-                    // The process now runs another program (the app): not ours to list.
-                    if mappings.remove(&pid).is_some() {
-                        live = live.saturating_sub(1);
-                    }
-                    ptrace::detach(pid, None)?;
+                    || event == libc::PTRACE_EVENT_CLONE =>
+            {
+                let new = Pid::from_raw(ptrace::getevent(pid)? as i32);
+                let kind = tracees.get(&pid).copied().unwrap_or(Tracee::Foreign);
+                tracees.insert(new, kind);
+                if stopped_unknown.remove(&new) {
+                    resume(&tracees, new, None);
                 } else {
-                    ptrace::step(pid, None)?;
+                    awaiting_first_stop.insert(new);
                 }
+                resume(&tracees, pid, None);
             }
+            WaitStatus::PtraceEvent(pid, _, event) if event == libc::PTRACE_EVENT_EXEC => {
+                let kind = match mapping_of(pid, binary) {
+                    Ok(Some(mapping)) => Tracee::Ours(mapping),
+                    _ => Tracee::Foreign,
+                };
+                tracees.insert(pid, kind);
+                resume(&tracees, pid, None);
+            }
+            WaitStatus::PtraceEvent(pid, _, _) => resume(&tracees, pid, None),
             WaitStatus::Stopped(pid, Signal::SIGTRAP) => {
-                record(pid, &mappings, &mut seen, &mut order);
-                ptrace::step(pid, None)?;
+                if let (Some(Tracee::Ours(m)), Ok(regs)) = (tracees.get(&pid), ptrace::getregs(pid))
+                    && (m.base..m.end).contains(&regs.rip)
+                    && seen.insert(regs.rip - m.base)
+                {
+                    order.push(regs.rip - m.base);
+                }
+                resume(&tracees, pid, None);
             }
-            WaitStatus::Stopped(pid, Signal::SIGSTOP) if !mappings.contains_key(&pid) => {
-                // A new child's first stop arrives before or after its parent's event.
-                ptrace::step(pid, None)?;
+            WaitStatus::Stopped(pid, Signal::SIGSTOP) if !tracees.contains_key(&pid) => {
+                stopped_unknown.insert(pid);
             }
-            WaitStatus::Stopped(pid, signal) => {
-                // A real signal: deliver it and go on stepping.
-                let deliver = (signal != Signal::SIGSTOP).then_some(signal);
-                ptrace::step(pid, deliver)?;
+            WaitStatus::Stopped(pid, Signal::SIGSTOP) if awaiting_first_stop.remove(&pid) => {
+                resume(&tracees, pid, None);
             }
+            WaitStatus::Stopped(pid, signal) => resume(&tracees, pid, Some(signal)),
             _ => {}
         }
     }
