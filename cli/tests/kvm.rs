@@ -600,6 +600,33 @@ fn a_vm_sandbox_takes_apps_that_come_and_go() {
     let exec = app(&["exec", &uuid, "--app=b", "--", "/bin/true"]);
     assert_eq!(exec.code, 0, "{}", exec.describe());
 
+    // The name is free again, and the guest sees the new rootfs and command, not
+    // what its 9p cache kept of the removed one.
+    let out = app(&[
+        "add",
+        &uuid,
+        &img,
+        "--name=a",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "echo a-again; exec sleep 1000",
+    ]);
+    ok(&out, "app add a again");
+    ok(&app(&["start", &uuid, "--app=a"]), "app start a again");
+    {
+        let mut lines = BufReader::new(sandbox.stdout.as_mut().expect("stdout")).lines();
+        loop {
+            match lines.next() {
+                Some(line) if line.as_deref().ok() == Some("a-again") => break,
+                Some(line) => seen.push(line.expect("sandbox output")),
+                None => panic!("the sandbox's output ended before a-again: {seen:?}"),
+            }
+        }
+    }
+    let status = app(&["status", &uuid, "--app=a"]);
+    assert!(status.stdout.contains("state=running"), "{}", status.describe());
+
     ok(&rkt.rkt(&["stop", &uuid]), "rkt stop");
     let ended = finish(sandbox);
     let status = rkt.rkt(&["status", "--wait=60s", &uuid]);
