@@ -122,6 +122,12 @@ fn mark(step: &str) {
 fn bring_up() -> Result<(), InitError> {
     mount_kernel_filesystems(Path::new(""))?;
     mark("kernel filesystems mounted");
+    // `lo` needs neither a module nor the pod's config: it comes up on the
+    // other vCPU while this one loads the modules.
+    let loopback = std::thread::Builder::new()
+        .name("loopback".into())
+        .spawn(|| set_up(&inet_socket()?, "lo"))
+        .map_err(|e| InitError::io("starting the loopback thread", e))?;
     let order = Path::new(protocol::VM_MODULES_ORDER);
     let modules = crate::kmod::ModulesDir::open(order.parent().unwrap_or(Path::new("/")))?;
     let list = |path: &'static str| path.rsplit('/').next().unwrap_or(path);
@@ -143,6 +149,9 @@ fn bring_up() -> Result<(), InitError> {
     if !config.interfaces.is_empty() {
         modules.load_list(list(protocol::VM_NET_MODULES_ORDER))?;
     }
+    loopback
+        .join()
+        .map_err(|_| InitError::Invalid("bringing lo up: the thread panicked".into()))??;
     configure_network(&config)?;
     mark("network configured");
     redirect_output()?;
@@ -267,7 +276,35 @@ fn mount_share() -> Result<(), InitError> {
     mount_cgroups(share)?;
     nix::unistd::chdir(share).map_err(|e| InitError::io(format!("chdir {SHARE}"), e.into()))?;
     nix::unistd::chroot(".").map_err(|e| InitError::io("chroot into the pod's share", e.into()))?;
-    nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))
+    nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))?;
+    pin_control_dirs();
+    Ok(())
+}
+
+/// The share's directories the init and stage0 talk through.
+const CONTROL_DIRS: [&str; 5] = ["rkt", "rkt/status", "rkt/logs", "rkt/etc", "rkt/enter"];
+
+/// Held open for the guest's life (see [`pin_control_dirs`]).
+static PINNED_DIRS: std::sync::OnceLock<Vec<OwnedFd>> = std::sync::OnceLock::new();
+
+/// The uncached share forgets a dentry as soon as nothing uses it, so every
+/// path through it is walked again from the share's root, a 9p round trip
+/// (and a stat) per component. Holding its control directories open keeps
+/// their dentries: a status, log or stop-request path then costs the walk of
+/// its last component only. Their contents stay uncached.
+fn pin_control_dirs() {
+    let pinned = CONTROL_DIRS
+        .iter()
+        .filter_map(|dir| {
+            nix::fcntl::open(
+                Path::new("/").join(dir).as_path(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        })
+        .collect();
+    let _ = PINNED_DIRS.set(pinned);
 }
 
 /// The apps' roots (`opt/stage2`) through their own share
@@ -311,15 +348,23 @@ fn mount_cgroups(share: &Path) -> Result<(), InitError> {
         .map_err(|e| InitError::io(format!("writing +memory +cpu to {}", control.display()), e))
 }
 
-fn configure_network(config: &VmConfig) -> Result<(), InitError> {
+/// A socket for the interface and route ioctls.
+fn inet_socket() -> Result<OwnedFd, InitError> {
     // SAFETY: socket(2) with constant arguments; the fd is owned at once.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(InitError::io("socket(AF_INET)", std::io::Error::last_os_error()));
     }
     // SAFETY: the kernel just returned this fd; nobody else owns it.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    set_up(&sock, "lo")?;
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// The pod's interfaces and routes (`lo` is up already).
+fn configure_network(config: &VmConfig) -> Result<(), InitError> {
+    if config.interfaces.is_empty() && config.routes.is_empty() {
+        return Ok(());
+    }
+    let sock = inet_socket()?;
     for iface in &config.interfaces {
         let current = wait_for(&format!("the network interface with MAC {}", iface.mac), || {
             interface_with_mac(&iface.mac)
