@@ -41,9 +41,9 @@ const STOP_POLL: Duration = Duration::from_millis(250);
 
 pub fn main() -> i32 {
     let code = match bring_up() {
-        Ok(()) => {
+        Ok(config) => {
             watch_for_stop();
-            crate::vm_sandbox::start();
+            crate::vm_sandbox::start(config.sandbox);
             crate::run_pod()
         }
         Err(e) => {
@@ -74,9 +74,13 @@ fn watch_for_stop() {
     let _ = std::thread::Builder::new()
         .name("stop-watch".into())
         .spawn(move || {
-            while !request.exists() {
-                start_enter_requests(&enter_dir);
+            // First after a pause: the pod's start has the share to itself.
+            loop {
                 std::thread::sleep(STOP_POLL);
+                if request.exists() {
+                    break;
+                }
+                start_enter_requests(&enter_dir);
             }
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
         });
@@ -119,7 +123,8 @@ fn mark(step: &str) {
     }
 }
 
-fn bring_up() -> Result<(), InitError> {
+/// The guest up and the init in the share; the VM config stage0 wrote.
+fn bring_up() -> Result<VmConfig, InitError> {
     mount_kernel_filesystems(Path::new(""))?;
     mark("kernel filesystems mounted");
     // `lo` needs neither a module nor the pod's config: it comes up on the
@@ -156,7 +161,7 @@ fn bring_up() -> Result<(), InitError> {
     mark("network configured");
     redirect_output()?;
     mark("console ports open");
-    Ok(())
+    Ok(config)
 }
 
 fn mount(
@@ -172,13 +177,27 @@ fn mount(
         .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
 }
 
+/// Mounts onto `target`, a directory that exists (the initramfs's and the
+/// stage1 rootfs's `dev`, `proc`, `sys`: made by stage0). Over the share a
+/// check first would cost a walk of its own.
+fn mount_on_dir(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
+}
+
 /// /proc, /sys and /dev (with pts and shm) below `root`.
 fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
     let at = |p: &str| PathBuf::from(format!("{}{p}", root.display()));
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount("proc", &at("/proc"), "proc", nosuid, None)?;
-    mount("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
-    mount(
+    mount_on_dir("proc", &at("/proc"), "proc", nosuid, None)?;
+    mount_on_dir("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
+    mount_on_dir(
         "devtmpfs",
         &at("/dev"),
         "devtmpfs",
@@ -317,9 +336,15 @@ fn pin_control_dirs() {
 /// host by the `sync` before power-off.
 fn cache_app_roots(share: &Path) -> Result<(), InitError> {
     let roots = share.join("opt/stage2");
-    if !roots.is_dir() {
+    // Held while the cached share is bound over it: the bind finds the
+    // dentries the check looked up instead of walking the path again.
+    let Ok(roots_dir) = nix::fcntl::open(
+        &roots,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
         return Ok(());
-    }
+    };
     let cached = Path::new(CACHED_APPS);
     mount(
         protocol::VM_APPS_SHARE_TAG,
@@ -328,8 +353,10 @@ fn cache_app_roots(share: &Path) -> Result<(), InitError> {
         MsFlags::empty(),
         Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=loose"),
     )?;
-    nix::mount::mount(Some(cached), &roots, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| InitError::mount(format!("the cached app roots on {}", roots.display()), e))
+    let bound = nix::mount::mount(Some(cached), &roots, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| InitError::mount(format!("the cached app roots on {}", roots.display()), e));
+    drop(roots_dir);
+    bound
 }
 
 /// cgroup2 with the memory and cpu controllers handed down, so each app gets
