@@ -300,8 +300,11 @@ fn mount_share() -> Result<(), InitError> {
     Ok(())
 }
 
-/// The share's directories the init and stage0 talk through.
-const CONTROL_DIRS: [&str; 5] = ["rkt", "rkt/status", "rkt/logs", "rkt/etc", "rkt/enter"];
+/// The share's directories whose paths the init resolves more than once
+/// (their parent `rkt` stays with them): each app's status is written
+/// through a temporary file and a rename, each of its /etc files is checked,
+/// statted and opened before it is bound.
+const CONTROL_DIRS: [&str; 2] = ["rkt/status", "rkt/etc"];
 
 /// Held open for the guest's life (see [`pin_control_dirs`]).
 static PINNED_DIRS: std::sync::OnceLock<Vec<OwnedFd>> = std::sync::OnceLock::new();
@@ -309,8 +312,9 @@ static PINNED_DIRS: std::sync::OnceLock<Vec<OwnedFd>> = std::sync::OnceLock::new
 /// The uncached share forgets a dentry as soon as nothing uses it, so every
 /// path through it is walked again from the share's root, a 9p round trip
 /// (and a stat) per component. Holding its control directories open keeps
-/// their dentries: a status, log or stop-request path then costs the walk of
-/// its last component only. Their contents stay uncached.
+/// their dentries (and their parents'): a status, config or stop-request path
+/// then costs the walk of its last component only. Their contents stay
+/// uncached.
 fn pin_control_dirs() {
     let pinned = CONTROL_DIRS
         .iter()
