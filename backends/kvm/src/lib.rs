@@ -358,6 +358,7 @@ impl KvmStage1 {
             hostname: cfg.hostname.clone().unwrap_or_else(|| format!("rkt-{uuid}")),
             interfaces: guest_net.interfaces,
             routes: guest_net.routes,
+            sandbox: rkt_engine::pod::sandbox::is_mutable(&manifest),
         };
         setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &vm)?;
         let mounts = setup::PodMounts::plan(dir, &manifest)?;

@@ -41,9 +41,9 @@ const STOP_POLL: Duration = Duration::from_millis(250);
 
 pub fn main() -> i32 {
     let code = match bring_up() {
-        Ok(()) => {
+        Ok(config) => {
             watch_for_stop();
-            crate::vm_sandbox::start();
+            crate::vm_sandbox::start(config.sandbox);
             crate::run_pod()
         }
         Err(e) => {
@@ -74,9 +74,13 @@ fn watch_for_stop() {
     let _ = std::thread::Builder::new()
         .name("stop-watch".into())
         .spawn(move || {
-            while !request.exists() {
-                start_enter_requests(&enter_dir);
+            // First after a pause: the pod's start has the share to itself.
+            loop {
                 std::thread::sleep(STOP_POLL);
+                if request.exists() {
+                    break;
+                }
+                start_enter_requests(&enter_dir);
             }
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
         });
@@ -119,9 +123,16 @@ fn mark(step: &str) {
     }
 }
 
-fn bring_up() -> Result<(), InitError> {
+/// The guest up and the init in the share; the VM config stage0 wrote.
+fn bring_up() -> Result<VmConfig, InitError> {
     mount_kernel_filesystems(Path::new(""))?;
     mark("kernel filesystems mounted");
+    // `lo` needs neither a module nor the pod's config: it comes up on the
+    // other vCPU while this one loads the modules.
+    let loopback = std::thread::Builder::new()
+        .name("loopback".into())
+        .spawn(|| set_up(&inet_socket()?, "lo"))
+        .map_err(|e| InitError::io("starting the loopback thread", e))?;
     let order = Path::new(protocol::VM_MODULES_ORDER);
     let modules = crate::kmod::ModulesDir::open(order.parent().unwrap_or(Path::new("/")))?;
     let list = |path: &'static str| path.rsplit('/').next().unwrap_or(path);
@@ -143,11 +154,14 @@ fn bring_up() -> Result<(), InitError> {
     if !config.interfaces.is_empty() {
         modules.load_list(list(protocol::VM_NET_MODULES_ORDER))?;
     }
+    loopback
+        .join()
+        .map_err(|_| InitError::Invalid("bringing lo up: the thread panicked".into()))??;
     configure_network(&config)?;
     mark("network configured");
     redirect_output()?;
     mark("console ports open");
-    Ok(())
+    Ok(config)
 }
 
 fn mount(
@@ -163,13 +177,27 @@ fn mount(
         .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
 }
 
+/// Mounts onto `target`, a directory that exists (the initramfs's and the
+/// stage1 rootfs's `dev`, `proc`, `sys`: made by stage0). Over the share a
+/// check first would cost a walk of its own.
+fn mount_on_dir(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
+}
+
 /// /proc, /sys and /dev (with pts and shm) below `root`.
 fn mount_kernel_filesystems(root: &Path) -> Result<(), InitError> {
     let at = |p: &str| PathBuf::from(format!("{}{p}", root.display()));
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount("proc", &at("/proc"), "proc", nosuid, None)?;
-    mount("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
-    mount(
+    mount_on_dir("proc", &at("/proc"), "proc", nosuid, None)?;
+    mount_on_dir("sysfs", &at("/sys"), "sysfs", nosuid, None)?;
+    mount_on_dir(
         "devtmpfs",
         &at("/dev"),
         "devtmpfs",
@@ -267,7 +295,39 @@ fn mount_share() -> Result<(), InitError> {
     mount_cgroups(share)?;
     nix::unistd::chdir(share).map_err(|e| InitError::io(format!("chdir {SHARE}"), e.into()))?;
     nix::unistd::chroot(".").map_err(|e| InitError::io("chroot into the pod's share", e.into()))?;
-    nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))
+    nix::unistd::chdir("/").map_err(|e| InitError::io("chdir /", e.into()))?;
+    pin_control_dirs();
+    Ok(())
+}
+
+/// The share's directories whose paths the init resolves more than once
+/// (their parent `rkt` stays with them): each app's status is written
+/// through a temporary file and a rename, each of its /etc files is checked,
+/// statted and opened before it is bound.
+const CONTROL_DIRS: [&str; 2] = ["rkt/status", "rkt/etc"];
+
+/// Held open for the guest's life (see [`pin_control_dirs`]).
+static PINNED_DIRS: std::sync::OnceLock<Vec<OwnedFd>> = std::sync::OnceLock::new();
+
+/// The uncached share forgets a dentry as soon as nothing uses it, so every
+/// path through it is walked again from the share's root, a 9p round trip
+/// (and a stat) per component. Holding its control directories open keeps
+/// their dentries (and their parents'): a status, config or stop-request path
+/// then costs the walk of its last component only. Their contents stay
+/// uncached.
+fn pin_control_dirs() {
+    let pinned = CONTROL_DIRS
+        .iter()
+        .filter_map(|dir| {
+            nix::fcntl::open(
+                Path::new("/").join(dir).as_path(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        })
+        .collect();
+    let _ = PINNED_DIRS.set(pinned);
 }
 
 /// The apps' roots (`opt/stage2`) through their own share
@@ -280,9 +340,15 @@ fn mount_share() -> Result<(), InitError> {
 /// host by the `sync` before power-off.
 fn cache_app_roots(share: &Path) -> Result<(), InitError> {
     let roots = share.join("opt/stage2");
-    if !roots.is_dir() {
+    // Held while the cached share is bound over it: the bind finds the
+    // dentries the check looked up instead of walking the path again.
+    let Ok(roots_dir) = nix::fcntl::open(
+        &roots,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
         return Ok(());
-    }
+    };
     let cached = Path::new(CACHED_APPS);
     mount(
         protocol::VM_APPS_SHARE_TAG,
@@ -291,8 +357,10 @@ fn cache_app_roots(share: &Path) -> Result<(), InitError> {
         MsFlags::empty(),
         Some("trans=virtio,version=9p2000.L,msize=262144,access=client,cache=loose"),
     )?;
-    nix::mount::mount(Some(cached), &roots, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| InitError::mount(format!("the cached app roots on {}", roots.display()), e))
+    let bound = nix::mount::mount(Some(cached), &roots, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| InitError::mount(format!("the cached app roots on {}", roots.display()), e));
+    drop(roots_dir);
+    bound
 }
 
 /// cgroup2 with the memory and cpu controllers handed down, so each app gets
@@ -311,15 +379,23 @@ fn mount_cgroups(share: &Path) -> Result<(), InitError> {
         .map_err(|e| InitError::io(format!("writing +memory +cpu to {}", control.display()), e))
 }
 
-fn configure_network(config: &VmConfig) -> Result<(), InitError> {
+/// A socket for the interface and route ioctls.
+fn inet_socket() -> Result<OwnedFd, InitError> {
     // SAFETY: socket(2) with constant arguments; the fd is owned at once.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(InitError::io("socket(AF_INET)", std::io::Error::last_os_error()));
     }
     // SAFETY: the kernel just returned this fd; nobody else owns it.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    set_up(&sock, "lo")?;
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
+/// The pod's interfaces and routes (`lo` is up already).
+fn configure_network(config: &VmConfig) -> Result<(), InitError> {
+    if config.interfaces.is_empty() && config.routes.is_empty() {
+        return Ok(());
+    }
+    let sock = inet_socket()?;
     for iface in &config.interfaces {
         let current = wait_for(&format!("the network interface with MAC {}", iface.mac), || {
             interface_with_mac(&iface.mac)

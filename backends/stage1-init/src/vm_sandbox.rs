@@ -29,12 +29,12 @@ const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Bound by [`start`] before the relay runs, taken by the request loop.
 static LISTENER: Mutex<Option<UnixListener>> = Mutex::new(None);
 
-/// For a mutable pod: binds the loop's socket and starts the relay thread.
-/// Called with the init's signals already blocked, so the thread inherits
-/// the mask and every signal stays with the init's signalfd.
-pub(crate) fn start() {
-    let manifest = crate::sandbox::read_manifest().ok();
-    if !manifest.is_some_and(|m| sandbox::is_mutable(&m)) {
+/// For a mutable pod (stage0 said so in the VM config, sparing a read of
+/// the manifest over the share): binds the loop's socket and starts the
+/// relay thread. Called with the init's signals already blocked, so the
+/// thread inherits the mask and every signal stays with the init's signalfd.
+pub(crate) fn start(mutable: bool) {
+    if !mutable {
         return;
     }
     let listener = match bind() {

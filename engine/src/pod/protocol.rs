@@ -277,6 +277,10 @@ pub struct VmConfig {
     pub interfaces: Vec<VmInterface>,
     #[serde(default)]
     pub routes: Vec<VmRoute>,
+    /// A mutable pod (`rkt app sandbox`): its requests arrive on the
+    /// virtio-serial port `sandbox::VM_PORT`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
 
 /// A guest network interface, found by its MAC address.
