@@ -121,16 +121,20 @@ fn run_pod() -> i32 {
         Ok(pod) => pod,
         Err(e) => return fail(&e),
     };
+    vm::mark_in_vm("apps loaded");
     if let Err(e) = pod.start() {
         pod.kill_all(Signal::SIGKILL);
         pod.reap_all_blocking();
         return fail(&e);
     }
+    vm::mark_in_vm("apps started");
     if pod.mutable {
         return sandbox::serve(pod, &signals);
     }
     report(&InitReport::Running);
-    pod.supervise(&signals)
+    let code = pod.supervise(&signals);
+    vm::mark_in_vm("apps exited");
+    code
 }
 
 fn fail(e: &InitError) -> i32 {

@@ -40,6 +40,7 @@ const DEVICE_WAIT: Duration = Duration::from_secs(5);
 const STOP_POLL: Duration = Duration::from_millis(250);
 
 pub fn main() -> i32 {
+    IN_VM.store(true, std::sync::atomic::Ordering::Relaxed);
     let code = match bring_up() {
         Ok(config) => {
             watch_for_stop();
@@ -116,6 +117,18 @@ fn start_enter_requests(dir: &Path) {
 
 /// A step of the bring-up in the kernel log, where its timestamp says how long
 /// it took (`rkt run --debug` shows the log; `quiet` hides this level).
+/// Set once the init runs as a VM's PID 1: only there do the shared steps of
+/// [`crate::run_pod`] leave their marks in the kernel log.
+static IN_VM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A step of the pod's start in the guest's kernel log (`rkt run --debug`
+/// shows it with the kernel's timestamp); nothing outside a VM.
+pub(crate) fn mark_in_vm(step: &str) {
+    if IN_VM.load(std::sync::atomic::Ordering::Relaxed) {
+        mark(step);
+    }
+}
+
 fn mark(step: &str) {
     if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         use std::io::Write;
