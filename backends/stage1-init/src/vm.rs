@@ -186,8 +186,7 @@ fn mount(
 ) -> Result<(), InitError> {
     std::fs::create_dir_all(target)
         .map_err(|e| InitError::io(format!("creating {}", target.display()), e))?;
-    nix::mount::mount(Some(source), target, Some(fstype), flags, data)
-        .map_err(|e| InitError::mount(format!("{fstype} on {}", target.display()), e))
+    mount_on_dir(source, target, fstype, flags, data)
 }
 
 /// Mounts onto `target`, a directory that exists (the initramfs's and the
