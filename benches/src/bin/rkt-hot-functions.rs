@@ -55,18 +55,19 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let binary =
-        std::fs::canonicalize(&args.binary).with_context(|| format!("binary {}", args.binary.display()))?;
-    let data = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let data = std::fs::read(&args.binary).with_context(|| format!("reading {}", args.binary.display()))?;
     let functions = Functions::from_elf(&data)?;
 
     let offsets = trace(&data, &args.command)?;
-    let mut text = match args.append {
-        true => std::fs::read_to_string(&args.out).unwrap_or_default(),
-        false => String::new(),
+    // Appending to a list that cannot be read would write over it.
+    let mut text = match std::fs::read_to_string(&args.out) {
+        Ok(old) if args.append => old,
+        Err(e) if args.append && e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading {}", args.out.display()));
+        }
+        _ => String::new(),
     };
     let mut seen: HashSet<&str> = text.lines().collect();
-    let mut added = 0usize;
     let mut unknown = 0usize;
     let mut names = Vec::new();
     for offset in &offsets {
@@ -76,16 +77,15 @@ fn main() -> Result<()> {
             None => unknown += 1,
         }
     }
-    for name in names {
+    for name in &names {
         text.push_str(name);
         text.push('\n');
-        added += 1;
     }
     write_atomically(&args.out, text.as_bytes())?;
     eprintln!(
         "{} distinct instruction addresses, {} new functions written to {} ({} addresses in no symbol)",
         offsets.len(),
-        added,
+        names.len(),
         args.out.display(),
         unknown
     );
