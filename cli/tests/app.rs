@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use rkt_conformance::{AciSpec, Rkt};
+use rkt_conformance::Rkt;
 
 use rkt_backend_nspawn as _;
 
@@ -111,11 +111,7 @@ fn sandbox_apps_come_and_go_and_gc_leaves_nothing() {
     let Some(rkt) = harness("sandbox_apps_come_and_go_and_gc_leaves_nothing") else {
         return;
     };
-    let image = rkt
-        .image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string();
+    let image = common::busybox_image(&rkt);
     let sync = rkt.work().join("sync");
     std::fs::create_dir(&sync).expect("sync dir");
     let a_up = fifo(&sync, "a-up");
@@ -308,11 +304,7 @@ fn app_commands_refuse_what_they_cannot_do() {
     let Some(rkt) = harness("app_commands_refuse_what_they_cannot_do") else {
         return;
     };
-    let image = rkt
-        .image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string();
+    let image = common::busybox_image(&rkt);
     // A pod that is not a sandbox takes no app requests.
     let out = rkt.run(&[&image, "--exec=/bin/true"]);
     ok(&out, "rkt run");
@@ -382,11 +374,7 @@ fn added_apps_get_host_paths_with_mnt_volume() {
     let Some(rkt) = harness("added_apps_get_host_paths_with_mnt_volume") else {
         return;
     };
-    let image = rkt
-        .image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string();
+    let image = common::busybox_image(&rkt);
     let data = rkt.work().join("host-data");
     std::fs::create_dir(&data).expect("data dir");
     std::fs::write(data.join("hello"), "from-host\n").expect("hello");

@@ -46,16 +46,9 @@ fn harness(test: &str) -> Option<Rkt> {
     Some(Rkt::new(common::bin(), "nspawn").expect("harness"))
 }
 
-fn image(rkt: &Rkt) -> String {
-    rkt.image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string()
-}
-
 /// `rkt run` of one busybox app running `script`, with per-app flags.
 fn sh(rkt: &Rkt, flags: &[&str], script: &str) -> RunOutput {
-    let img = image(rkt);
+    let img = common::busybox_image(rkt);
     let mut args = vec![img.as_str()];
     args.extend_from_slice(flags);
     args.extend_from_slice(&["--exec", "/bin/sh", "--", "-c", script]);
@@ -220,7 +213,7 @@ fn unprivileged_apps_under_seccomp_have_no_new_privileges() {
         "--insecure-options=image,seccomp",
         "--stage1=nspawn",
         "--net=host",
-        &image(&rkt),
+        &common::busybox_image(&rkt),
         "--exec",
         "/bin/grep",
         "--",
@@ -354,7 +347,7 @@ fn bad_path_isolators_are_one_line_errors() {
     };
     let flag = manifest_with_isolators(
         &rkt,
-        &image(&rkt),
+        &common::busybox_image(&rkt),
         "true",
         serde_json::json!([{"name": "os/linux/masked-paths", "value": {"paths": ["relative/x"]}}]),
     );
@@ -376,7 +369,7 @@ fn root_in_a_private_users_pod_is_an_unprivileged_host_uid() {
     let Some(rkt) = harness("root_in_a_private_users_pod_is_an_unprivileged_host_uid") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     // rkt's rule: the tree store under an overlay cannot be shifted per pod.
     let refused = rkt.run(&["--private-users", &img]);
     common::one_line_254(&refused, "--no-overlay");
@@ -444,7 +437,7 @@ fn the_labeler_is_selinux_where_enabled_and_the_no_op_elsewhere() {
     let Some(rkt) = harness(test) else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let selinux = std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok();
     // Without an LSM the kernel refuses the read (EINVAL): only SELinux fills it.
     let script = "cat /proc/self/attr/current 2>/dev/null; exit 0";
@@ -478,7 +471,7 @@ fn enter_into_a_private_users_pod_runs_as_the_pods_root() {
     };
     let uuid_file = rkt.work().join("enter.uuid");
     let save = format!("--uuid-file-save={}", uuid_file.display());
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let mut child = rkt
         .command(&[
             "run",

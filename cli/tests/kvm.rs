@@ -20,13 +20,6 @@ fn harness(test: &str) -> Option<Rkt> {
     common::stage1_harness(test, "kvm")
 }
 
-fn image(rkt: &Rkt) -> String {
-    rkt.image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string()
-}
-
 /// `rkt run --stage1=kvm --net=default ARGS...`.
 fn run(rkt: &Rkt, args: &[&str]) -> RunOutput {
     let mut all = vec!["--net=default"];
@@ -35,7 +28,7 @@ fn run(rkt: &Rkt, args: &[&str]) -> RunOutput {
 }
 
 fn sh(rkt: &Rkt, script: &str, extra: &[&str]) -> RunOutput {
-    let img = image(rkt);
+    let img = common::busybox_image(rkt);
     let mut args: Vec<&str> = extra.to_vec();
     args.extend_from_slice(&[&img, "--exec", "/bin/sh", "--", "-c", script]);
     run(rkt, &args)
@@ -84,7 +77,7 @@ fn exit_codes_round_trip_from_a_guest_with_its_own_kernel() {
     let log_path = rkt.work().join("console.log");
     let mut log = std::fs::File::create(&log_path).expect("creating the log");
     log.write_all(b"before\n").expect("writing the log");
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let run_args = [
         "run",
         "--insecure-options=image",
@@ -127,7 +120,7 @@ fn isolators_are_enforced_inside_the_guest() {
     let Some(rkt) = harness("isolators_are_enforced_inside_the_guest") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     // `paths` lifts only the default masks, so the app can read its cgroup.
     let script = "grep -E '^(CapBnd|NoNewPrivs):' /proc/self/status; \
                   mkdir /tmp/x; echo mkdir=$?; \
@@ -200,7 +193,7 @@ fn two_apps_share_a_volume_inside_one_vm() {
     let Some(rkt) = harness("two_apps_share_a_volume_inside_one_vm") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let b = rkt
         .image(&AciSpec::busybox("example.com/other"))
         .expect("image")
@@ -241,7 +234,7 @@ fn net_host_is_refused() {
     let Some(rkt) = harness("net_host_is_refused") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let out = rkt.run(&["--net=host", &img, "--exec", "/bin/true"]);
     common::one_line_254(&out, "--net=host");
 }
@@ -310,7 +303,7 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
     let Some(rkt) = harness("a_pod_on_the_default_network_is_reachable_from_the_host") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     // The app's first line is its address (the CNI lease moved into the guest);
     // nc listens right after, so a refused connection is retried at once: the
     // loop is bounded by the deadline, not paced by sleeps.
@@ -385,7 +378,7 @@ fn stop_ends_a_long_running_pod_and_gc_leaves_nothing() {
     let Some(rkt) = harness("stop_ends_a_long_running_pod_and_gc_leaves_nothing") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let (mut child, uuid_file) = spawn_run(
         &rkt,
         &[
@@ -495,7 +488,7 @@ fn a_vm_sandbox_takes_apps_that_come_and_go() {
     let Some(rkt) = harness("a_vm_sandbox_takes_apps_that_come_and_go") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let (mut sandbox, uuid) = start_sandbox(&rkt, "--net=default");
     let ok = |out: &RunOutput, what: &str| assert_eq!(out.code, 0, "{what}: {}", out.describe());
     // `paths` lifts only the default masks, so an app can read its cgroup.
@@ -655,7 +648,7 @@ fn a_vm_sandbox_app_gets_a_host_path() {
     let Some(rkt) = harness("a_vm_sandbox_app_gets_a_host_path") else {
         return;
     };
-    let img = image(&rkt);
+    let img = common::busybox_image(&rkt);
     let data = rkt.work().join("host-data");
     std::fs::create_dir(&data).expect("data dir");
     std::fs::write(data.join("hello"), "from-host\n").expect("hello");

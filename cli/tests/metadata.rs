@@ -9,7 +9,7 @@ mod common;
 use rkt_conformance::harness::RunOutput;
 use rkt_conformance::pod_checks;
 use rkt_conformance::service::{self, MetadataService};
-use rkt_conformance::{AciSpec, Outcome, Rkt, backends, busybox_path};
+use rkt_conformance::{Outcome, Rkt, backends, busybox_path};
 use rkt_engine::stage::Availability;
 
 fn root(test: &str) -> bool {
@@ -117,11 +117,7 @@ fn a_pod_on_the_default_network_reaches_the_service_at_its_gateway() {
     let Some(rkt) = nspawn("a_pod_on_the_default_network_reaches_the_service_at_its_gateway") else {
         return;
     };
-    let image = rkt
-        .image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string();
+    let image = common::busybox_image(&rkt);
     let service = MetadataService::start_on(&rkt, "0.0.0.0").expect("service");
     let [register, socket] = service.run_flags();
     let out = rkt.run(&[
@@ -195,11 +191,7 @@ fn gc_unregisters_a_pod_whose_run_was_killed() {
         return;
     }
     let rkt = Rkt::new(common::bin(), "fly").expect("harness");
-    let image = rkt
-        .image(&AciSpec::busybox("example.com/busybox"))
-        .expect("image")
-        .display()
-        .to_string();
+    let image = common::busybox_image(&rkt);
     let service = MetadataService::start(&rkt).expect("service");
     let [register, socket] = service.run_flags();
     let mut run = rkt

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use rkt_conformance::harness::RunOutput;
-use rkt_conformance::{Rkt, busybox_path};
+use rkt_conformance::{AciSpec, Rkt, busybox_path};
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_rkt"))
@@ -21,6 +21,15 @@ pub fn harness(test: &str) -> Option<Rkt> {
         return None;
     }
     Some(Rkt::new(bin(), "fly").expect("harness"))
+}
+
+/// The path of the busybox image most tests run (built once per harness).
+#[allow(dead_code)] // not every test file runs busybox
+pub fn busybox_image(rkt: &Rkt) -> String {
+    rkt.image(&AciSpec::busybox("example.com/busybox"))
+        .expect("image")
+        .display()
+        .to_string()
 }
 
 /// A harness for `stage1`, or None (with a "skipped" line saying why) when
