@@ -50,6 +50,7 @@ impl BareQemu {
             nics: Vec::new(),
             debug: false,
             tsc_khz: rkt_backend_kvm::tsc_khz(&cpuinfo),
+            snapshot: false,
         };
         Ok(BareQemu { args })
     }

@@ -714,3 +714,82 @@ fn a_vm_sandbox_app_gets_a_host_path() {
         "from-host\n"
     );
 }
+
+/// Pods without a network start from a snapshot of a booted guest (the first
+/// such pod makes it). Each restored guest draws its own random numbers and
+/// runs on the host's clock; a snapshot that does not restore is dropped and
+/// the pod boots instead.
+#[test]
+fn pods_restored_from_one_snapshot_differ_and_a_bad_snapshot_is_dropped() {
+    let Some(rkt) = harness("pods_restored_from_one_snapshot_differ_and_a_bad_snapshot_is_dropped") else {
+        return;
+    };
+    let img = common::busybox_image(&rkt);
+    // A memory size no other test asks for: the snapshot is this test's own
+    // (it spoils it below).
+    let pod = || {
+        rkt.run(&[
+            "--net=none",
+            "--debug",
+            &img,
+            "--memory=77M",
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "cat /proc/sys/kernel/random/uuid; date +%s",
+        ])
+    };
+    let host_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+    };
+    let mut uuids = Vec::new();
+    let mut state = String::new();
+    for _ in 0..2 {
+        let before = host_now();
+        let out = pod();
+        assert_eq!(out.code, 0, "{}", out.describe());
+        assert!(
+            out.stderr.contains("restored from a snapshot"),
+            "{}",
+            out.describe()
+        );
+        assert!(out.stderr.contains("rkt-init: resumed"), "{}", out.describe());
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", out.describe());
+        uuids.push(lines[0].to_string());
+        let guest_now: i64 = lines[1].parse().expect("date +%s");
+        assert!(
+            guest_now >= before - 1 && guest_now <= host_now() + 1,
+            "the guest's clock is not the host's: {}",
+            out.describe()
+        );
+        state = out
+            .stderr
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("state="))
+            .expect("the snapshot's state file in the debug log")
+            .to_string();
+    }
+    assert_ne!(
+        uuids[0], uuids[1],
+        "two restored guests drew the same random numbers"
+    );
+
+    std::fs::write(&state, b"not a migration stream").expect("spoiling the snapshot");
+    let out = pod();
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(out.stderr.contains("did not restore"), "{}", out.describe());
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.describe());
+    let out = pod();
+    assert_eq!(out.code, 0, "{}", out.describe());
+    assert!(out.stderr.contains("snapshot made"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("restored from a snapshot"),
+        "{}",
+        out.describe()
+    );
+}

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::KvmError;
 use crate::initramfs;
 use crate::kernel::{self, Kernel};
+use crate::snapshot;
 
 /// How long a build's entries stay after their last use: a machine running
 /// two rkt builds by turns (a developer's) does not rebuild at each switch.
@@ -83,7 +84,7 @@ fn cached(
 /// What identifies the inputs' content without reading it: path, device,
 /// inode, size, mtime and ctime of each (ctime moves on every write and cannot
 /// be set back). None when one cannot be stat'ed.
-fn stat_key(paths: &[&Path], extra: &str) -> Option<String> {
+pub(crate) fn stat_key(paths: &[&Path], extra: &str) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let mut text = extra.to_string();
     for path in paths {
@@ -117,6 +118,11 @@ fn lock(dir: &Path, how: FlockArg) -> Result<Option<Flock<File>>, KvmError> {
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(KvmError::io(format!("locking {}", path.display()), e.into())),
     }
+}
+
+/// The cache's lock held shared: [`prune`] leaves everything alone meanwhile.
+pub(crate) fn hold_shared(dir: &Path) -> Result<Flock<File>, KvmError> {
+    lock(dir, FlockArg::LockShared)?.ok_or_else(|| KvmError::Invalid("the boot-file cache's lock".into()))
 }
 
 fn open(path: &Path) -> Result<File, KvmError> {
@@ -233,6 +239,17 @@ fn prune_unused(
         }
     }
     for (name, path) in &entries {
+        // A snapshot's files go with its state file, whose mtime each restore
+        // sets; a lock or a failure record without one, an hour after it was
+        // written.
+        if let Some(rest) = name.strip_prefix(snapshot::FILE_PREFIX) {
+            let key = rest.split('.').next().unwrap_or(rest);
+            let state = dir.join(format!("{}{key}.state", snapshot::FILE_PREFIX));
+            if unused(path) && (!state.exists() || unused(&state)) {
+                removed.push(path.clone());
+            }
+            continue;
+        }
         let content = CONTENT_PREFIXES.iter().any(|p| name.starts_with(p));
         // No run is building (they hold the lock shared while they do): a
         // temp is a dead build's.
@@ -378,6 +395,40 @@ mod tests {
             ]
         );
         assert_eq!(removed, 4);
+    }
+
+    /// A snapshot restored a minute ago keeps its RAM file (however old) and
+    /// lock; one unused for two hours goes whole; a failure record stays
+    /// its hour.
+    #[test]
+    fn pruning_keeps_used_snapshots_and_fresh_failure_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = Duration::from_secs(2 * 3600);
+        write_aged(&d.join("snapshot-used.ram"), "ram", old);
+        write_aged(&d.join("snapshot-used.lock"), "", old);
+        write_aged(&d.join("snapshot-used.state"), "state", Duration::from_secs(60));
+        write_aged(&d.join("snapshot-stale.ram"), "ram", old);
+        write_aged(&d.join("snapshot-stale.state"), "state", old);
+        write_aged(&d.join("snapshot-bad.failed"), "no qemu", Duration::from_secs(60));
+        write_aged(&d.join("snapshot-worse.failed"), "no qemu", old);
+        let removed = prune_unused(d, None, SystemTime::now(), Duration::from_secs(3600)).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "lock",
+                "snapshot-bad.failed",
+                "snapshot-used.lock",
+                "snapshot-used.ram",
+                "snapshot-used.state"
+            ]
+        );
+        assert_eq!(removed, 3);
     }
 
     /// A run between reading its memo and opening its files holds the lock

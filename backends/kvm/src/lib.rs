@@ -19,6 +19,7 @@ mod process;
 mod qemu;
 mod sandbox_relay;
 mod setup;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 
@@ -43,8 +44,13 @@ pub struct KvmConfig {
     /// A `vmlinuz-<release>`; None: the newest under /boot with its modules.
     pub kernel: Option<PathBuf>,
     pub machine: Machine,
-    /// vmlinux and initramfs files, named by a hash of what they are made of.
+    /// vmlinux and initramfs files, named by a hash of what they are made of;
+    /// the snapshots pods start from.
     pub cache: PathBuf,
+    /// Start pods from a snapshot of a booted guest ([`snapshot`]) rather
+    /// than boot each: much faster, but the pods share the guest kernel's
+    /// address-space layout.
+    pub snapshots: bool,
 }
 
 impl Default for KvmConfig {
@@ -54,6 +60,7 @@ impl Default for KvmConfig {
             kernel: None,
             machine: Machine::Microvm,
             cache: PathBuf::from("/var/cache/rkt-rs/kvm"),
+            snapshots: true,
         }
     }
 }
@@ -362,7 +369,7 @@ impl KvmStage1 {
         };
         setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &vm)?;
         let mounts = setup::PodMounts::plan(dir, &manifest)?;
-        let args = QemuArgs {
+        let mut args = QemuArgs {
             machine: self.config.machine,
             accel,
             memory_mb,
@@ -373,17 +380,47 @@ impl KvmStage1 {
             nics: guest_net.nics,
             debug: cfg.debug,
             tsc_khz: accel::tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+            snapshot: false,
         };
-        let mut argv = args.to_argv();
-        let channel = if rkt_engine::pod::sandbox::is_mutable(&manifest) {
-            let channel = sandbox_relay::Channel::new()?;
-            argv.extend(QemuArgs::sandbox_channel_argv(channel.qemu_fd()));
-            Some(channel)
-        } else {
-            None
+        let sandbox = rkt_engine::pod::sandbox::is_mutable(&manifest);
+        let channel = sandbox.then(sandbox_relay::Channel::new).transpose()?;
+        let argv_of = |args: &QemuArgs| {
+            let mut argv = args.to_argv();
+            if let Some(channel) = &channel {
+                argv.extend(QemuArgs::sandbox_channel_argv(channel.qemu_fd()));
+            }
+            argv
         };
-        tracing::debug!(?argv, "kvm: starting qemu");
-        let vm_process = process::spawn(&qemu, &argv, net::open_netns(netns)?, &mounts)?;
+        let spawn_with = |argv: &[std::ffi::OsString], mounts: &setup::PodMounts| {
+            tracing::debug!(?argv, "kvm: starting qemu");
+            process::spawn(&qemu, argv, net::open_netns(netns)?, mounts)
+        };
+        let spawn = |argv: &[std::ffi::OsString]| spawn_with(argv, &mounts);
+        // The guest that is saved never looks into the share: its QEMU needs
+        // none of the pod's mounts (which the restored one then mounts anew).
+        let spawn_to_save = |argv: &[std::ffi::OsString]| spawn_with(argv, &setup::PodMounts::default());
+        let restored = match self.snapshot_for(&qemu, &boot, &args, sandbox) {
+            Ok(snapshot) => {
+                args.snapshot = true;
+                start_from_snapshot(&snapshot, &argv_of(&args), &spawn_to_save, &spawn)
+            }
+            Err(why) => {
+                tracing::debug!("kvm: booting: {why}");
+                None
+            }
+        };
+        let vm_process = match restored {
+            Some(vm) => vm,
+            None => {
+                if args.snapshot {
+                    // A failed restore's QEMU had mounted the overlays.
+                    rkt_engine::pod::mounts::allow_volatile_remount(dir, &manifest)
+                        .map_err(|e| KvmError::io("clearing the overlays' volatile marks", e))?;
+                }
+                args.snapshot = false;
+                spawn(&argv_of(&args))?
+            }
+        };
         let _relay = channel.map(|c| c.start(dir)).transpose()?;
         for name in [layout::PID, layout::PPID] {
             let path = dir.join(name);
@@ -408,6 +445,76 @@ impl KvmStage1 {
             }
         }
         Ok(protocol::recorded_pod_exit(dir, &manifest))
+    }
+}
+
+impl KvmStage1 {
+    /// The snapshot this pod can start from (made by it when absent), or why
+    /// it boots.
+    fn snapshot_for(
+        &self,
+        qemu: &Path,
+        boot: &cache::BootFiles,
+        args: &QemuArgs,
+        sandbox: bool,
+    ) -> Result<snapshot::Snapshot, String> {
+        if !self.config.snapshots {
+            return Err("snapshots are off in the stage1 config".into());
+        }
+        if !args.nics.is_empty() {
+            // A restored NIC would keep the MAC address of the pod that made
+            // the snapshot.
+            return Err("a pod with a network does not start from a snapshot yet".into());
+        }
+        let mut shaped = args.clone();
+        shaped.snapshot = true;
+        let snapshot = snapshot::Snapshot::key(
+            &self.config.cache,
+            qemu,
+            (&boot.vmlinux, &boot.initramfs),
+            &shaped,
+            sandbox,
+        )
+        .ok_or("the snapshot's inputs cannot be stat'ed")?;
+        match snapshot.failure() {
+            Some(why) => Err(format!("making this snapshot failed within the hour: {why}")),
+            None => Ok(snapshot),
+        }
+    }
+}
+
+/// The pod's VM restored from `snapshot`, which is made first when absent;
+/// None: the pod boots (why is logged).
+fn start_from_snapshot(
+    snapshot: &snapshot::Snapshot,
+    argv: &[std::ffi::OsString],
+    spawn_to_save: &dyn Fn(&[std::ffi::OsString]) -> Result<process::Qemu, KvmError>,
+    spawn: &dyn Fn(&[std::ffi::OsString]) -> Result<process::Qemu, KvmError>,
+) -> Option<process::Qemu> {
+    if !snapshot.exists() {
+        match snapshot.create(argv, spawn_to_save) {
+            Ok(()) => tracing::debug!(state = %snapshot.state_path().display(), "kvm: snapshot made"),
+            Err(snapshot::CreateError::Busy) => {
+                tracing::debug!("kvm: booting: another pod is making the snapshot");
+                return None;
+            }
+            Err(snapshot::CreateError::Failed(e)) => {
+                tracing::warn!("kvm: booting: making a snapshot failed (not tried again for an hour): {e}");
+                snapshot.record_failure(&e);
+                return None;
+            }
+        }
+    }
+    match snapshot.restore(argv, spawn) {
+        Ok(vm) => {
+            tracing::debug!(state = %snapshot.state_path().display(), "kvm: restored from a snapshot");
+            Some(vm)
+        }
+        Err(e) => {
+            tracing::warn!("kvm: booting: the snapshot did not restore ({e}); it is dropped");
+            snapshot.remove();
+            None
+        }
     }
 }
 

@@ -29,6 +29,12 @@ impl Qemu {
         self.process.pid
     }
 
+    /// Ends a QEMU whose VM is of no use (a failed snapshot or restore).
+    pub fn kill(self) {
+        let _ = nix::sys::signal::kill(self.process.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.wait();
+    }
+
     /// QEMU's exit code, or 128+signal; returns once the console output QEMU
     /// wrote has reached rkt's stdout and stderr.
     pub fn wait(self) -> Result<i32, KvmError> {

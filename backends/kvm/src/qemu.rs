@@ -64,6 +64,9 @@ pub struct QemuArgs {
     pub debug: bool,
     /// `tsc_early_khz=` for TCG.
     pub tsc_khz: u64,
+    /// The init stops at the snapshot point ([`protocol::VM_SNAPSHOT_ARG`]):
+    /// for a VM that is saved as a snapshot or restored from one.
+    pub snapshot: bool,
 }
 
 impl QemuArgs {
@@ -96,6 +99,9 @@ impl QemuArgs {
         c.push("--".into());
         c.push(protocol::INIT_ROLE_ARG.into());
         c.push(protocol::VM_ROLE_ARG.into());
+        if self.snapshot {
+            c.push(protocol::VM_SNAPSHOT_ARG.into());
+        }
         c.join(" ")
     }
 
@@ -216,6 +222,7 @@ mod tests {
             }],
             debug: false,
             tsc_khz: 2_600_000,
+            snapshot: false,
         }
     }
 

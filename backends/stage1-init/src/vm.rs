@@ -151,6 +151,10 @@ fn bring_up() -> Result<VmConfig, InitError> {
     let list = |path: &'static str| path.rsplit('/').next().unwrap_or(path);
     modules.load_list(list(protocol::VM_MODULES_ORDER))?;
     mark("modules loaded");
+    if std::env::args().any(|a| a == protocol::VM_SNAPSHOT_ARG) {
+        await_resume()?;
+        mark("resumed");
+    }
     // QEMU announces the console ports while the guest mounts the share and
     // sets up its network: they are waited for last.
     mount_share()?;
@@ -175,6 +179,92 @@ fn bring_up() -> Result<VmConfig, InitError> {
     redirect_output()?;
     mark("console ports open");
     Ok(config)
+}
+
+/// The snapshot point: stage0 saves the guest while it waits here, and every
+/// pod restored from that snapshot continues from the read below with its
+/// own [`VmResume`]. What follows the read must not rely on anything learned
+/// before it about the pod (there was no pod yet).
+fn await_resume() -> Result<(), InitError> {
+    use std::io::{BufRead, Write};
+    let dev = wait_for(
+        &format!("the virtio-serial port {}", protocol::VM_BOOT_PORT),
+        || find_port(protocol::VM_BOOT_PORT),
+    )?;
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .map_err(|e| InitError::io(format!("opening {}", dev.display()), e))?;
+    let mut writer = &port;
+    writer
+        .write_all(format!("{}\n", protocol::VM_BOOT_READY).as_bytes())
+        .map_err(|e| InitError::io("announcing the snapshot point", e))?;
+    let mut line = String::new();
+    std::io::BufReader::new(&port)
+        .read_line(&mut line)
+        .map_err(|e| InitError::io("reading the resume message", e))?;
+    let resume: protocol::VmResume = serde_json::from_str(line.trim())
+        .map_err(|e| InitError::Invalid(format!("the resume message: {e}")))?;
+    let now = libc::timespec {
+        tv_sec: resume.realtime_secs,
+        tv_nsec: resume.realtime_nanos,
+    };
+    // SAFETY: clock_settime reads the timespec it is given.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &now) } != 0 {
+        return Err(InitError::io(
+            "setting the clock",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    reseed_random(&resume.seed)?;
+    writer
+        .write_all(format!("{}\n", protocol::VM_BOOT_RESUMED).as_bytes())
+        .map_err(|e| InitError::io("acknowledging the resume message", e))
+}
+
+/// Mixes `seed` into the kernel's entropy pool, credited, and makes the
+/// generator reseed from it now: pods restored from one snapshot would
+/// otherwise draw the same random numbers.
+fn reseed_random(seed: &[u8]) -> Result<(), InitError> {
+    /// `struct rand_pool_info` with room for the seed.
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 64],
+    }
+    // <linux/random.h>: _IOW('R', 0x03, int[2]) and _IO('R', 0x07).
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let mut info = PoolInfo {
+        entropy_count: 0,
+        buf_size: 0,
+        buf: [0; 64],
+    };
+    let len = seed.len().min(info.buf.len());
+    info.buf[..len].copy_from_slice(&seed[..len]);
+    info.buf_size = len as libc::c_int;
+    info.entropy_count = (len * 8) as libc::c_int;
+    let random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| InitError::io("opening /dev/urandom", e))?;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info whose buf_size bytes follow
+    // its two ints; `info` is such a struct with buf_size within its buffer.
+    let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, &info as *const PoolInfo) };
+    if rc < 0 {
+        return Err(InitError::io("adding entropy", std::io::Error::last_os_error()));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let rc = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if rc < 0 {
+        return Err(InitError::io(
+            "reseeding the random generator",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn mount(

@@ -96,6 +96,22 @@ impl PlannedMount {
 /// its unwritten pages in a host crash loses nothing rkt needs (fly does the same).
 const VOLATILE: &str = ",volatile";
 
+/// Lets the pod's overlays be mounted again after a process whose namespace
+/// held them has ended and been waited for (a VM that failed to start, before
+/// the pod boots it anew). A volatile overlay leaves `work/incompat/volatile`
+/// in its work dir, and overlayfs refuses to mount that upper dir again until
+/// it is removed: after a crash the upper dir may miss writes. Here the mount
+/// ended with its namespace, nothing of it was lost.
+pub fn allow_volatile_remount(pod: &Path, manifest: &PodManifest) -> std::io::Result<()> {
+    for app in &manifest.apps {
+        let marker = layout::overlay_work(pod, app.name.as_str()).join("work/incompat/volatile");
+        if marker.exists() {
+            crate::fsutil::remove_tree(&marker)?;
+        }
+    }
+    Ok(())
+}
+
 /// The overlay of every app whose rootfs is one, then every volume bound at its
 /// pod-side path (`protocol::volume`), in the manifest's order.
 pub fn plan_pod_mounts(pod: &Path, manifest: &PodManifest) -> Result<Vec<PlannedMount>, PodMountError> {

@@ -206,6 +206,32 @@ impl InitReport {
 /// pod's share, consoles, network), then runs the pod as in a container.
 pub const VM_ROLE_ARG: &str = "vm";
 
+/// The third argument of the VM role (`/init stage1-init vm snapshot`): the
+/// guest stops at [`VM_BOOT_PORT`] once its kernel is up and its modules are
+/// loaded, so stage0 can snapshot it there and start later pods from that
+/// point instead of booting them.
+pub const VM_SNAPSHOT_ARG: &str = "snapshot";
+
+/// The virtio-serial port of a snapshotting guest: it writes
+/// [`VM_BOOT_READY`], then reads one [`VmResume`] line, which every pod
+/// restored from the snapshot receives instead, applies it and answers
+/// [`VM_BOOT_RESUMED`].
+pub const VM_BOOT_PORT: &str = "rkt.boot";
+pub const VM_BOOT_READY: &str = "ready";
+pub const VM_BOOT_RESUMED: &str = "resumed";
+
+/// What a guest restored from a snapshot must not share with the others
+/// restored from it: the wall clock (its own stopped at the snapshot) and
+/// its random number generator's state (reseeded with these bytes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmResume {
+    pub realtime_secs: i64,
+    pub realtime_nanos: i64,
+    /// From the host's random number generator.
+    pub seed: Vec<u8>,
+}
+
 /// The 9p mount tag under which the stage1 rootfs is shared into a VM.
 pub const VM_SHARE_TAG: &str = "rkt";
 
