@@ -575,16 +575,30 @@ impl Bench {
             "bare `qemu-system-x86_64` (same vmlinux, initramfs + busybox, machine, accel, devices)",
             Unit::Millis,
         );
+        // Every pod boots, as bare QEMU does: what rkt adds to a boot.
+        let mut booted = Sample::new(
+            &format!(
+                "the same with `{}=off` (every pod boots)",
+                rkt_backend_kvm::SNAPSHOTS_ENV
+            ),
+            Unit::Millis,
+        );
+        let run_booted = || {
+            let mut cmd = run();
+            cmd.env(rkt_backend_kvm::SNAPSHOTS_ENV, "off");
+            cmd
+        };
         let mut rkt_cpu = Sample::new("rkt kvm CPU", Unit::Millis);
         let mut qemu_cpu = Sample::new("bare qemu CPU", Unit::Millis);
+        let mut booted_cpu = Sample::new("rkt kvm CPU, booted", Unit::Millis);
         // Boots vary by a tenth of a second between rounds: fewer than 9 rounds
         // leave the ratio's second decimal to chance.
         for round in 0..self.rounds(20, 9) {
-            for side in rotation(round, 2) {
-                let (sample, cpu, mut cmd) = if side == 0 {
-                    (&mut rkt, &mut rkt_cpu, run())
-                } else {
-                    (&mut qemu, &mut qemu_cpu, bare.command())
+            for side in rotation(round, 3) {
+                let (sample, cpu, mut cmd) = match side {
+                    0 => (&mut rkt, &mut rkt_cpu, run()),
+                    1 => (&mut qemu, &mut qemu_cpu, bare.command()),
+                    _ => (&mut booted, &mut booted_cpu, run_booted()),
                 };
                 let m = measure::run(&mut cmd)?;
                 sample.push(m.millis());
@@ -595,17 +609,30 @@ impl Bench {
             }
         }
         self.gc(&data)?;
+        let boot_overhead = match (booted.median(), qemu.median()) {
+            (Some(b), Some(q)) if q > 0.0 => format!("{:.2}x", b / q),
+            _ => "—".into(),
+        };
         Ok(Outcome::Compared {
             scenario,
             subject: rkt,
-            peers: vec![Side {
-                sample: qemu,
-                target: Some(Target::AtMost(1.1)),
-            }],
+            peers: vec![
+                Side {
+                    sample: qemu,
+                    target: Some(Target::AtMost(1.1)),
+                },
+                Side {
+                    sample: booted,
+                    target: None,
+                },
+            ],
             notes: vec![format!(
-                "kvm: accel {}; CPU time (user + sys) of one VM pod: median {} with rkt, {} with bare qemu.",
+                "kvm: accel {}. rkt starts a pod's VM from a snapshot of a booted guest (made by the harness's \
+                 warm-up run); bare QEMU boots. A pod that boots (snapshots off) takes {boot_overhead} bare \
+                 QEMU's time. CPU time (user + sys) of one VM pod: median {} with rkt, {} booted, {} with bare qemu.",
                 bare.accel(),
                 show_median(&rkt_cpu),
+                show_median(&booted_cpu),
                 show_median(&qemu_cpu)
             )],
         })

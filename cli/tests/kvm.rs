@@ -298,27 +298,47 @@ fn finish(mut child: Child) -> RunOutput {
     }
 }
 
+/// Two pods, both restored from one snapshot (a memory size of this test's
+/// own keeps its snapshot from other tests): the second's NIC came out of the
+/// snapshot with the first pod's MAC address and must take its own.
 #[test]
 fn a_pod_on_the_default_network_is_reachable_from_the_host() {
     let Some(rkt) = harness("a_pod_on_the_default_network_is_reachable_from_the_host") else {
         return;
     };
-    let img = common::busybox_image(&rkt);
+    let mut macs = Vec::new();
+    for _ in 0..2 {
+        let (out, mac) = reachable_pod(&rkt, &["--debug"], &["--memory=81M"]);
+        assert!(
+            out.stderr.contains("restored from a snapshot"),
+            "{}",
+            out.describe()
+        );
+        macs.push(mac);
+    }
+    assert_ne!(macs[0], macs[1], "the second pod kept the snapshot's MAC address");
+}
+
+/// A pod on the default network answering the host on TCP, and its guest's
+/// MAC address.
+fn reachable_pod(rkt: &Rkt, run_flags: &[&str], app_flags: &[&str]) -> (RunOutput, String) {
+    let img = common::busybox_image(rkt);
     // The app's first line is its address (the CNI lease moved into the guest);
     // nc listens right after, so a refused connection is retried at once: the
     // loop is bounded by the deadline, not paced by sleeps.
-    let (mut child, uuid_file) = spawn_run(
-        &rkt,
-        &[
-            "--net=default",
-            &img,
-            "--exec",
-            "/bin/sh",
-            "--",
-            "-c",
-            "ip -o -4 addr show dev eth0; echo pong | nc -l -p 8080",
-        ],
-    );
+    let mut args = vec!["--net=default"];
+    args.extend_from_slice(run_flags);
+    args.push(&img);
+    args.extend_from_slice(app_flags);
+    args.extend_from_slice(&[
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "echo \"$(ip -o -4 addr show dev eth0) mac=$(cat /sys/class/net/eth0/address)\"; \
+         echo pong | nc -l -p 8080",
+    ]);
+    let (mut child, uuid_file) = spawn_run(rkt, &args);
     let line = read_line(&mut child);
     let Some(ip) = line
         .split_whitespace()
@@ -371,6 +391,13 @@ fn a_pod_on_the_default_network_is_reachable_from_the_host() {
         "the app got the host's line: {}",
         out.describe()
     );
+    let mac = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mac="))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(mac.len(), 17, "no MAC address in {line:?}");
+    (out, mac)
 }
 
 #[test]

@@ -60,9 +60,17 @@ impl Default for KvmConfig {
             kernel: None,
             machine: Machine::Microvm,
             cache: PathBuf::from("/var/cache/rkt-rs/kvm"),
-            snapshots: true,
+            snapshots: snapshots_by_default(),
         }
     }
+}
+
+/// The environment variable that turns [`KvmConfig::snapshots`] off for the
+/// pods a command starts (`0`, `off`, `false` or `no`): every pod then boots.
+pub const SNAPSHOTS_ENV: &str = "RKT_STAGE1_KVM_SNAPSHOTS";
+
+fn snapshots_by_default() -> bool {
+    !std::env::var(SNAPSHOTS_ENV).is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"))
 }
 
 /// rkt's kvm flavor: 128 MB for the guest itself, and per app its memory
@@ -461,10 +469,11 @@ impl KvmStage1 {
         if !self.config.snapshots {
             return Err("snapshots are off in the stage1 config".into());
         }
-        if !args.nics.is_empty() {
-            // A restored NIC would keep the MAC address of the pod that made
-            // the snapshot.
-            return Err("a pod with a network does not start from a snapshot yet".into());
+        if args.nics.len() > 1 {
+            // A restored NIC keeps the MAC address of the pod that made the
+            // snapshot; the guest gives a lone NIC the pod's, but could not
+            // tell several apart.
+            return Err("a pod with more than one network boots".into());
         }
         let mut shaped = args.clone();
         shaped.snapshot = true;

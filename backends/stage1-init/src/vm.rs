@@ -121,6 +121,9 @@ fn start_enter_requests(dir: &Path) {
 /// [`crate::run_pod`] leave their marks in the kernel log.
 static IN_VM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set once the guest has been restored from a snapshot ([`await_resume`]).
+static RESTORED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A step of the pod's start in the guest's kernel log (`rkt run --debug`
 /// shows it with the kernel's timestamp); nothing outside a VM.
 pub(crate) fn mark_in_vm(step: &str) {
@@ -218,6 +221,7 @@ fn await_resume() -> Result<(), InitError> {
         ));
     }
     reseed_random(&resume.seed)?;
+    RESTORED.store(true, std::sync::atomic::Ordering::Relaxed);
     writer
         .write_all(format!("{}\n", protocol::VM_BOOT_RESUMED).as_bytes())
         .map_err(|e| InitError::io("acknowledging the resume message", e))
@@ -499,9 +503,19 @@ fn configure_network(config: &VmConfig) -> Result<(), InitError> {
     }
     let sock = inet_socket()?;
     for iface in &config.interfaces {
-        let current = wait_for(&format!("the network interface with MAC {}", iface.mac), || {
-            interface_with_mac(&iface.mac)
-        })?;
+        let current = if RESTORED.load(std::sync::atomic::Ordering::Relaxed) {
+            // A NIC restored from a snapshot has the MAC address of the pod
+            // that made it. Stage0 restores only pods with one NIC: it is
+            // this one, and takes the pod's address (the device's receive
+            // filter follows, VIRTIO_NET_F_CTRL_MAC_ADDR).
+            let current = wait_for("the network interface", only_virtio_nic)?;
+            set_mac(&sock, &current, &iface.mac)?;
+            current
+        } else {
+            wait_for(&format!("the network interface with MAC {}", iface.mac), || {
+                interface_with_mac(&iface.mac)
+            })?
+        };
         if current != iface.name {
             rename(&sock, &current, &iface.name)?;
         }
@@ -514,6 +528,39 @@ fn configure_network(config: &VmConfig) -> Result<(), InitError> {
         add_route(&sock, route)?;
     }
     Ok(())
+}
+
+/// The first virtio NIC's name (a restored guest has one).
+fn only_virtio_nic() -> Option<String> {
+    let entries = std::fs::read_dir("/sys/class/net").ok()?;
+    entries.flatten().find_map(|e| {
+        let driver = std::fs::read_link(e.path().join("device/driver")).ok()?;
+        (driver.file_name()? == "virtio_net").then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+fn set_mac(sock: &OwnedFd, name: &str, mac: &str) -> Result<(), InitError> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|b: &Vec<u8>| b.len() == 6)
+        .ok_or_else(|| InitError::Invalid(format!("bad MAC address {mac:?}")))?;
+    let mut req = ifreq(name)?;
+    // SAFETY: sockaddr is plain data; all zeroes is a valid value.
+    let mut address: libc::sockaddr = unsafe { std::mem::zeroed() };
+    address.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in address.sa_data.iter_mut().zip(&bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = address;
+    ioctl(
+        sock,
+        libc::SIOCSIFHWADDR,
+        (&raw mut req).cast(),
+        &format!("setting {name}'s MAC address to {mac}"),
+    )
 }
 
 fn interface_with_mac(mac: &str) -> Option<String> {
