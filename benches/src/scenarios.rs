@@ -577,7 +577,7 @@ impl Bench {
         );
         // Every pod boots, as bare QEMU does: what rkt adds to a boot.
         let mut booted = Sample::new(
-            &format!(
+            format!(
                 "the same with `{}=off` (every pod boots)",
                 rkt_backend_kvm::SNAPSHOTS_ENV
             ),
