@@ -227,6 +227,10 @@ impl Snapshot {
     ) -> Result<Qemu, KvmError> {
         let state = File::open(&self.state)
             .map_err(|e| KvmError::io(format!("opening {}", self.state.display()), e))?;
+        // QEMU opens the RAM file through this descriptor: the pair stays
+        // together whatever replaces the snapshot's names meanwhile.
+        let ram = File::open(&self.ram).map_err(|e| KvmError::io(format!("opening {}", self.ram.display()), e))?;
+        let ram_path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), ram.as_raw_fd()));
         // Used: pruning goes by this mtime.
         let _ = state.set_modified(SystemTime::now());
         let state = Inherited::new(state.into())?;
@@ -234,7 +238,7 @@ impl Snapshot {
         let boot = QemuSocket::new()?;
         let mut argv = argv.to_vec();
         argv.extend(channel_argv(qmp.qemu_fd(), boot.qemu_fd()));
-        argv.extend(memory_argv(self.memory_mb, &self.ram, false));
+        argv.extend(memory_argv(self.memory_mb, &ram_path, false));
         argv.extend(["-incoming", "defer"].map(OsString::from));
         let vm = spawn(&argv)?;
         let (qmp, boot) = (qmp.connected(), boot.connected());
