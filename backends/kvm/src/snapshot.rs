@@ -176,9 +176,10 @@ impl Snapshot {
         ram_temp: &Path,
         state_temp: &Path,
     ) -> Result<(), KvmError> {
-        let state = File::create(state_temp)
-            .map_err(|e| KvmError::io(format!("creating {}", state_temp.display()), e))?;
-        let state = Inherited::new(state.into())?;
+        // Handed to QEMU over QMP (`getfd`), not inherited.
+        let state: OwnedFd = File::create(state_temp)
+            .map_err(|e| KvmError::io(format!("creating {}", state_temp.display()), e))?
+            .into();
         let qmp = QemuSocket::new()?;
         let boot = QemuSocket::new()?;
         let mut argv = argv.to_vec();
@@ -191,7 +192,7 @@ impl Snapshot {
             qmp.ignore_shared_memory()?;
             let mut boot = BootChannel::new(boot)?;
             boot.expect(protocol::VM_BOOT_READY, BOOT_TIMEOUT)?;
-            qmp.pass_fd("state", &state.0)?;
+            qmp.pass_fd("state", &state)?;
             qmp.execute("migrate", serde_json::json!({ "uri": "fd:state" }))?;
             qmp.wait_migration()?;
             qmp.execute("quit", serde_json::json!({}))
