@@ -230,7 +230,8 @@ impl Snapshot {
             .map_err(|e| KvmError::io(format!("opening {}", self.state.display()), e))?;
         // QEMU opens the RAM file through this descriptor: the pair stays
         // together whatever replaces the snapshot's names meanwhile.
-        let ram = File::open(&self.ram).map_err(|e| KvmError::io(format!("opening {}", self.ram.display()), e))?;
+        let ram =
+            File::open(&self.ram).map_err(|e| KvmError::io(format!("opening {}", self.ram.display()), e))?;
         let ram_path = PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), ram.as_raw_fd()));
         // Used: pruning goes by this mtime.
         let _ = state.set_modified(SystemTime::now());
