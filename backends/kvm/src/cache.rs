@@ -345,6 +345,15 @@ mod tests {
         assert_eq!(stat_key(&[&dir.path().join("missing")], "x"), None);
     }
 
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn write_aged(path: &Path, text: &str, age: Duration) {
         std::fs::write(path, text).unwrap();
         let f = File::options().write(true).open(path).unwrap();
@@ -378,11 +387,7 @@ mod tests {
         );
 
         let removed = prune_unused(d, Some(&d.join("memo-cur")), SystemTime::now(), hour).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(d);
         assert_eq!(
             left,
             [
@@ -413,11 +418,7 @@ mod tests {
         write_aged(&d.join("snapshot-bad.failed"), "no qemu", Duration::from_secs(60));
         write_aged(&d.join("snapshot-worse.failed"), "no qemu", old);
         let removed = prune_unused(d, None, SystemTime::now(), Duration::from_secs(3600)).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(d);
         assert_eq!(
             left,
             [

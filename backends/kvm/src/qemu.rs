@@ -198,8 +198,14 @@ impl QemuArgs {
 pub const APPS_DIR: &str = "opt/stage2";
 
 /// QEMU's option syntax doubles a comma inside a value.
-fn escape_option(value: &str) -> String {
+pub(crate) fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
+}
+
+/// A pod's QEMU arguments for unit tests: microvm, TCG, one NIC.
+#[cfg(test)]
+pub(crate) fn sample_args() -> QemuArgs {
+    tests::args()
 }
 
 #[cfg(test)]
@@ -207,7 +213,7 @@ fn escape_option(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn args() -> QemuArgs {
+    pub(super) fn args() -> QemuArgs {
         QemuArgs {
             machine: Machine::Microvm,
             accel: Accel::Tcg,

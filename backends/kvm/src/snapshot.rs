@@ -306,7 +306,7 @@ fn memory_argv(memory_mb: u64, ram: &Path, share: bool) -> Vec<OsString> {
     let share = if share { "on" } else { "off" };
     let backend = format!(
         "memory-backend-file,id=ram,size={memory_mb}M,mem-path={},share={share}",
-        ram.to_string_lossy().replace(',', ",,")
+        crate::qemu::escape_option(&ram.to_string_lossy())
     );
     [
         "-object".to_string(),
@@ -558,23 +558,14 @@ fn send_with_fd(socket: &UnixStream, bytes: &[u8], fd: RawFd) -> std::io::Result
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::Accel;
-    use crate::qemu::{Machine, Nic};
+    use crate::qemu::Nic;
 
+    /// The shape every snapshot test starts from: no NIC, snapshot on.
     fn args() -> QemuArgs {
-        QemuArgs {
-            machine: Machine::Microvm,
-            accel: Accel::Tcg,
-            memory_mb: 256,
-            cpus: 2,
-            vmlinux: "/proc/1/fd/4".into(),
-            initramfs: "/proc/1/fd/5".into(),
-            share: "/pods/run/a/stage1/rootfs".into(),
-            nics: Vec::new(),
-            debug: false,
-            tsc_khz: 2_600_000,
-            snapshot: true,
-        }
+        let mut args = crate::qemu::sample_args();
+        args.nics.clear();
+        args.snapshot = true;
+        args
     }
 
     fn key(a: &QemuArgs) -> String {
