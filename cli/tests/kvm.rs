@@ -820,3 +820,90 @@ fn pods_restored_from_one_snapshot_differ_and_a_bad_snapshot_is_dropped() {
         out.describe()
     );
 }
+
+/// SIGTERM to `rkt run` while it makes the pod's snapshot: the VM being saved
+/// is stopped, the pod is not started, and the interrupted save is not taken
+/// for a broken QEMU (no failure record that would make pods boot for an hour).
+#[test]
+fn a_stop_signal_during_the_snapshot_stops_the_run() {
+    let Some(rkt) = harness("a_stop_signal_during_the_snapshot_stops_the_run") else {
+        return;
+    };
+    let img = common::busybox_image(&rkt);
+    // A memory size of this test's own: no snapshot exists yet (one left by an
+    // earlier run is removed first) and no other test makes this one.
+    let cache = Path::new("/var/cache/rkt-rs/kvm");
+    let made_here =
+        |name: &str, pid: u32| name.starts_with(&format!(".tmp-{pid}-")) && name.ends_with(".ram");
+    let started = std::time::SystemTime::now();
+    for attempt in 0..2 {
+        let mut child = rkt
+            .command(&[
+                "run",
+                "--insecure-options=image",
+                "--stage1=kvm",
+                "--net=none",
+                "--debug",
+                &img,
+                "--memory=83M",
+                "--exec",
+                "/bin/true",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rkt run");
+        let pid = child.id();
+        // The save has begun once QEMU's RAM file exists under rkt's pid.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut saving = false;
+        while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
+            saving = std::fs::read_dir(cache)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| made_here(&e.file_name().to_string_lossy(), pid))
+                })
+                .unwrap_or(false);
+            if saving {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if !saving {
+            // A snapshot of this shape existed already: the run restored it.
+            let out = finish(child);
+            assert_eq!(out.code, 0, "{}", out.describe());
+            assert_eq!(attempt, 0, "no snapshot was made: {}", out.describe());
+            let state = out
+                .stderr
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("state="))
+                .expect("the snapshot's state file in the debug log")
+                .to_string();
+            let _ = std::fs::remove_file(&state);
+            continue;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to rkt");
+        let out = finish(child);
+        assert_ne!(out.code, 0, "{}", out.describe());
+        assert!(out.stderr.contains("stopped by a signal"), "{}", out.describe());
+        assert!(
+            !out.stderr.contains("restored from a snapshot"),
+            "{}",
+            out.describe()
+        );
+        let failure_recorded = std::fs::read_dir(cache).expect("the cache").flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(".failed")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= started)
+        });
+        assert!(!failure_recorded, "a stopped save was recorded as a failure");
+        return;
+    }
+    panic!("the run never made a snapshot");
+}

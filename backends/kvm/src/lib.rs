@@ -410,7 +410,11 @@ impl KvmStage1 {
         let restored = match self.snapshot_for(&qemu, &boot, &args, sandbox) {
             Ok(snapshot) => {
                 args.snapshot = true;
-                start_from_snapshot(&snapshot, &argv_of(&args), &spawn_to_save, &spawn)
+                start_from_snapshot(&snapshot, &argv_of(&args), &spawn_to_save, &spawn).map_err(
+                    |Stopped| {
+                        KvmError::Pod("kvm: stopped by a signal before the pod's VM had started".into())
+                    },
+                )?
             }
             Err(why) => {
                 tracing::debug!("kvm: booting: {why}");
@@ -492,6 +496,9 @@ impl KvmStage1 {
     }
 }
 
+/// rkt was told to stop while it made or restored a snapshot.
+struct Stopped;
+
 /// The pod's VM restored from `snapshot`, which is made first when absent;
 /// None: the pod boots (why is logged).
 fn start_from_snapshot(
@@ -499,30 +506,36 @@ fn start_from_snapshot(
     argv: &[std::ffi::OsString],
     spawn_to_save: &dyn Fn(&[std::ffi::OsString]) -> Result<process::Qemu, KvmError>,
     spawn: &dyn Fn(&[std::ffi::OsString]) -> Result<process::Qemu, KvmError>,
-) -> Option<process::Qemu> {
+) -> Result<Option<process::Qemu>, Stopped> {
+    let signals = rkt_engine::stage::signals::stop_signals_seen();
+    // A VM that ended because rkt was told to stop says nothing about the
+    // snapshot: the pod is not started either.
+    let stopped = || rkt_engine::stage::signals::stop_signals_seen() != signals;
     if !snapshot.exists() {
         match snapshot.create(argv, spawn_to_save) {
             Ok(()) => tracing::debug!(state = %snapshot.state_path().display(), "kvm: snapshot made"),
             Err(snapshot::CreateError::Busy) => {
                 tracing::debug!("kvm: booting: another pod is making the snapshot");
-                return None;
+                return Ok(None);
             }
+            Err(snapshot::CreateError::Failed(_)) if stopped() => return Err(Stopped),
             Err(snapshot::CreateError::Failed(e)) => {
                 tracing::warn!("kvm: booting: making a snapshot failed (not tried again for an hour): {e}");
                 snapshot.record_failure(&e);
-                return None;
+                return Ok(None);
             }
         }
     }
     match snapshot.restore(argv, spawn) {
         Ok(vm) => {
             tracing::debug!(state = %snapshot.state_path().display(), "kvm: restored from a snapshot");
-            Some(vm)
+            Ok(Some(vm))
         }
+        Err(_) if stopped() => Err(Stopped),
         Err(e) => {
             tracing::warn!("kvm: booting: the snapshot did not restore ({e}); it is dropped");
             snapshot.remove();
-            None
+            Ok(None)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! are held back from before fork until the forwarder is in place so none is
 //! lost or ends `rkt` by its default disposition.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
@@ -14,8 +14,20 @@ static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
 const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
 
-/// Async-signal-safe: an atomic load and kill(2), nothing else.
+/// How many stop signals rkt has received while forwarding.
+static SEEN: AtomicU32 = AtomicU32::new(0);
+
+/// How many stop signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) reached rkt while
+/// it forwarded them: a stage1 that starts helper processes before the pod's
+/// own (a VM saved as a snapshot) compares two readings to tell a child that
+/// failed from one that was told to stop.
+pub fn stop_signals_seen() -> u32 {
+    SEEN.load(Ordering::Relaxed)
+}
+
+/// Async-signal-safe: atomics and kill(2), nothing else.
 extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    SEEN.fetch_add(1, Ordering::Relaxed);
     if !info.is_null() {
         // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; we read one
         // plain integer field of it.
