@@ -821,22 +821,17 @@ fn pods_restored_from_one_snapshot_differ_and_a_bad_snapshot_is_dropped() {
     );
 }
 
-/// SIGTERM to `rkt run` while it makes the pod's snapshot: the VM being saved
-/// is stopped, the pod is not started, and the interrupted save is not taken
-/// for a broken QEMU (no failure record that would make pods boot for an hour).
-#[test]
-fn a_stop_signal_during_the_snapshot_stops_the_run() {
-    let Some(rkt) = harness("a_stop_signal_during_the_snapshot_stops_the_run") else {
-        return;
-    };
-    let img = common::busybox_image(&rkt);
-    // A memory size of this test's own: no snapshot exists yet (one left by an
-    // earlier run is removed first) and no other test makes this one.
-    let cache = Path::new("/var/cache/rkt-rs/kvm");
-    let made_here =
-        |name: &str, pid: u32| name.starts_with(&format!(".tmp-{pid}-")) && name.ends_with(".ram");
-    let started = std::time::SystemTime::now();
-    for attempt in 0..2 {
+const KVM_CACHE: &str = "/var/cache/rkt-rs/kvm";
+
+/// `rkt run --stage1=kvm --debug IMAGE --memory=MEMORY --exec /bin/true`
+/// caught while it saves a new snapshot: the child once QEMU's RAM temp file
+/// exists under its pid. `memory` must be a size no other test asks for; a
+/// snapshot of that shape left by an earlier test run is removed first (the
+/// run restores it and names it), then the run is tried again.
+fn run_caught_saving(rkt: &Rkt, memory: &str) -> Child {
+    let img = common::busybox_image(rkt);
+    let memory = format!("--memory={memory}");
+    for _ in 0..2 {
         let mut child = rkt
             .command(&[
                 "run",
@@ -845,7 +840,7 @@ fn a_stop_signal_during_the_snapshot_stops_the_run() {
                 "--net=none",
                 "--debug",
                 &img,
-                "--memory=83M",
+                &memory,
                 "--exec",
                 "/bin/true",
             ])
@@ -853,57 +848,119 @@ fn a_stop_signal_during_the_snapshot_stops_the_run() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("rkt run");
-        let pid = child.id();
-        // The save has begun once QEMU's RAM file exists under rkt's pid.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut saving = false;
-        while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
-            saving = std::fs::read_dir(cache)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| made_here(&e.file_name().to_string_lossy(), pid))
+        let temp_prefix = format!(".tmp-{}-", child.id());
+        let saving = || {
+            std::fs::read_dir(KVM_CACHE).is_ok_and(|d| {
+                d.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with(&temp_prefix) && name.ends_with(".ram")
                 })
-                .unwrap_or(false);
-            if saving {
-                break;
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
+            if saving() {
+                return child;
             }
             std::thread::yield_now();
         }
-        if !saving {
-            // A snapshot of this shape existed already: the run restored it.
-            let out = finish(child);
-            assert_eq!(out.code, 0, "{}", out.describe());
-            assert_eq!(attempt, 0, "no snapshot was made: {}", out.describe());
-            let state = out
-                .stderr
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("state="))
-                .expect("the snapshot's state file in the debug log")
-                .to_string();
-            let _ = std::fs::remove_file(&state);
-            continue;
-        }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM to rkt");
+        // A snapshot of this shape existed already: the run restored it.
         let out = finish(child);
-        assert_ne!(out.code, 0, "{}", out.describe());
-        assert!(out.stderr.contains("stopped by a signal"), "{}", out.describe());
-        assert!(
-            !out.stderr.contains("restored from a snapshot"),
-            "{}",
-            out.describe()
-        );
-        let failure_recorded = std::fs::read_dir(cache).expect("the cache").flatten().any(|e| {
+        assert_eq!(out.code, 0, "{}", out.describe());
+        let state = out
+            .stderr
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("state="))
+            .unwrap_or_else(|| panic!("no snapshot made nor restored: {}", out.describe()))
+            .to_string();
+        let _ = std::fs::remove_file(&state);
+    }
+    panic!("the run never made a snapshot");
+}
+
+/// SIGTERM to `rkt run` while it makes the pod's snapshot: the VM being saved
+/// is stopped, the pod is not started, and the interrupted save is not taken
+/// for a broken QEMU (no failure record that would make pods boot for an hour).
+#[test]
+fn a_stop_signal_during_the_snapshot_stops_the_run() {
+    let Some(rkt) = harness("a_stop_signal_during_the_snapshot_stops_the_run") else {
+        return;
+    };
+    let started = std::time::SystemTime::now();
+    let child = run_caught_saving(&rkt, "83M");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM to rkt");
+    let out = finish(child);
+    assert_ne!(out.code, 0, "{}", out.describe());
+    assert!(out.stderr.contains("stopped by a signal"), "{}", out.describe());
+    assert!(
+        !out.stderr.contains("restored from a snapshot"),
+        "{}",
+        out.describe()
+    );
+    let failure_recorded = std::fs::read_dir(KVM_CACHE)
+        .expect("the cache")
+        .flatten()
+        .any(|e| {
             e.file_name().to_string_lossy().ends_with(".failed")
                 && e.metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t >= started)
         });
-        assert!(!failure_recorded, "a stopped save was recorded as a failure");
+    assert!(!failure_recorded, "a stopped save was recorded as a failure");
+}
+
+/// `rkt run` SIGKILLed while it saves a snapshot: its QEMU dies with it (no
+/// VM left behind), the snapshot's lock dies with it too, and the next pod of
+/// that shape makes the snapshot and starts from it; gc clears the killed pod.
+#[test]
+fn a_run_killed_while_saving_leaves_no_vm_and_the_next_makes_the_snapshot() {
+    let Some(rkt) = harness("a_run_killed_while_saving_leaves_no_vm_and_the_next_makes_the_snapshot") else {
         return;
+    };
+    let mut child = run_caught_saving(&rkt, "85M");
+    let temp_prefix = format!(".tmp-{}-", child.id());
+    child.kill().expect("SIGKILL to rkt");
+    let _ = finish(child);
+    // QEMU was started with the temp file on its command line.
+    let qemu_alive = || {
+        std::fs::read_dir("/proc").is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&temp_prefix))
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while qemu_alive() && Instant::now() < deadline {
+        std::thread::yield_now();
     }
-    panic!("the run never made a snapshot");
+    assert!(!qemu_alive(), "the killed run's QEMU is still running");
+
+    let img = common::busybox_image(&rkt);
+    let out = rkt.run(&[
+        "--net=none",
+        "--debug",
+        &img,
+        "--memory=85M",
+        "--exec",
+        "/bin/sh",
+        "--",
+        "-c",
+        "exit 4",
+    ]);
+    assert_eq!(out.code, 4, "{}", out.describe());
+    assert!(out.stderr.contains("snapshot made"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("restored from a snapshot"),
+        "{}",
+        out.describe()
+    );
+    let gc = rkt.rkt(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.code, 0, "{}", gc.describe());
+    let list = rkt.rkt(&["list", "--no-legend"]);
+    assert_eq!(list.stdout.trim(), "", "{}", list.describe());
 }
