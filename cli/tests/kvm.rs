@@ -964,3 +964,60 @@ fn a_run_killed_while_saving_leaves_no_vm_and_the_next_makes_the_snapshot() {
     let list = rkt.rkt(&["list", "--no-legend"]);
     assert_eq!(list.stdout.trim(), "", "{}", list.describe());
 }
+
+/// A pod on two networks, twice from one snapshot (a memory size of this
+/// test's own): each restored guest's NICs keep QEMU's device order and take
+/// that pod's MAC addresses (the ones on its QEMU command line), and each gets
+/// its network's address.
+#[test]
+fn two_networks_restored_from_a_snapshot_keep_their_order_and_take_the_pods_macs() {
+    let Some(rkt) = harness("two_networks_restored_from_a_snapshot_keep_their_order_and_take_the_pods_macs")
+    else {
+        return;
+    };
+    let img = common::busybox_image(&rkt);
+    for _ in 0..2 {
+        let out = rkt.run(&[
+            "--net=default,default-restricted",
+            "--debug",
+            &img,
+            "--memory=89M",
+            "--exec",
+            "/bin/sh",
+            "--",
+            "-c",
+            "for i in eth0 eth1; do echo $i $(cat /sys/class/net/$i/address); done; ip -4 -o addr",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.describe());
+        assert!(
+            out.stderr.contains("restored from a snapshot"),
+            "{}",
+            out.describe()
+        );
+        let qemu_line = out
+            .stderr
+            .lines()
+            .rfind(|l| l.contains("starting qemu"))
+            .expect("the QEMU command line in the debug log");
+        let expected: Vec<&str> = qemu_line.split("mac=").skip(1).map(|rest| &rest[..17]).collect();
+        assert_eq!(expected.len(), 2, "{qemu_line}");
+        for (i, mac) in expected.iter().enumerate() {
+            let line = format!("eth{i} {mac}");
+            assert!(
+                out.stdout.lines().any(|l| l == line),
+                "expected {line:?}: {}",
+                out.describe()
+            );
+        }
+        let addr = |ifname: &str| {
+            out.stdout
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(ifname))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .unwrap_or_else(|| panic!("no {ifname} in {}", out.stdout))
+                .to_string()
+        };
+        assert!(addr("eth0").starts_with("172.16.28."), "{}", out.stdout);
+        assert!(addr("eth1").starts_with("172.31."), "{}", out.stdout);
+    }
+}

@@ -473,12 +473,6 @@ impl KvmStage1 {
         if !self.config.snapshots {
             return Err("snapshots are off in the stage1 config".into());
         }
-        if args.nics.len() > 1 {
-            // A restored NIC keeps the MAC address of the pod that made the
-            // snapshot; the guest gives a lone NIC the pod's, but could not
-            // tell several apart.
-            return Err("a pod with more than one network boots".into());
-        }
         let mut shaped = args.clone();
         shaped.snapshot = true;
         let snapshot = snapshot::Snapshot::key(

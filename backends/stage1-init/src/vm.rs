@@ -502,19 +502,28 @@ fn configure_network(config: &VmConfig) -> Result<(), InitError> {
         return Ok(());
     }
     let sock = inet_socket()?;
-    for iface in &config.interfaces {
-        let current = if RESTORED.load(std::sync::atomic::Ordering::Relaxed) {
-            // A NIC restored from a snapshot has the MAC address of the pod
-            // that made it. Stage0 restores only pods with one NIC: it is
-            // this one, and takes the pod's address (the device's receive
-            // filter follows, VIRTIO_NET_F_CTRL_MAC_ADDR).
-            let current = wait_for("the network interface", only_virtio_nic)?;
-            set_mac(&sock, &current, &iface.mac)?;
-            current
-        } else {
-            wait_for(&format!("the network interface with MAC {}", iface.mac), || {
+    // NICs restored from a snapshot have the MAC addresses of the pod that
+    // made it: they are told apart by their order instead (the config lists
+    // them in QEMU's device order, which is the order of their virtio
+    // device numbers) and take the pod's addresses (the device's receive
+    // filter follows, VIRTIO_NET_F_CTRL_MAC_ADDR).
+    let restored_nics = if RESTORED.load(std::sync::atomic::Ordering::Relaxed) {
+        let wanted = config.interfaces.len();
+        wait_for(&format!("{wanted} network interfaces"), || {
+            Some(virtio_nics_in_device_order()).filter(|nics| nics.len() >= wanted)
+        })?
+    } else {
+        Vec::new()
+    };
+    for (i, iface) in config.interfaces.iter().enumerate() {
+        let current = match restored_nics.get(i) {
+            Some(current) => {
+                set_mac(&sock, current, &iface.mac)?;
+                current.clone()
+            }
+            None => wait_for(&format!("the network interface with MAC {}", iface.mac), || {
                 interface_with_mac(&iface.mac)
-            })?
+            })?,
         };
         if current != iface.name {
             rename(&sock, &current, &iface.name)?;
@@ -530,13 +539,30 @@ fn configure_network(config: &VmConfig) -> Result<(), InitError> {
     Ok(())
 }
 
-/// The first virtio NIC's name (a restored guest has one).
-fn only_virtio_nic() -> Option<String> {
-    let entries = std::fs::read_dir("/sys/class/net").ok()?;
-    entries.flatten().find_map(|e| {
-        let driver = std::fs::read_link(e.path().join("device/driver")).ok()?;
-        (driver.file_name()? == "virtio_net").then(|| e.file_name().to_string_lossy().into_owned())
-    })
+/// The virtio NICs' names, by their virtio device number (`virtioN`).
+fn virtio_nics_in_device_order() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut nics: Vec<(u32, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let driver = std::fs::read_link(e.path().join("device/driver")).ok()?;
+            if driver.file_name()? != "virtio_net" {
+                return None;
+            }
+            let device = std::fs::read_link(e.path().join("device")).ok()?;
+            let number = virtio_number(&device.file_name()?.to_string_lossy())?;
+            Some((number, e.file_name().to_string_lossy().into_owned()))
+        })
+        .collect();
+    nics.sort();
+    nics.into_iter().map(|(_, name)| name).collect()
+}
+
+/// `virtio12` -> 12.
+fn virtio_number(device: &str) -> Option<u32> {
+    device.strip_prefix("virtio")?.parse().ok()
 }
 
 fn set_mac(sock: &OwnedFd, name: &str, mac: &str) -> Result<(), InitError> {
@@ -711,6 +737,16 @@ fn power_off(code: i32) -> ! {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::virtio_number;
+
+    #[test]
+    fn virtio_device_numbers_order_numerically() {
+        assert_eq!(virtio_number("virtio3"), Some(3));
+        assert_eq!(virtio_number("virtio12"), Some(12));
+        assert_eq!(virtio_number("virtio"), None);
+        assert_eq!(virtio_number("eth0"), None);
+    }
+
     use super::*;
 
     #[test]
