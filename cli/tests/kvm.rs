@@ -1009,14 +1009,7 @@ fn two_networks_restored_from_a_snapshot_keep_their_order_and_take_the_pods_macs
                 out.describe()
             );
         }
-        let addr = |ifname: &str| {
-            out.stdout
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(ifname))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .unwrap_or_else(|| panic!("no {ifname} in {}", out.stdout))
-                .to_string()
-        };
+        let addr = |ifname: &str| common::ipv4_of(&out.stdout, ifname);
         assert!(addr("eth0").starts_with("172.16.28."), "{}", out.stdout);
         assert!(addr("eth1").starts_with("172.31."), "{}", out.stdout);
     }

@@ -463,14 +463,7 @@ fn several_networks_give_one_interface_each() {
         "addr",
     ]);
     assert_eq!(out.code, 0, "{}", out.describe());
-    let addr = |ifname: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(ifname))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .unwrap_or_else(|| panic!("no {ifname} in {}", out.stdout))
-            .to_string()
-    };
+    let addr = |ifname: &str| common::ipv4_of(&out.stdout, ifname);
     assert!(addr("eth0").starts_with("172.16.28."), "{}", out.stdout);
     assert!(addr("eth1").starts_with("172.31."), "{}", out.stdout);
     let uuid = rkt.rkt(&["list", "--no-legend", "--full"]).stdout;

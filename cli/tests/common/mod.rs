@@ -83,3 +83,14 @@ pub fn one_line_254(out: &RunOutput, mentions: &str) {
         out.describe()
     );
 }
+
+/// The IPv4 address with prefix of `ifname` in `ip -4 -o addr` output.
+#[allow(dead_code)] // only the tests that look at several networks
+pub fn ipv4_of(ip_addr_output: &str, ifname: &str) -> String {
+    ip_addr_output
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(ifname))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or_else(|| panic!("no {ifname} in {ip_addr_output}"))
+        .to_string()
+}
