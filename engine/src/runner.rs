@@ -350,8 +350,12 @@ impl Runtime {
                 return Err(e.into());
             }
         };
-        record.info = net_info.clone();
-        write_json(&record_path, &record)?;
+        // Host networking sets nothing up: the record stands as written (one
+        // file fewer to create per fly pod).
+        if net_info != record.info {
+            record.info = net_info.clone();
+            write_json(&record_path, &record)?;
+        }
         crate::failpoint::failpoint("run.network-ready");
         tracing::debug!(pod = %info.uuid, networker = networker.name(), "network set up");
         let labels = select_labeler(self.labeler.as_deref()).and_then(|labeler| {
