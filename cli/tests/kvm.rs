@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -805,6 +806,15 @@ fn pods_restored_from_one_snapshot_differ_and_a_bad_snapshot_is_dropped() {
         uuids[0], uuids[1],
         "two restored guests drew the same random numbers"
     );
+    // The guest's memory (its kernel's layout, its random state) is root's.
+    let ram = state.replace(".state", ".ram");
+    for file in [&state, &ram] {
+        let mode = std::fs::metadata(file)
+            .expect("a snapshot file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} is readable by others: {mode:o}");
+    }
 
     std::fs::write(&state, b"not a migration stream").expect("spoiling the snapshot");
     let out = pod();

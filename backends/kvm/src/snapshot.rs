@@ -177,9 +177,10 @@ impl Snapshot {
         state_temp: &Path,
     ) -> Result<(), KvmError> {
         // Handed to QEMU over QMP (`getfd`), not inherited.
-        let state: OwnedFd = File::create(state_temp)
-            .map_err(|e| KvmError::io(format!("creating {}", state_temp.display()), e))?
-            .into();
+        let state: OwnedFd = create_private(state_temp)?.into();
+        // QEMU would create the RAM file readable by all; it opens this one.
+        // (The guest's memory holds its kernel's layout and random state.)
+        drop(create_private(ram_temp)?);
         let qmp = QemuSocket::new()?;
         let boot = QemuSocket::new()?;
         let mut argv = argv.to_vec();
@@ -263,6 +264,17 @@ impl Snapshot {
             }
         }
     }
+}
+
+/// A new file only root can read: a snapshot's files.
+fn create_private(path: &Path) -> Result<File, KvmError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| KvmError::io(format!("creating {}", path.display()), e))
 }
 
 fn resume_message() -> Result<VmResume, KvmError> {
