@@ -369,11 +369,12 @@ impl KvmStage1 {
         tracing::debug!(vmlinux = %boot.vmlinux.display(), initramfs = %boot.initramfs.display(), "kvm: boot files");
         let (memory_mb, cpus) = resources(&manifest)?;
         let guest_net = net::attach(netns, &cfg.net.networks)?;
+        let sandbox = rkt_engine::pod::sandbox::is_mutable(&manifest);
         let vm = VmConfig {
             hostname: cfg.hostname.clone().unwrap_or_else(|| format!("rkt-{uuid}")),
             interfaces: guest_net.interfaces,
             routes: guest_net.routes,
-            sandbox: rkt_engine::pod::sandbox::is_mutable(&manifest),
+            sandbox,
         };
         setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &vm)?;
         let mounts = setup::PodMounts::plan(dir, &manifest)?;
@@ -390,7 +391,6 @@ impl KvmStage1 {
             tsc_khz: accel::tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
             snapshot: false,
         };
-        let sandbox = rkt_engine::pod::sandbox::is_mutable(&manifest);
         let channel = sandbox.then(sandbox_relay::Channel::new).transpose()?;
         let argv_of = |args: &QemuArgs| {
             let mut argv = args.to_argv();

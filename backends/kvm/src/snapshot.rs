@@ -181,27 +181,13 @@ impl Snapshot {
         // QEMU would create the RAM file readable by all; it opens this one.
         // (The guest's memory holds its kernel's layout and random state.)
         drop(create_private(ram_temp)?);
-        let qmp = QemuSocket::new()?;
-        let boot = QemuSocket::new()?;
-        let mut argv = argv.to_vec();
-        argv.extend(channel_argv(qmp.qemu_fd(), boot.qemu_fd()));
-        argv.extend(memory_argv(self.memory_mb, ram_temp, true));
-        let vm = spawn(&argv)?;
-        let (qmp, boot) = (qmp.connected(), boot.connected());
-        let saved = (|| {
-            let mut qmp = Qmp::connect(qmp)?;
-            qmp.ignore_shared_memory()?;
-            let mut boot = BootChannel::new(boot)?;
+        let vm = self.start_vm(argv, (ram_temp, true), &[], spawn, |qmp, boot| {
             boot.expect(protocol::VM_BOOT_READY, BOOT_TIMEOUT)?;
             qmp.pass_fd("state", &state)?;
             qmp.execute("migrate", serde_json::json!({ "uri": "fd:state" }))?;
             qmp.wait_migration()?;
-            qmp.execute("quit", serde_json::json!({}))
-        })();
-        if let Err(e) = saved {
-            vm.kill();
-            return Err(e);
-        }
+            qmp.execute("quit", serde_json::json!({})).map(drop)
+        })?;
         vm.wait()?;
         let sync = |path: &Path| {
             File::open(path)
@@ -237,26 +223,44 @@ impl Snapshot {
         // Used: pruning goes by this mtime.
         let _ = state.set_modified(SystemTime::now());
         let state = Inherited::new(state.into())?;
-        let qmp = QemuSocket::new()?;
-        let boot = QemuSocket::new()?;
-        let mut argv = argv.to_vec();
-        argv.extend(channel_argv(qmp.qemu_fd(), boot.qemu_fd()));
-        argv.extend(memory_argv(self.memory_mb, &ram_path, false));
-        argv.extend(["-incoming", "defer"].map(OsString::from));
-        let vm = spawn(&argv)?;
-        let (qmp, boot) = (qmp.connected(), boot.connected());
-        let resumed = (|| {
-            let mut qmp = Qmp::connect(qmp)?;
-            qmp.ignore_shared_memory()?;
+        let incoming = ["-incoming", "defer"];
+        self.start_vm(argv, (&ram_path, false), &incoming, spawn, |qmp, boot| {
             qmp.execute(
                 "migrate-incoming",
                 serde_json::json!({ "uri": format!("fd:{}", state.raw()) }),
             )?;
-            let mut boot = BootChannel::new(boot)?;
             boot.send(&resume_message()?)?;
             boot.expect(protocol::VM_BOOT_RESUMED, ANSWER_TIMEOUT)
+        })
+    }
+
+    /// QEMU started with `argv`, the guest's RAM in `ram` (shared while a
+    /// snapshot is made, private when one is restored), its monitor (with
+    /// `x-ignore-shared` on) and the boot port on inherited sockets, and
+    /// `extra` arguments; `talk` then speaks to both. A VM `talk` fails on is
+    /// killed.
+    fn start_vm(
+        &self,
+        argv: &[OsString],
+        (ram, share): (&Path, bool),
+        extra: &[&str],
+        spawn: &dyn Fn(&[OsString]) -> Result<Qemu, KvmError>,
+        talk: impl FnOnce(&mut Qmp, &mut BootChannel) -> Result<(), KvmError>,
+    ) -> Result<Qemu, KvmError> {
+        let qmp = QemuSocket::new()?;
+        let boot = QemuSocket::new()?;
+        let mut argv = argv.to_vec();
+        argv.extend(channel_argv(qmp.qemu_fd(), boot.qemu_fd()));
+        argv.extend(memory_argv(self.memory_mb, ram, share));
+        argv.extend(extra.iter().map(OsString::from));
+        let vm = spawn(&argv)?;
+        let (qmp, boot) = (qmp.connected(), boot.connected());
+        let talked = (|| {
+            let mut qmp = Qmp::connect(qmp)?;
+            qmp.ignore_shared_memory()?;
+            talk(&mut qmp, &mut BootChannel::new(boot)?)
         })();
-        match resumed {
+        match talked {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.kill();
@@ -456,13 +460,24 @@ impl Qmp {
         command: &str,
         arguments: serde_json::Value,
     ) -> Result<serde_json::Value, KvmError> {
-        let mut request =
-            serde_json::to_vec(&serde_json::json!({ "execute": command, "arguments": arguments }))
-                .map_err(|e| KvmError::Invalid(format!("qmp: {e}")))?;
-        request.push(b'\n');
+        let request = request(command, arguments)?;
         self.writer
             .write_all(&request)
             .map_err(|e| KvmError::io(format!("qmp: sending {command}"), e))?;
+        self.answer(command)
+    }
+
+    /// `getfd`: QEMU keeps `fd` (sent along, SCM_RIGHTS) under `name`; an
+    /// outgoing migration takes no inherited descriptor number.
+    fn pass_fd(&mut self, name: &str, fd: &OwnedFd) -> Result<(), KvmError> {
+        let request = request("getfd", serde_json::json!({ "fdname": name }))?;
+        send_with_fd(&self.writer, &request, fd.as_raw_fd())
+            .map_err(|e| KvmError::io("qmp: sending getfd", e))?;
+        self.answer("getfd").map(drop)
+    }
+
+    /// The answer to `command`, keeping the events that come before it.
+    fn answer(&mut self, command: &str) -> Result<serde_json::Value, KvmError> {
         loop {
             let mut message = self.read()?;
             if let Some(answer) = message.get_mut("return") {
@@ -470,27 +485,6 @@ impl Qmp {
             }
             if let Some(error) = message.get("error") {
                 return Err(KvmError::Invalid(format!("qmp: {command}: {}", error["desc"])));
-            }
-            self.events.push(message);
-        }
-    }
-
-    /// `getfd`: QEMU keeps `fd` (sent along, SCM_RIGHTS) under `name`; an
-    /// outgoing migration takes no inherited descriptor number.
-    fn pass_fd(&mut self, name: &str, fd: &OwnedFd) -> Result<(), KvmError> {
-        let mut request = serde_json::to_vec(&serde_json::json!({
-            "execute": "getfd", "arguments": { "fdname": name } }))
-        .map_err(|e| KvmError::Invalid(format!("qmp: {e}")))?;
-        request.push(b'\n');
-        send_with_fd(&self.writer, &request, fd.as_raw_fd())
-            .map_err(|e| KvmError::io("qmp: sending getfd", e))?;
-        loop {
-            let message = self.read()?;
-            if message.get("return").is_some() {
-                return Ok(());
-            }
-            if let Some(error) = message.get("error") {
-                return Err(KvmError::Invalid(format!("qmp: getfd: {}", error["desc"])));
             }
             self.events.push(message);
         }
@@ -527,6 +521,14 @@ impl Qmp {
             }
         }
     }
+}
+
+/// A QMP command as one line.
+fn request(command: &str, arguments: serde_json::Value) -> Result<Vec<u8>, KvmError> {
+    let mut line = serde_json::to_vec(&serde_json::json!({ "execute": command, "arguments": arguments }))
+        .map_err(|e| KvmError::Invalid(format!("qmp: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// All of `bytes` in one message carrying `fd` (QEMU's monitor reads the
