@@ -234,6 +234,80 @@ fn enter_runs_in_the_app_and_stop_ends_the_pod() {
     assert!(status.stdout.contains("state=exited"), "{}", status.describe());
 }
 
+/// The init is neither the host's rkt (which a pod's root could then rewrite,
+/// CVE-2019-5736) nor a copy per pod (the binary's size written on every
+/// start): one copy, shared, that a pod sees read-only.
+#[test]
+fn pods_share_one_read_only_copy_of_rkt_as_their_init() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(rkt) = harness("pods_share_one_read_only_copy_of_rkt_as_their_init") else {
+        return;
+    };
+    let img = image(&rkt, "example.com/busybox");
+    let app = ["--exec", "/bin/sh", "--", "-c", "echo ready; exec sleep 1000"];
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        let mut args = vec![img.as_str()];
+        args.extend_from_slice(&app);
+        let (mut child, uuid_file) = spawn_run(&rkt, &args);
+        let uuid = wait_ready(&rkt, &mut child, &uuid_file);
+        pods.push((child, pod_info(&rkt, &uuid)));
+    }
+    let inits: Vec<_> = pods
+        .iter()
+        .map(|(_, info)| rkt_engine::stage::process::read_pid_file(&info.path).expect("pid"))
+        .collect();
+    let exe = |pid: &nix::unistd::Pid| {
+        let m = std::fs::metadata(format!("/proc/{pid}/exe")).expect("init's exe");
+        (m.dev(), m.ino(), m.size())
+    };
+    let rkt_binary = std::fs::metadata(env!("CARGO_BIN_EXE_rkt")).expect("rkt");
+    let (first, second) = (exe(&inits[0]), exe(&inits[1]));
+    assert_eq!(first, second, "both pods run one copy");
+    assert_ne!(
+        (first.0, first.1),
+        (rkt_binary.dev(), rkt_binary.ino()),
+        "not the host's rkt"
+    );
+    assert_eq!(first.2, rkt_binary.size(), "a whole copy of it");
+    for (_, info) in &pods {
+        let in_pod_dir = info.path.join("stage1/rootfs/rkt/init");
+        assert_eq!(
+            std::fs::metadata(&in_pod_dir).expect("mount point").size(),
+            0,
+            "no copy in the pod"
+        );
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", inits[0])).expect("mountinfo");
+    let init_mount: Vec<&str> = mountinfo
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .find(|fields| fields.get(4) == Some(&"/rkt/init"))
+        .expect("/rkt/init is a mount in the pod")
+        .get(5)
+        .expect("its options")
+        .split(',')
+        .collect();
+    assert!(
+        init_mount.contains(&"ro") && init_mount.contains(&"nosuid"),
+        "{init_mount:?}"
+    );
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/root/rkt/init", inits[0]));
+    let errno = write.as_ref().err().and_then(|e| e.raw_os_error());
+    assert!(
+        errno == Some(libc::ETXTBSY) || errno == Some(libc::EROFS),
+        "the pod's /rkt/init cannot be written: {write:?}"
+    );
+    for (child, info) in pods {
+        let stage1 = rkt_engine::runner::pod_stage1(&info.path).expect("stage1");
+        stage1.stop(&info, true).expect("stop");
+        let out = child.wait_with_output().expect("rkt run");
+        assert_eq!(out.status.code(), Some(137), "{out:?}");
+    }
+}
+
 #[test]
 fn force_stop_kills_the_pod() {
     let Some(rkt) = harness("force_stop_kills_the_pod") else {

@@ -76,6 +76,30 @@ pub fn unique_suffix() -> u64 {
     (nanos << 20) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// What identifies files' content without reading it: path, device, inode,
+/// size, mtime and ctime of each (ctime moves on every write and cannot be set
+/// back), plus `extra`; 32 hex digits. None when one cannot be stat'ed.
+pub fn stat_key(paths: &[&Path], extra: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut text = extra.to_string();
+    for path in paths {
+        let m = std::fs::metadata(path).ok()?;
+        text.push_str(&format!(
+            "\n{}:{}:{}:{}:{}.{}:{}.{}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+    }
+    Some(hex::encode(&Sha256::digest(text.as_bytes())[..16]))
+}
+
 /// Makes a rename or a newly created entry in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -434,6 +458,20 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stat_key_changes_when_a_file_is_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"one").expect("write");
+        let before = stat_key(&[&file], "x").expect("key");
+        assert_eq!(stat_key(&[&file], "x").expect("key"), before);
+        assert_ne!(stat_key(&[&file], "y").expect("key"), before);
+        std::fs::write(&file, b"two").expect("write");
+        // Same size, same second: ctime's nanoseconds tell.
+        assert_ne!(stat_key(&[&file], "x").expect("key"), before);
+        assert_eq!(stat_key(&[&dir.path().join("missing")], "x"), None);
+    }
 
     #[test]
     fn mountinfo_is_parsed_and_unescaped() {

@@ -3,7 +3,7 @@
 //! binary gets new files, concurrent builders write temps and rename (the
 //! loser's rename replaces an identical file), a crash leaves at most a temp.
 //!
-//! A memo per set of inputs (keyed by their [`stat_key`]) names the files, and
+//! A memo per set of inputs (keyed by their [`fsutil::stat_key`]) names the files, and
 //! its mtime says when a run last used it. [`prune`] removes what no run has
 //! used for [`UNUSED_GRACE`]: memos, the files no memo names any more, temps.
 //! The cache's lock keeps it from racing a run: a run holds it shared from
@@ -81,29 +81,6 @@ fn cached(
     Ok(path)
 }
 
-/// What identifies the inputs' content without reading it: path, device,
-/// inode, size, mtime and ctime of each (ctime moves on every write and cannot
-/// be set back). None when one cannot be stat'ed.
-pub(crate) fn stat_key(paths: &[&Path], extra: &str) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut text = extra.to_string();
-    for path in paths {
-        let m = std::fs::metadata(path).ok()?;
-        text.push_str(&format!(
-            "\n{}:{}:{}:{}:{}.{}:{}.{}",
-            path.display(),
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ));
-    }
-    Some(short_hash(&[text.as_bytes()]))
-}
-
 fn lock(dir: &Path, how: FlockArg) -> Result<Option<Flock<File>>, KvmError> {
     let path = dir.join(LOCK);
     let file = File::options()
@@ -138,7 +115,7 @@ fn read_memo(dir: &Path, memo: &Path) -> Option<(PathBuf, PathBuf)> {
 
 /// The vmlinux and initramfs for `kernel` with `init` (the rkt binary's bytes)
 /// as /init, loading the virtio `transport` module, open. A memo keyed by the
-/// inputs' [`stat_key`] names the content-keyed files, so a run with unchanged
+/// inputs' [`fsutil::stat_key`] names the content-keyed files, so a run with unchanged
 /// inputs reads and hashes nothing (~100 ms less per pod); using it marks it
 /// used (its mtime) for [`prune`].
 pub fn boot_files(
@@ -151,12 +128,12 @@ pub fn boot_files(
     let _shared = lock(dir, FlockArg::LockShared)?;
     let modules_dep = kernel.modules.join("modules.dep");
     let kernel_config = kernel.config();
-    let key = stat_key(
+    let key = fsutil::stat_key(
         &[&kernel.image, init_exe, &modules_dep, &kernel_config],
         &format!("{}:{transport}", kernel.release),
     )
     .or_else(|| {
-        stat_key(
+        fsutil::stat_key(
             &[&kernel.image, init_exe, &modules_dep],
             &format!("{}:{transport}:no config", kernel.release),
         )
@@ -330,20 +307,6 @@ fn build_boot_files(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stat_key_changes_when_a_file_is_rewritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"one").unwrap();
-        let before = stat_key(&[&file], "x").unwrap();
-        assert_eq!(stat_key(&[&file], "x").unwrap(), before);
-        assert_ne!(stat_key(&[&file], "y").unwrap(), before);
-        std::fs::write(&file, b"two").unwrap();
-        // Same size, same second: ctime's nanoseconds tell.
-        assert_ne!(stat_key(&[&file], "x").unwrap(), before);
-        assert_eq!(stat_key(&[&dir.path().join("missing")], "x"), None);
-    }
 
     fn names_in(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)

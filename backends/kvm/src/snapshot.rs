@@ -92,7 +92,7 @@ impl Snapshot {
             boot_files.0.display(),
             boot_files.1.display(),
         );
-        let key = crate::cache::stat_key(&[qemu], &shape)?;
+        let key = rkt_engine::fsutil::stat_key(&[qemu], &shape)?;
         Some(Snapshot {
             ram: cache.join(format!("{FILE_PREFIX}{key}.ram")),
             state: cache.join(format!("{FILE_PREFIX}{key}.state")),

@@ -1,7 +1,7 @@
 //! nspawn stage1: the pod is one systemd-nspawn container (private pid, mount,
 //! ipc and uts namespaces; the host's network or the Networker's netns) whose
-//! first process is the stage1 init — the `rkt` binary in its init role, copied
-//! into the pod. The init starts the apps, each in its own rootfs; see the
+//! first process is the stage1 init — the `rkt` binary in its init role, a
+//! shared read-only copy bound into the pod (`init_copy`). The init starts the apps, each in its own rootfs; see the
 //! rkt-stage1-init crate and the protocol in `rkt_engine::pod::protocol`.
 //!
 //! `rkt run` (this process) holds the pod's lock, waits for nspawn, forwards
@@ -10,6 +10,7 @@
 
 mod cgroups;
 mod command;
+mod init_copy;
 mod process;
 mod setup;
 mod userns;
@@ -33,12 +34,15 @@ pub use command::{NspawnArgs, Registration as MachineRegistration, valid_hostnam
 #[serde(default)]
 pub struct NspawnConfig {
     pub nspawn: PathBuf,
+    /// Where the read-only copy of rkt that pods run as their init is kept.
+    pub init_cache: PathBuf,
 }
 
 impl Default for NspawnConfig {
     fn default() -> Self {
         NspawnConfig {
             nspawn: PathBuf::from("systemd-nspawn"),
+            init_cache: PathBuf::from("/var/cache/rkt-rs/nspawn"),
         }
     }
 }
@@ -282,7 +286,8 @@ impl NspawnStage1 {
             .collect::<Result<Vec<_>, NspawnError>>()?;
         setup::prepare_stage1_rootfs(dir, &manifest_bytes, &manifest, cfg, &hostname, isolation)?;
         pod_cgroups.create(dir, &limits)?;
-        let mounts = setup::PodMounts::plan(dir, &manifest, private_runtime, &pod_cgroups)?;
+        let init = init_copy::prepare(&self.config.init_cache)?;
+        let mounts = setup::PodMounts::plan(dir, &manifest, private_runtime, &pod_cgroups, &init)?;
         let private_users = rkt_engine::userns::read(dir).map_err(|e| NspawnError::Invalid(e.to_string()))?;
         if let Some(range) = private_users {
             let shifted = userns::shift_pod(dir, &manifest, range)?;
@@ -355,7 +360,10 @@ mod tests {
         let s = registry::create::<dyn Stage1>("nspawn").unwrap();
         assert_eq!(s.name(), "nspawn");
         let record = registry::Stage1Record::of(s.as_ref()).unwrap();
-        assert_eq!(record.config, serde_json::json!({"nspawn": "systemd-nspawn"}));
+        assert_eq!(
+            record.config,
+            serde_json::json!({"nspawn": "systemd-nspawn", "init_cache": "/var/cache/rkt-rs/nspawn"})
+        );
         let caps = s.capabilities();
         assert!(caps.multi_app && caps.interactive && caps.network_namespace && caps.isolators);
     }
@@ -365,6 +373,7 @@ mod tests {
         let s = NspawnStage1 {
             config: NspawnConfig {
                 nspawn: "/nonexistent/systemd-nspawn".into(),
+                ..NspawnConfig::default()
             },
         };
         match s.availability() {

@@ -9,7 +9,7 @@
 //! nspawn's recursive bind of the stage1 rootfs, and they die with the pod's
 //! last process: nothing is ever mounted on the host, nothing is left for gc.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -44,7 +44,7 @@ pub fn prepare_stage1_rootfs(
         std::fs::create_dir_all(&path)
             .map_err(|e| NspawnError::io(format!("creating {}", path.display()), e))?;
     }
-    copy_init_binary(&protocol::init_binary().on_host(pod))?;
+    create_init_mount_point(&protocol::init_binary().on_host(pod))?;
     let write = |path: PathBuf, bytes: &[u8]| {
         fsutil::replace_file(&path, bytes)
             .map_err(|e| NspawnError::io(format!("writing {}", path.display()), e))
@@ -106,15 +106,19 @@ fn etc_file(file: EtcFile, cfg: &RunConfig, hostname: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// A private, read-only copy of the running `rkt` binary serves as the init:
-/// binding the host's own file into a pod would let the pod's root rewrite
-/// the host's rkt (CVE-2019-5736).
-fn copy_init_binary(target: &Path) -> Result<(), NspawnError> {
-    let err = |e| NspawnError::io(format!("copying rkt to {}", target.display()), e);
-    let tmp = target.with_extension(format!("tmp{}", fsutil::unique_suffix()));
-    std::fs::copy("/proc/self/exe", &tmp).map_err(err)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)).map_err(err)?;
-    std::fs::rename(&tmp, target).map_err(err)
+/// The mount point of the shared init copy that [`PodMounts`] binds (see
+/// `init_copy`).
+fn create_init_mount_point(target: &Path) -> Result<(), NspawnError> {
+    match std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o555)
+        .open(target)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(NspawnError::io(format!("creating {}", target.display()), e)),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,8 +136,13 @@ impl PodMounts {
         manifest: &PodManifest,
         private_nspawn_runtime: bool,
         cgroups: &PodCgroups,
+        init: &Path,
     ) -> Result<Self, NspawnError> {
-        let mut mounts = Vec::new();
+        let init_target = protocol::init_binary().on_host(pod);
+        let mut mounts = vec![
+            PlannedMount::bind(init, init_target.clone(), false, "the stage1 init".into())?,
+            PlannedMount::remount_read_only(init_target, "the stage1 init read-only".into()),
+        ];
         for (source, target, name) in cgroups.binds(pod) {
             std::fs::create_dir_all(&target)
                 .map_err(|e| NspawnError::io(format!("creating {}", target.display()), e))?;
@@ -205,8 +214,22 @@ mod tests {
             std::fs::create_dir_all(layout::appsinfo(pod, app)).unwrap();
             std::fs::write(layout::app_rootfs_spec(pod, app), spec).unwrap();
         }
-        let plan = PodMounts::plan(pod, &manifest, true, &PodCgroups::default()).unwrap();
-        let targets: Vec<PathBuf> = plan.mounts.iter().map(|m| m.target.clone()).collect();
+        let init = Path::new("/var/cache/rkt-rs/nspawn/init-x");
+        let plan = PodMounts::plan(pod, &manifest, true, &PodCgroups::default(), init).unwrap();
+        let (init_mounts, rest) = plan.mounts.split_at(2);
+        let init_path = protocol::init_binary().on_host(pod);
+        assert_eq!(init_mounts[0].target, init_path);
+        assert_eq!(
+            init_mounts[0].source.to_bytes(),
+            init.as_os_str().as_encoded_bytes()
+        );
+        assert_eq!(init_mounts[1].target, init_path);
+        assert!(
+            init_mounts[1]
+                .flags
+                .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID)
+        );
+        let targets: Vec<PathBuf> = rest.iter().map(|m| m.target.clone()).collect();
         assert_eq!(
             targets,
             [
@@ -216,22 +239,22 @@ mod tests {
             ]
         );
         assert!(
-            plan.mounts[0]
+            rest[0]
                 .data
                 .as_deref()
                 .unwrap()
                 .starts_with("lowerdir=/cas/tree/x/rootfs,upperdir=")
         );
         assert_eq!(
-            plan.mounts[1].source.to_bytes(),
+            rest[1].source.to_bytes(),
             layout::empty_volume(pod, "shared").as_os_str().as_encoded_bytes()
         );
         assert!(
-            !plan.mounts[1].flags.contains(MsFlags::MS_REC),
+            !rest[1].flags.contains(MsFlags::MS_REC),
             "empty volumes have nothing below"
         );
         assert!(
-            plan.mounts[2].flags.contains(MsFlags::MS_REC),
+            rest[2].flags.contains(MsFlags::MS_REC),
             "host volumes are recursive by default"
         );
     }

@@ -63,6 +63,23 @@ impl PlannedMount {
         })
     }
 
+    /// Makes an existing bind at `target` read-only, nosuid and nodev (a bind
+    /// takes its flags only from a remount).
+    pub fn remount_read_only(target: PathBuf, what: String) -> Self {
+        PlannedMount {
+            source: c"none".to_owned(),
+            target,
+            fstype: None,
+            flags: MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            data: None,
+            what,
+        }
+    }
+
     /// Makes the mount; the error names it. Async-signal-safe apart from the
     /// message, which is built only on failure.
     pub fn make(&self) -> Result<(), String> {
