@@ -342,7 +342,9 @@ impl Runtime {
             info: Default::default(),
         };
         let record_path = pod.path().join(layout::NET_INFO);
-        write_json(&record_path, &record)?;
+        if networker.needs_teardown() {
+            write_json(&record_path, &record)?;
+        }
         let net_info = match block_on(networker.setup(&info, net)) {
             Ok(net_info) => net_info,
             Err(e) => {
@@ -350,8 +352,7 @@ impl Runtime {
                 return Err(e.into());
             }
         };
-        // Host networking sets nothing up: the record stands as written (one
-        // file fewer to create per fly pod).
+        // Host networking sets nothing up and leaves no record at all.
         if net_info != record.info {
             record.info = net_info.clone();
             write_json(&record_path, &record)?;

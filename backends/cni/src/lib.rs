@@ -129,6 +129,10 @@ impl Networker for HostNetworker {
     async fn teardown(&self, _pod_dir: &Path) -> Result<(), BackendError> {
         Ok(())
     }
+
+    fn needs_teardown(&self) -> bool {
+        false
+    }
 }
 
 /// Pod networks through CNI plugins.

@@ -112,15 +112,12 @@ fn close_inherited_fds_at_exec() -> Result<(), ChildError> {
     }
 }
 
-/// The app's process records its own pid (and process group) before it can exec,
-/// so whoever sees the app running (`status --wait-ready`, `stop`, `enter`) also
-/// finds its pid. Not fsynced: after a crash the pod reads as exited and its pid
-/// means nothing.
+/// The app's process records its own pid before it can exec, so whoever sees
+/// the app running (`status --wait-ready`, `stop`, `enter`) also finds its pid.
+/// Not fsynced: after a crash the pod reads as exited and its pid means nothing.
 fn record_pid(pod_dir: &Path) -> Result<(), ChildError> {
     let pid = nix::unistd::getpid().to_string();
-    let pgid = nix::unistd::getpgrp().to_string();
     fsutil::replace_file(&pod_dir.join(layout::PID), pid.as_bytes())
-        .and_then(|()| fsutil::replace_file(&pod_dir.join(layout::PGID), pgid.as_bytes()))
         .map_err(|e| ChildError::io("writing the pod's pid file", e))
 }
 

@@ -12,10 +12,6 @@ pub const POD_MANIFEST: &str = "pod";
 pub const POD_CREATED: &str = "pod-created";
 /// Pid of the pod's first process (stage1); its mtime is the pod's start time.
 pub const PID: &str = "pid";
-/// Process group of the pod's first process (informational: a fly app shares
-/// rkt's group so a terminal's ^C reaches it, so signalling the group is never
-/// how a pod is stopped).
-pub const PGID: &str = "pgid";
 /// Pid of the process that waits for the pod (rkt's ppid file).
 pub const PPID: &str = "ppid";
 /// `{"stage1": NAME, "config": {...}}`: which backend runs this pod, with its config.

@@ -33,6 +33,14 @@ impl Stage1Path {
     }
 }
 
+/// Directories every stage1 mounts over in an app's rootfs (the host's or a
+/// fresh /dev, /proc and /sys, a tmpfs on /tmp), with the mode each gets where
+/// the image lacks it. The tree store adds them to a rendered tree once, so a
+/// pod's overlay finds them in its lower layer instead of creating them in its
+/// upper dir on every start.
+pub const APP_MOUNT_POINTS: [(&str, u32); 4] =
+    [("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777)];
+
 /// The init binary: a private copy of `rkt` (never the host's own file, which a
 /// pod's root could otherwise rewrite: CVE-2019-5736).
 pub fn init_binary() -> Stage1Path {

@@ -256,6 +256,12 @@ pub trait Networker: Send + Sync {
     async fn setup(&self, pod: &PodInfo, request: &NetRequest) -> Result<NetInfo, BackendError>;
     /// Undoes `setup`; must succeed when run twice or after a partial setup.
     async fn teardown(&self, pod_dir: &Path) -> Result<(), BackendError>;
+    /// Whether `teardown` can have anything to undo. When it cannot (the host's
+    /// network), the pod carries no record of the networker until `setup`
+    /// returns something to show: one file fewer to create per pod.
+    fn needs_teardown(&self) -> bool {
+        true
+    }
 }
 
 /// How a user named an image on the command line.

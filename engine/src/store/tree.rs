@@ -96,8 +96,13 @@ fn is_complete(dir: &Path) -> bool {
     }
 }
 
+/// Names what a render puts in a tree besides the images' files; a change to
+/// it gives every image a new tree instead of reusing one rendered the old way.
+const RENDER_FORMAT: &[u8] = b"mount-points-1\n";
+
 fn tree_id_of<'a>(ids: impl Iterator<Item = &'a ImageId>) -> String {
     let mut hasher = Sha512::new();
+    hasher.update(RENDER_FORMAT);
     for id in ids {
         hasher.update(id.as_str().as_bytes());
         hasher.update(b"\n");
@@ -201,7 +206,28 @@ fn extract_layers(store: &Store, layers: &[Layer], what: &str) -> Result<Pending
         let rootfs = pending.scratch.path().join(ROOTFS);
         super::whitelist::prune(&rootfs, pending.root(), &top.manifest.path_whitelist)?;
     }
+    add_mount_points(&pending)?;
     Ok(pending)
+}
+
+/// The directories stage1s mount over, where the image has no entry of that
+/// name (an image's own file, link or directory stays as it is).
+fn add_mount_points(pending: &PendingTree) -> Result<(), StoreError> {
+    use nix::sys::stat::{FchmodatFlags, Mode, fchmodat};
+    for (name, mode) in crate::pod::protocol::APP_MOUNT_POINTS {
+        let what = || format!("create /{name} in {}", pending.scratch.path().display());
+        let mode = Mode::from_bits_truncate(mode);
+        match nix::sys::stat::mkdirat(pending.root(), name, mode) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(io::Error::from(e)).ctx(what),
+        }
+        // mkdir's mode passes through the umask; /tmp's sticky bit must not.
+        fchmodat(pending.root(), name, mode, FchmodatFlags::FollowSymlink)
+            .map_err(io::Error::from)
+            .ctx(what)?;
+    }
+    Ok(())
 }
 
 /// Publishes a tree that an import extracted while it stored the archive, as the
@@ -221,9 +247,10 @@ pub(super) fn publish_pending(
     id: &ImageId,
     manifest: &ImageManifest,
 ) -> Result<(), StoreError> {
+    let rootfs = pending.scratch.path().join(ROOTFS);
+    super::whitelist::prune(&rootfs, pending.root(), &manifest.path_whitelist)?;
+    add_mount_points(&pending)?;
     let PendingTree { scratch, root } = pending;
-    let rootfs = scratch.path().join(ROOTFS);
-    super::whitelist::prune(&rootfs, root.as_fd(), &manifest.path_whitelist)?;
     let unsynced_boot = boot::current();
     if unsynced_boot.is_none() {
         nix::unistd::syncfs(&root).ctx(|| format!("sync {}", rootfs.display()))?;
@@ -685,7 +712,13 @@ mod tests {
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(all, ["app", "etc", "etc/x", "usr", "usr/bin"]);
+        assert_eq!(
+            all,
+            [
+                "app", "dev", "etc", "etc/x", "proc", "sys", "tmp", "usr", "usr/bin"
+            ],
+            "the whitelist, plus the stage1s' mount points"
+        );
         let etc = std::fs::metadata(tree.rootfs.join("etc")).expect("stat");
         assert_eq!(
             std::os::unix::fs::MetadataExt::mtime(&etc),
@@ -779,6 +812,28 @@ mod tests {
     }
 
     #[test]
+    fn trees_carry_the_mount_points_and_an_images_own_entries_win() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, store) = testutil::store();
+        let id = testutil::import(
+            &store,
+            &Aci::new(&manifest("example.com/app", &[], json!({})))
+                .file("rootfs/sys", b"an image's file named sys")
+                .dir("rootfs/proc", 0o700)
+                .finish(),
+        );
+        let rootfs = store.render(&id).expect("render").rootfs;
+        let mode = |name: &str| std::fs::symlink_metadata(rootfs.join(name)).expect(name).mode();
+        assert_eq!(mode("dev") & 0o170777, 0o040755);
+        assert_eq!(mode("tmp") & 0o177777, 0o041777, "sticky, whatever the umask");
+        assert_eq!(mode("proc") & 0o777, 0o700, "the image's own directory");
+        assert_eq!(
+            std::fs::read(rootfs.join("sys")).expect("sys"),
+            b"an image's file named sys"
+        );
+    }
+
+    #[test]
     fn concurrent_renders_of_one_tree_share_it() {
         let (_dir, store) = testutil::store();
         let mut aci = Aci::new(&manifest("example.com/app", &[], json!({})));
@@ -795,7 +850,11 @@ mod tests {
         assert!(trees.windows(2).all(|w| w[0] == w[1]), "{trees:?}");
         assert_eq!(std::fs::read_dir(store.tree_root()).expect("ls").count(), 1);
         assert!(!residue(&store).iter().any(|p| p.starts_with("tmp")));
-        assert_eq!(testutil::walk(&trees[0].rootfs).len(), 210);
+        assert_eq!(
+            testutil::walk(&trees[0].rootfs).len(),
+            214,
+            "200 files, 10 dirs, 4 mount points"
+        );
     }
 
     #[test]
