@@ -70,6 +70,7 @@ fn main() -> Result<()> {
         None => release_rkt()?,
     };
     let peers = peers::Peers::find_or_install();
+    scenarios::settle(&work);
     let load_before = loadavg();
     let bench = scenarios::Bench::new(rkt, work, args.runs.max(1), peers)?;
     let mut outcomes = Vec::new();

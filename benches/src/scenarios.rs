@@ -16,6 +16,40 @@ use crate::peers::{self, Peers};
 use crate::report::{Outcome, Side};
 use crate::stats::{Sample, Target, Unit};
 
+/// Stamp file in the work dir: its mtime is when the last run removed its pods.
+const LAST_CLEAN_UP: &str = "last-clean-up";
+
+/// How long ext4 without a journal (this machine's root filesystem) passes over
+/// freed inodes when it allocates new ones: 60 s, or 300 s while their inode
+/// table block is dirty, which new inodes in the same block group keep it. Each
+/// skipped inode costs a buffer lookup, so right after a run removed ~30,000
+/// (1,100 pods), creating a pod's inodes nearby took 7-15 ms instead of ~3.5:
+/// the next run would measure the previous run's clean-up, not rkt.
+pub const FREED_INODE_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Measurement hygiene, not synchronisation: waits out [`FREED_INODE_WINDOW`]
+/// after the previous run's clean-up in this work dir, then flushes dirty
+/// pages so no writeback overlaps the first scenario. Returns the wait.
+pub fn settle(work: &Path) -> std::time::Duration {
+    let since_clean_up = std::fs::metadata(work.join(LAST_CLEAN_UP))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    let wait = since_clean_up
+        .and_then(|age| FREED_INODE_WINDOW.checked_sub(age))
+        .unwrap_or_default();
+    if !wait.is_zero() {
+        eprintln!(
+            "bench: the last run removed its pods {}s ago; waiting {}s for ext4 to stop passing over their freed inodes",
+            since_clean_up.unwrap_or_default().as_secs(),
+            wait.as_secs()
+        );
+        std::thread::sleep(wait);
+    }
+    nix::unistd::sync();
+    wait
+}
+
 pub const ALL: [&str; 11] = [
     "fly",
     "nspawn",
@@ -105,7 +139,8 @@ impl Bench {
         }
     }
 
-    /// Removes the data dirs this run made (pods first, through rkt's own gc).
+    /// Removes the data dirs this run made (pods first, through rkt's own gc),
+    /// and notes when, for the next run's [`settle`].
     pub fn clean_up(&self) -> Result<()> {
         let data = self.work.join("data");
         if let Ok(entries) = std::fs::read_dir(&data) {
@@ -113,7 +148,9 @@ impl Bench {
                 let _ = measure::run(&mut self.rkt_in(&entry.path(), &["gc", "--grace-period=0s"]));
             }
         }
-        remove(&data)
+        remove(&data)?;
+        std::fs::write(self.work.join(LAST_CLEAN_UP), b"")?;
+        Ok(())
     }
 
     // --- commands -------------------------------------------------------------

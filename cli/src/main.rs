@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(commands::exit_byte(rkt_stage1_init::main()));
     }
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args() {
         Ok(cli) => cli,
         // --help and --version are not errors: print them whole.
         Err(e) if !e.use_stderr() => {
@@ -117,6 +117,16 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_RKT_ERROR)
         }
     }
+}
+
+/// `Cli::try_parse`, minus freeing the parser: the tree of every subcommand
+/// and flag takes about as long to drop as to build, on every run, and the
+/// process is about to exec or exit.
+fn parse_args() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = std::mem::ManuallyDrop::new(Cli::command());
+    let mut matches = std::mem::ManuallyDrop::new(command.try_get_matches_from_mut(std::env::args_os())?);
+    Cli::from_arg_matches_mut(&mut matches)
 }
 
 /// The error and its causes on one line, each said once. Library errors often
