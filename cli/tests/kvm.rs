@@ -858,14 +858,19 @@ fn run_caught_saving(rkt: &Rkt, memory: &str) -> Child {
             .stderr(Stdio::piped())
             .spawn()
             .expect("rkt run");
-        let temp_prefix = format!(".tmp-{}-", child.id());
+        let rkt_pid = child.id();
+        let temp_prefix = format!(".tmp-{rkt_pid}-");
+        // The RAM file is made before QEMU is started, and a stop signal is
+        // forwarded only from QEMU's start on (before, it ends rkt as any
+        // signal ends a process that has started nothing): saving means both.
         let saving = || {
-            std::fs::read_dir(KVM_CACHE).is_ok_and(|d| {
+            let ram_made = std::fs::read_dir(KVM_CACHE).is_ok_and(|d| {
                 d.flatten().any(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
                     name.starts_with(&temp_prefix) && name.ends_with(".ram")
                 })
-            })
+            });
+            ram_made && runs_qemu(rkt_pid)
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline && child.try_wait().expect("try_wait").is_none() {
@@ -886,6 +891,22 @@ fn run_caught_saving(rkt: &Rkt, memory: &str) -> Child {
         let _ = std::fs::remove_file(&state);
     }
     panic!("the run never made a snapshot");
+}
+
+/// Whether a child of `pid` (any of its threads') has exec'd QEMU.
+fn runs_qemu(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|child| {
+                std::fs::read_to_string(format!("/proc/{child}/comm"))
+                    .is_ok_and(|c| c.starts_with("qemu-system"))
+            })
+    })
 }
 
 /// SIGTERM to `rkt run` while it makes the pod's snapshot: the VM being saved
