@@ -1,7 +1,8 @@
 //! The pod lifecycle on the command line, through the real binary as root:
 //! prepare / run-prepared, stop, rm, enter, cat-manifest, gc's prepared-pod
 //! expiry and mark-only, `--pod-manifest`, rkt's JSON shape, and `list`/`status`
-//! staying correct while other processes create and remove pods.
+//! staying correct while other processes create and remove pods, and what a fly
+//! pod leaves in its directory.
 //!
 //! Long-running pods are synchronised on what the app prints and on `rkt status
 //! --wait[-ready]`, never on sleeps; every such pod is killed when its test ends.
@@ -121,6 +122,56 @@ impl Drop for LongPod {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What a fly pod of `/bin/true` leaves in its directory. The mount points
+/// come with the rendered tree, so the overlay's upper dir stays empty; a pod
+/// on the host's network carries no network record. Each inode counts: on
+/// this CI machine's ext4 creating one is the largest part of a fly start.
+#[test]
+fn a_fly_pod_creates_only_what_it_needs() {
+    let Some(rkt) = harness("a_fly_pod_creates_only_what_it_needs") else {
+        return;
+    };
+    let image = busybox(&rkt);
+    let uuid_file = rkt.work().join("uuid");
+    let save = format!("--uuid-file-save={}", s(&uuid_file));
+    let out = rkt.run(&["--net=host", &save, &image, "--exec", "/bin/true"]);
+    assert_eq!(out.code, 0, "{}", out.describe());
+    let uuid = std::fs::read_to_string(&uuid_file).expect("uuid");
+    let pod = rkt.dir.join("pods/run").join(uuid.trim());
+    let upper = pod.join("overlay/busybox/upper");
+    let written: Vec<_> = std::fs::read_dir(&upper)
+        .expect("upper dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "the app wrote nothing, yet the upper dir holds {written:?}"
+    );
+    for absent in ["net-info.json", "pgid"] {
+        assert!(!pod.join(absent).exists(), "{absent} in a host-network fly pod");
+    }
+    let inodes = walkdir_count(&pod);
+    assert!(inodes <= 27, "{inodes} inodes in the pod directory");
+    let status = status_line(&rkt, uuid.trim());
+    assert!(
+        status.contains("state=exited") && status.contains("app-busybox=0"),
+        "{status}"
+    );
+}
+
+/// Entries under `dir`, itself included, without following links.
+fn walkdir_count(dir: &Path) -> usize {
+    1 + std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walkdir_count(&e.path()),
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 #[test]
