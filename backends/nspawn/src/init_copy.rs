@@ -155,6 +155,24 @@ mod tests {
     }
 
     #[test]
+    fn pods_starting_together_all_get_one_whole_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("rkt");
+        let content: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&binary, &content).unwrap();
+        let cache = dir.path().join("cache");
+        let paths: Vec<PathBuf> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| copy_of(&binary, &cache).unwrap()))
+                .collect();
+            starts.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
+        assert!(std::fs::read(&paths[0]).unwrap() == content, "a whole copy");
+        assert_eq!(names(&cache).len(), 1, "no temp file left: {:?}", names(&cache));
+    }
+
+    #[test]
     fn a_new_build_gets_its_own_copy_and_stale_ones_go() {
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("rkt");
