@@ -3,6 +3,8 @@
 # builds rkt (static) and an example busybox image, then walks through
 # fetch -> run -> list -> status -> gc.
 set -euo pipefail
+# Root is needed (apt, namespaces, mounts); a user with sudo gets it asked for.
+if [ "$(id -u)" -ne 0 ]; then exec sudo -- "$0" "$@"; fi
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -q -p rkt -p rkt-conformance
