@@ -40,11 +40,14 @@ fn copy_of(binary: &Path, cache: &Path) -> Result<PathBuf, NspawnError> {
         .ok_or_else(|| NspawnError::Invalid(format!("cannot stat {}", binary.display())))?;
     let path = cache.join(format!("{PREFIX}{key}"));
     match File::open(&path) {
-        Ok(file) => {
+        // A copy of another size was damaged after it was made (a disk that
+        // lost its tail, a hand that truncated it): made again, not run.
+        Ok(file) if same_size(&file, binary) => {
             file.set_modified(SystemTime::now())
                 .map_err(|e| NspawnError::io(format!("touching {}", path.display()), e))?;
             return Ok(path);
         }
+        Ok(_) => tracing::warn!("{} is damaged; copying rkt again", path.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(NspawnError::io(format!("opening {}", path.display()), e)),
     }
@@ -57,6 +60,11 @@ fn copy_of(binary: &Path, cache: &Path) -> Result<PathBuf, NspawnError> {
     copy_durably(binary, &path).map_err(err)?;
     prune_stale(cache, &path);
     Ok(path)
+}
+
+fn same_size(copy: &File, binary: &Path) -> bool {
+    let size = |m: io::Result<std::fs::Metadata>| m.ok().map(|m| m.len());
+    size(copy.metadata()).is_some_and(|len| Some(len) == size(std::fs::metadata(binary)))
 }
 
 /// Temp file, fsync, rename: a crash never leaves a truncated init that every
@@ -170,6 +178,22 @@ mod tests {
         assert!(paths.windows(2).all(|w| w[0] == w[1]), "{paths:?}");
         assert!(std::fs::read(&paths[0]).unwrap() == content, "a whole copy");
         assert_eq!(names(&cache).len(), 1, "no temp file left: {:?}", names(&cache));
+    }
+
+    #[test]
+    fn a_truncated_copy_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("rkt");
+        std::fs::write(&binary, b"the whole binary").unwrap();
+        let cache = dir.path().join("cache");
+        let path = copy_of(&binary, &cache).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        perms.set_mode(0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+        std::fs::write(&path, b"the wh").unwrap();
+        assert_eq!(copy_of(&binary, &cache).unwrap(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), b"the whole binary");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o555);
     }
 
     #[test]
