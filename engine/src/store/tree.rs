@@ -100,9 +100,18 @@ fn is_complete(dir: &Path) -> bool {
 /// it gives every image a new tree instead of reusing one rendered the old way.
 const RENDER_FORMAT: &[u8] = b"mount-points-1\n";
 
+/// Formats of trees that older rkt-rs versions rendered, which may still be on
+/// disk (a pod prepared before an upgrade uses its tree): `verify` checks them
+/// against their recorded digest but cannot render them again.
+const EARLIER_RENDER_FORMATS: [&[u8]; 1] = [b""];
+
 fn tree_id_of<'a>(ids: impl Iterator<Item = &'a ImageId>) -> String {
+    tree_id_in_format(RENDER_FORMAT, ids)
+}
+
+fn tree_id_in_format<'a>(format: &[u8], ids: impl Iterator<Item = &'a ImageId>) -> String {
     let mut hasher = Sha512::new();
-    hasher.update(RENDER_FORMAT);
+    hasher.update(format);
     for id in ids {
         hasher.update(id.as_str().as_bytes());
         hasher.update(b"\n");
@@ -495,7 +504,10 @@ pub(super) fn verify(
             continue;
         }
         report.trees_checked += 1;
-        if tree_id_of(record.images.iter()) != tree_id {
+        let earlier_format = EARLIER_RENDER_FORMATS
+            .iter()
+            .any(|format| tree_id_in_format(format, record.images.iter()) == tree_id);
+        if tree_id_of(record.images.iter()) != tree_id && !earlier_format {
             report
                 .problems
                 .push(format!("tree {tree_id}: completion record names other images"));
@@ -509,6 +521,11 @@ pub(super) fn verify(
         }
         let want = match &record.hash {
             Some(hash) => Some(hash.clone()),
+            // Rendered the way an older version did: today's render differs.
+            None if earlier_format => {
+                report.trees_checked -= 1;
+                continue;
+            }
             // Published by an import without a digest: the images, rendered again,
             // say what it must hash to (while they are still stored).
             None => match digest_rendered_again(store, &record.images) {
@@ -957,6 +974,39 @@ mod tests {
         let report = store.verify().expect("verify");
         assert_eq!(report.problems.len(), 1, "{report:?}");
         assert!(report.problems[0].contains("content changed"), "{report:?}");
+    }
+
+    /// A tree an older version rendered (no mount points added, ID without the
+    /// render format) is not damage: a pod prepared before an upgrade uses it.
+    #[test]
+    fn verify_accepts_trees_of_an_earlier_render_format() {
+        let (_dir, store) = testutil::store();
+        let aci = one_pass_image();
+        let id = store
+            .rendering_on_import()
+            .import(&mut &aci[..], "t")
+            .expect("import");
+        let tree = store.render(&id).expect("render");
+        let earlier_id = tree_id_in_format(EARLIER_RENDER_FORMATS[0], std::iter::once(&id));
+        let earlier = store.tree_root().join(&earlier_id);
+        std::fs::rename(store.tree_root().join(&tree.tree_id), &earlier).expect("rename");
+        for (name, _) in crate::pod::protocol::APP_MOUNT_POINTS {
+            std::fs::remove_dir(earlier.join(ROOTFS).join(name)).expect("an added mount point");
+        }
+        let report = store.verify().expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+
+        // With a recorded digest it is still checked against that.
+        let mut record = read_record(&earlier).expect("record");
+        record.hash = Some(treehash::digest(&earlier.join(ROOTFS)).expect("digest").hash);
+        std::fs::write(earlier.join(COMPLETE), serde_json::to_vec(&record).expect("json")).expect("write");
+        assert!(store.verify().expect("verify").is_ok());
+        std::fs::write(earlier.join(ROOTFS).join("etc/keep"), b"tampered").expect("tamper");
+        let report = store.verify().expect("verify");
+        assert!(
+            report.problems.len() == 1 && report.problems[0].contains("content changed"),
+            "{report:?}"
+        );
     }
 
     #[test]
