@@ -458,9 +458,7 @@ impl KvmStage1 {
         }
         Ok(protocol::recorded_pod_exit(dir, &manifest))
     }
-}
 
-impl KvmStage1 {
     /// The snapshot this pod can start from (made by it when absent), or why
     /// it boots.
     fn snapshot_for(

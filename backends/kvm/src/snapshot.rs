@@ -92,7 +92,7 @@ impl Snapshot {
             boot_files.0.display(),
             boot_files.1.display(),
         );
-        let key = rkt_engine::fsutil::stat_key(&[qemu], &shape)?;
+        let key = fsutil::stat_key(&[qemu], &shape)?;
         Some(Snapshot {
             ram: cache.join(format!("{FILE_PREFIX}{key}.ram")),
             state: cache.join(format!("{FILE_PREFIX}{key}.state")),
@@ -107,6 +107,11 @@ impl Snapshot {
 
     pub fn state_path(&self) -> &Path {
         &self.state
+    }
+
+    /// The cache directory the snapshot's files live in.
+    fn dir(&self) -> &Path {
+        self.ram.parent().unwrap_or(Path::new("/"))
     }
 
     fn failure_path(&self) -> PathBuf {
@@ -139,7 +144,7 @@ impl Snapshot {
         argv: &[OsString],
         spawn: &dyn Fn(&[OsString]) -> Result<Qemu, KvmError>,
     ) -> Result<(), CreateError> {
-        let dir = self.ram.parent().unwrap_or(Path::new("/"));
+        let dir = self.dir();
         let lock_path = dir.join(format!("{FILE_PREFIX}{}.lock", self.key));
         let lock = File::create(&lock_path)
             .map_err(|e| KvmError::io(format!("creating {}", lock_path.display()), e))?;
@@ -201,7 +206,7 @@ impl Snapshot {
         };
         rename(ram_temp, &self.ram)?;
         rename(state_temp, &self.state)?;
-        let dir = self.ram.parent().unwrap_or(Path::new("/"));
+        let dir = self.dir();
         fsutil::fsync_dir(dir).map_err(|e| KvmError::io(format!("syncing {}", dir.display()), e))
     }
 

@@ -1,8 +1,9 @@
 //! nspawn stage1: the pod is one systemd-nspawn container (private pid, mount,
 //! ipc and uts namespaces; the host's network or the Networker's netns) whose
 //! first process is the stage1 init — the `rkt` binary in its init role, a
-//! shared read-only copy bound into the pod (`init_copy`). The init starts the apps, each in its own rootfs; see the
-//! rkt-stage1-init crate and the protocol in `rkt_engine::pod::protocol`.
+//! shared read-only copy bound into the pod (`init_copy`). The init starts the
+//! apps, each in its own rootfs; see the rkt-stage1-init crate and the protocol
+//! in `rkt_engine::pod::protocol`.
 //!
 //! `rkt run` (this process) holds the pod's lock, waits for nspawn, forwards
 //! stop signals to it, and records `ppid` (nspawn) and `pid` (the init, whose

@@ -737,7 +737,7 @@ fn power_off(code: i32) -> ! {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::virtio_number;
+    use super::*;
 
     #[test]
     fn virtio_device_numbers_order_numerically() {
@@ -746,8 +746,6 @@ mod tests {
         assert_eq!(virtio_number("virtio"), None);
         assert_eq!(virtio_number("eth0"), None);
     }
-
-    use super::*;
 
     #[test]
     fn netmasks_and_cidrs() {

@@ -41,8 +41,8 @@ impl Stage1Path {
 pub const APP_MOUNT_POINTS: [(&str, u32); 4] =
     [("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777)];
 
-/// The init binary: a private copy of `rkt` (never the host's own file, which a
-/// pod's root could otherwise rewrite: CVE-2019-5736).
+/// The init binary: a read-only copy of `rkt` (never the host's own file, which
+/// a pod's root could otherwise rewrite: CVE-2019-5736).
 pub fn init_binary() -> Stage1Path {
     Stage1Path::new("rkt/init")
 }
